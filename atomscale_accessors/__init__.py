@@ -1,0 +1,40 @@
+"""Validate measurement maps and attach them to Atomscale samples as spatial annotations.
+
+Importing the package registers the ``atomscale`` accessor on pandas DataFrames and on
+xarray Datasets and DataArrays::
+
+    import atomscale_accessors
+
+    created = df.atomscale.upload(sample_id)
+    stored = atomscale_accessors.fetch(sample_id)
+    grid = stored.atomscale.to_xarray()
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("atomscale-accessors")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+from . import errors, schemas
+from .client import Client, RetryPolicy
+from .frames import fetch
+from .pandas_accessor import AtomscaleDataFrameAccessor
+
+try:
+    from .xarray_accessor import AtomscaleDataArrayAccessor, AtomscaleDatasetAccessor
+except ImportError:  # the xarray accessor lands in its own change
+    AtomscaleDataArrayAccessor = AtomscaleDatasetAccessor = None  # type: ignore[assignment,misc]
+
+__all__ = [
+    "AtomscaleDataArrayAccessor",
+    "AtomscaleDataFrameAccessor",
+    "AtomscaleDatasetAccessor",
+    "Client",
+    "RetryPolicy",
+    "__version__",
+    "errors",
+    "fetch",
+    "schemas",
+]

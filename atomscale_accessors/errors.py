@@ -1,0 +1,170 @@
+"""The exception tree of ``atomscale_accessors``.
+
+Every error the library raises derives from :class:`AtomscaleError` and also from the
+builtin that describes it best, so ``except ValueError`` keeps working for code that does
+not know this library. Errors carry structured data (status codes, the server's ``detail``,
+failure tables, what was and was not created) so callers never have to parse a message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "AnnotationExistsError",
+    "AnnotationValidationError",
+    "ApiError",
+    "AtomscaleError",
+    "ConfigurationError",
+    "InvalidIdentifierError",
+    "MapStructureError",
+    "TransportError",
+    "UploadError",
+]
+
+
+class AtomscaleError(Exception):
+    """Root of every error raised by ``atomscale_accessors``."""
+
+
+class ConfigurationError(AtomscaleError, ValueError):
+    """The client cannot be configured: no API key, a bad endpoint, an insecure transport."""
+
+
+class AnnotationValidationError(AtomscaleError, ValueError):
+    """Input data failed validation; nothing was sent.
+
+    Attributes
+    ----------
+    failure_cases : pandas.DataFrame
+        One row per failure with the columns ``index`` (the input row label, or ``None``
+        for a failure of the whole frame), ``column``, ``check`` and ``failure_case``
+        (the offending value). It is complete, however long; the message shows only a few
+        examples.
+    """
+
+    def __init__(self, message: str, failure_cases: pd.DataFrame | None = None) -> None:
+        super().__init__(message)
+        if failure_cases is None:
+            import pandas as pd
+
+            failure_cases = pd.DataFrame(columns=["index", "column", "check", "failure_case"])
+        self.failure_cases = failure_cases
+
+
+class MapStructureError(AnnotationValidationError):
+    """An xarray map does not have the structure of a spatial map (dimensions, coordinates, units)."""
+
+
+class InvalidIdentifierError(AtomscaleError, ValueError):
+    """A sample, annotation or data id is not a UUID (checked before it goes into a URL)."""
+
+
+class TransportError(AtomscaleError, ConnectionError):
+    """The request could not be completed on the network (refused, reset, timed out).
+
+    Attributes
+    ----------
+    sent : bool
+        False when the request provably never reached the server (connection refused,
+        connect timeout); True when it may have (read timeout, reset after sending), so
+        it may have taken effect.
+    timed_out : bool
+        The server did not answer in time: it may still be working on the request.
+    """
+
+    def __init__(self, message: str, *, sent: bool, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
+        self.timed_out = timed_out
+
+
+class ApiError(AtomscaleError, RuntimeError):
+    """The server answered with a status outside 2xx.
+
+    Attributes
+    ----------
+    status_code : int
+        The HTTP status.
+    detail : Any
+        The server's ``detail`` (a string, or FastAPI's list of validation errors), or the
+        raw body text when the answer was not JSON.
+    method, path : str
+        The request that failed (the path never contains the API key).
+    retry_after : float or None
+        Seconds the server asked to wait (``Retry-After``), when it said.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: Any,
+        *,
+        method: str = "",
+        path: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        self.method = method
+        self.path = path
+        self.retry_after = retry_after
+        where = f" on {method} {path}" if method else ""
+        super().__init__(f"the Atomscale API answered {status_code}{where}: {_short(detail)}")
+
+
+class AnnotationExistsError(AtomscaleError, ValueError):
+    """``if_exists="fail"`` and some input rows are already stored on the sample.
+
+    Attributes
+    ----------
+    existing : pandas.DataFrame
+        The annotation frame of the stored annotations that clash with the input, indexed
+        by the labels of the input rows they clash with.
+    """
+
+    def __init__(self, message: str, existing: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.existing = existing
+
+
+class UploadError(AtomscaleError, RuntimeError):
+    """An upload stopped part way; the attributes say exactly where it stands.
+
+    Re-running the same upload with ``if_exists="skip"`` completes it without duplicates.
+
+    Attributes
+    ----------
+    created : pandas.DataFrame
+        Annotation frame of what is stored, indexed like the input rows.
+    not_created : pandas.DataFrame
+        Canonical records that are not stored.
+    unknown : pandas.DataFrame
+        Canonical records whose fate could not be established (the server failed after
+        receiving them and could not be asked afterwards); they may or may not be stored.
+    cause : BaseException
+        The error that stopped the upload (also chained as ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        created: pd.DataFrame,
+        not_created: pd.DataFrame,
+        unknown: pd.DataFrame | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.created = created
+        self.not_created = not_created
+        self.unknown = unknown if unknown is not None else not_created.iloc[:0]
+        self.cause = cause
+
+
+def _short(detail: Any, limit: int = 500) -> str:
+    text = detail if isinstance(detail, str) else repr(detail)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

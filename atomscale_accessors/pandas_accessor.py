@@ -1,0 +1,126 @@
+"""The ``DataFrame.atomscale`` accessor: argument plumbing onto the library's functions.
+
+pandas builds a new accessor object on every attribute access (pandas 3 always), so the
+accessor keeps no state and validates nothing in ``__init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .records import to_records
+from .upload import IfExists, upload_records
+from .validation import validate_records
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = ["AtomscaleDataFrameAccessor"]
+
+
+@pd.api.extensions.register_dataframe_accessor("atomscale")
+class AtomscaleDataFrameAccessor:
+    """Validate a table of measurements and upload it as Atomscale spatial annotations.
+
+    The mapping options (``x=``, ``y=``, ``value=``, ``values=``, ``property_name=``,
+    ``property_unit=``, ``units=``, ``coord_units=``, ``coord_ref_frame=``,
+    ``char_source_type=``, ``data_id=``, ``metadata=``) say where each annotation field
+    comes from; see :func:`atomscale_accessors.records.to_records`.
+    """
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame
+
+    def to_annotations(self, **mapping: Any) -> pd.DataFrame:
+        """The frame as canonical annotation records (not validated).
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> import atomscale_accessors
+        >>> df = pd.DataFrame({"x": [0.0, 10.0], "y": [0.0, 0.0], "thk": [101.2, 99.8]})
+        >>> rec = df.atomscale.to_annotations(
+        ...     value="thk", property_name="thickness", property_unit="nm", coord_units="mm"
+        ... )
+        >>> rec[["property_name", "property_value", "property_unit", "coord_x"]]
+          property_name  property_value property_unit  coord_x
+        0     thickness           101.2            nm      0.0
+        1     thickness            99.8            nm     10.0
+        """
+        return to_records(self._frame, **mapping)
+
+    def validate(
+        self, *, dropna: bool = False, allow_duplicates: bool = False, **mapping: Any
+    ) -> pd.DataFrame:
+        """Canonical records, validated; raises ``AnnotationValidationError`` listing every failure.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> import atomscale_accessors
+        >>> df = pd.DataFrame({"x": [0.0, 10.0], "y": [0.0, 0.0], "thk": [101.2, float("nan")]})
+        >>> df.atomscale.validate(
+        ...     value="thk", property_name="thickness", property_unit="nm", coord_units="mm"
+        ... )
+        Traceback (most recent call last):
+        ...
+        atomscale_accessors.errors.AnnotationValidationError: 1 of 2 records failed validation (1 failures):
+          - property_value: not_nullable (1 case)
+        examples (first 1; all in .failure_cases):
+          row 1: property_value = nan (not_nullable)
+        >>> len(
+        ...     df.atomscale.validate(
+        ...         value="thk",
+        ...         property_name="thickness",
+        ...         property_unit="nm",
+        ...         coord_units="mm",
+        ...         dropna=True,
+        ...     )
+        ... )
+        1
+        """
+        return validate_records(
+            to_records(self._frame, **mapping), dropna=dropna, allow_duplicates=allow_duplicates
+        )
+
+    def upload(
+        self,
+        sample_id: str,
+        *,
+        client: Any = None,
+        if_exists: IfExists = "fail",
+        chunk_size: int | None = None,
+        max_workers: int | None = None,
+        progress: bool | Callable[[int, int | None], None] | None = None,
+        dry_run: bool = False,
+        dropna: bool = False,
+        allow_duplicates: bool = False,
+        **mapping: Any,
+    ) -> pd.DataFrame:
+        """Validate the frame and create its annotations on a sample, exactly once.
+
+        See :func:`atomscale_accessors.upload.upload_records` for the options and the
+        guarantees. Returns the created annotations, indexed by the input rows' labels.
+        """
+        records = to_records(self._frame, **mapping)
+        return upload_records(
+            records,
+            sample_id,
+            client=client,
+            if_exists=if_exists,
+            chunk_size=chunk_size,
+            max_workers=max_workers,
+            progress=progress,
+            dry_run=dry_run,
+            dropna=dropna,
+            allow_duplicates=allow_duplicates,
+        )
+
+    def to_xarray(self, **options: Any) -> xr.Dataset:
+        """An annotation frame back onto a grid (or along ``point``): one variable per property."""
+        from .flatten import frame_to_map
+
+        return frame_to_map(self._frame, **options)

@@ -1,0 +1,540 @@
+"""A user's DataFrame, in any column names, long or wide, to canonical records.
+
+Canonical records have exactly the columns of :data:`~atomscale_accessors.schemas.RECORD_COLUMNS`
+and keep the input's index labels, so every later error and every result can point back
+at the user's own rows. Only lossless conversions happen here (integers to floats, float32
+to float64); anything else (text in a number column, booleans, a missing unit) is an
+:class:`~atomscale_accessors.errors.AnnotationValidationError` naming the rows and columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import AnnotationValidationError
+from .schemas import COORD_COLUMNS, RECORD_COLUMNS
+
+__all__ = ["DEFAULT_COORD_REF_FRAME", "RecordMapping", "to_records"]
+
+DEFAULT_COORD_REF_FRAME = "sample_relative"
+# Integers beyond 2**53 do not all have an exact float64; converting them would change data.
+_MAX_EXACT_INT = 2**53
+_COORD_ALIASES = {
+    "coord_x": ("coord_x", "x"),
+    "coord_y": ("coord_y", "y"),
+    "coord_z": ("coord_z", "z"),
+}
+_FAILURE_COLUMNS = ["index", "column", "check", "failure_case"]
+_SERVER_COLUMNS = ("annotation_id", "last_updated", "physical_sample_id", "version")
+
+
+@dataclass(frozen=True)
+class RecordMapping:
+    """How a user's columns map onto canonical records.
+
+    Every text option is either the name of a column of the frame or a constant for all
+    rows; a name that is a column wins.
+    """
+
+    x: Hashable | None = None
+    y: Hashable | None = None
+    z: Hashable | None = None
+    value: Hashable | None = None
+    values: Sequence[Hashable] | Mapping[Hashable, str] | None = None
+    property_name: Hashable | None = None
+    property_unit: Hashable | None = None
+    units: Mapping[Hashable, str] | None = None
+    coord_units: Hashable | None = None
+    coord_ref_frame: Hashable | None = None
+    char_source_type: Hashable | None = None
+    data_id: Hashable | None = None
+    metadata: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def to_records(
+    df: pd.DataFrame, mapping: RecordMapping | None = None, **options: Any
+) -> pd.DataFrame:
+    """Bring a DataFrame of measurements into canonical annotation records.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The measurements. It is never modified.
+    mapping : RecordMapping, optional
+        The options below as one object; keyword options override it.
+    x, y, z : str, optional
+        Columns holding the coordinates. Default: ``coord_x``/``x`` (and so on) when present.
+    value : str, optional
+        Long form: the column holding the values (default ``property_value``).
+    values : list of str or dict, optional
+        Wide form: several value columns, one property each (named after the column, or
+        ``{column: property_name}``).
+    property_name : str, optional
+        Long form: the column holding property names, or one name for all rows (default:
+        the ``property_name`` column, else the name of the value column).
+    property_unit : str, optional
+        Column or constant unit of the values; ``units={property: unit}`` per property in
+        the wide form. Use ``"1"`` for a dimensionless quantity; a missing unit is an error.
+    coord_units, coord_ref_frame, char_source_type, data_id : str, optional
+        Column or constant. ``coord_ref_frame`` defaults to ``"sample_relative"``.
+    metadata : str, dict or list of str, optional
+        A column of dicts, one dict for every row, or columns to fold into each record's
+        metadata.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Canonical records: the columns of ``RECORD_COLUMNS``, the input's index labels
+        (repeated once per property for wide input, property by property).
+
+    Raises
+    ------
+    AnnotationValidationError
+        For unknown columns, missing values or units, text where numbers belong.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from atomscale_accessors.records import to_records
+    >>> df = pd.DataFrame({"x_mm": [0.0, 5.0], "y_mm": [0.0, 0.0], "thk": [101.5, 99.0]})
+    >>> rec = to_records(
+    ...     df,
+    ...     x="x_mm",
+    ...     y="y_mm",
+    ...     value="thk",
+    ...     property_name="thickness",
+    ...     property_unit="nm",
+    ...     coord_units="mm",
+    ... )
+    >>> rec[["property_name", "property_value", "coord_x", "coord_units"]]
+      property_name  property_value  coord_x coord_units
+    0     thickness           101.5      0.0          mm
+    1     thickness            99.0      5.0          mm
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    unknown_options = set(options) - set(RecordMapping.__dataclass_fields__) - {"extra"}
+    if unknown_options:
+        raise TypeError(f"unexpected mapping options: {sorted(unknown_options)}")
+    mapping = _merge(mapping, options)
+    return _Builder(df, mapping).build()
+
+
+def _merge(mapping: RecordMapping | None, options: dict[str, Any]) -> RecordMapping:
+    base = mapping or RecordMapping()
+    if not options:
+        return base
+    fields = {name: getattr(base, name) for name in RecordMapping.__dataclass_fields__}
+    fields.update(options)
+    return RecordMapping(**fields)
+
+
+class _Builder:
+    """Collects columns, remembers which user columns were used, reports all problems at once."""
+
+    def __init__(self, df: pd.DataFrame, mapping: RecordMapping) -> None:
+        self.df = df
+        self.mapping = mapping
+        self.used: set[Hashable] = set()
+        self.failures: list[pd.DataFrame] = []
+        self.messages: list[str] = []
+
+    # -- helpers -------------------------------------------------------------------------
+    def is_column(self, key: Any) -> bool:
+        try:
+            return isinstance(key, Hashable) and key in self.df.columns
+        except TypeError:
+            return False
+
+    def column(self, key: Hashable) -> pd.Series:
+        self.used.add(key)
+        col = self.df[key]
+        if isinstance(col, pd.DataFrame):
+            self.problem(
+                f"column {key!r} appears more than once", None, key, "unique_column_name", key
+            )
+            return col.iloc[:, 0]
+        return col
+
+    def problem(
+        self,
+        message: str,
+        index: Any,
+        column: Any,
+        check: str,
+        case: Any,
+        *,
+        many: pd.Index | None = None,
+        cases: Any = None,
+    ) -> None:
+        self.messages.append(message)
+        if many is not None:
+            table = pd.DataFrame(
+                {"index": list(many), "column": column, "check": check, "failure_case": list(cases)}
+            )
+        else:
+            table = pd.DataFrame([[index, column, check, case]], columns=_FAILURE_COLUMNS)
+        self.failures.append(table)
+
+    def constant(self, value: str) -> pd.Series:
+        return pd.Series(value, index=self.df.index, dtype=object)
+
+    def text(self, option: str, key: Any, n_index: pd.Index) -> pd.Series:
+        """A text field from a column or a constant, as an object Series (None when unset)."""
+        if key is None:
+            return pd.Series(None, index=n_index, dtype=object)
+        if self.is_column(key):
+            col = self.column(key)
+            bad = col.notna() & ~col.map(lambda v: isinstance(v, str), na_action="ignore").astype(
+                bool
+            )
+            if bad.any():
+                self.problem(
+                    f"{option}: column {key!r} must hold text",
+                    None,
+                    key,
+                    "is_text",
+                    None,
+                    many=col.index[bad],
+                    cases=col[bad],
+                )
+            out = col.astype(object)
+            return out.where(col.notna(), None)
+        if not isinstance(key, str):
+            self.problem(
+                f"{option}={key!r} is neither a column of the frame nor a text constant",
+                None,
+                option,
+                "is_text",
+                key,
+            )
+            return pd.Series(None, index=n_index, dtype=object)
+        return self.constant(key)
+
+    def number(self, option: str, key: Hashable, *, required: bool) -> pd.Series | None:
+        """A numeric column converted losslessly to float64 (NaN where missing)."""
+        if not self.is_column(key):
+            if required or key is not None:
+                self.problem(
+                    f"{option}: no column {key!r} in the frame (columns: {_names(self.df.columns)})",
+                    None,
+                    key,
+                    "column_in_frame",
+                    key,
+                )
+            return None
+        col = self.column(key)
+        return _to_float(col, key, self)
+
+    # -- the build -----------------------------------------------------------------------
+    def build(self) -> pd.DataFrame:
+        index = self.df.index
+        if "annotation_id" in self.df.columns:
+            # An annotation frame (from fetch or upload) re-sent: what the server set is
+            # not part of an annotation body.
+            self.used.update(c for c in _SERVER_COLUMNS if c in self.df.columns)
+        shared = self.coordinates(index)
+        blocks = self.values_blocks()
+        shared.update(
+            char_source_type=self.text("char_source_type", self.default("char_source_type"), index),
+            coord_ref_frame=self.text(
+                "coord_ref_frame", self.default("coord_ref_frame", DEFAULT_COORD_REF_FRAME), index
+            ),
+            coord_units=self.text("coord_units", self.default("coord_units"), index),
+            data_id=self.text("data_id", self.default("data_id"), index),
+            metadata=self.metadata(index),
+        )
+        unit_key = self.default("property_unit")
+        row_units = self.text("property_unit", unit_key, index) if unit_key is not None else None
+        frames = []
+        for names, values, source in blocks:
+            frame = pd.DataFrame(
+                {
+                    "property_name": names,
+                    "property_value": values,
+                    "property_unit": self.units(names, source, row_units),
+                    **shared,
+                },
+                index=index,
+            )
+            frames.append(frame[list(RECORD_COLUMNS)])
+        self.check_unknown()
+        if self.failures:
+            raise _error(self.messages, self.failures)
+        if len(frames) == 1:
+            return frames[0]
+        return pd.concat(frames)
+
+    def units(self, names: pd.Series, source: Hashable, row_units: pd.Series | None) -> pd.Series:
+        """Units of one block: ``units={property: unit}`` first, then ``property_unit``."""
+        units = self.mapping.units
+        if units is not None and not isinstance(units, Mapping):
+            self.problem("units= takes a {property: unit} dict", None, "units", "mapping", units)
+            units = None
+        found = pd.Series(None, index=names.index, dtype=object)
+        if units:
+            by_column = units.get(source) if isinstance(source, Hashable) else None
+            found = names.map(lambda n: units.get(n, by_column), na_action="ignore").astype(object)
+        if row_units is not None:
+            found = found.where(found.notna(), row_units)
+        missing = found.isna()
+        if missing.any():
+            props = pd.unique(names[missing].astype(object))
+            shown = ", ".join(repr(p) for p in props[:5])
+            self.problem(
+                f"no unit for property {shown}: pass property_unit= or units={{property: unit}} "
+                '(use "1" for a dimensionless quantity)',
+                None,
+                source,
+                "unit_given",
+                None,
+                many=names.index[missing][:1000],
+                cases=names[missing][:1000],
+            )
+        return found.where(found.notna(), None)
+
+    def default(self, option: str, fallback: Any = None) -> Any:
+        given = getattr(self.mapping, option)
+        if given is not None:
+            return given
+        if option in self.df.columns:
+            return option
+        return fallback
+
+    def coordinates(self, index: pd.Index) -> dict[str, pd.Series]:
+        out = {}
+        for canonical, option in zip(COORD_COLUMNS, ("x", "y", "z"), strict=True):
+            key = getattr(self.mapping, option)
+            if key is not None:
+                series = self.number(option, key, required=True)
+            else:
+                present = [alias for alias in _COORD_ALIASES[canonical] if alias in self.df.columns]
+                series = self.number(option, present[0], required=True) if present else None
+            out[canonical] = series if series is not None else pd.Series(np.nan, index=index)
+        return out
+
+    def values_blocks(self) -> list[tuple[Any, pd.Series, Hashable]]:
+        m = self.mapping
+        if m.values is not None:
+            if m.value is not None:
+                self.problem(
+                    "give value= (long form) or values= (wide form), not both",
+                    None,
+                    "value",
+                    "mapping",
+                    m.value,
+                )
+            if isinstance(m.values, Mapping):
+                pairs = list(m.values.items())
+            elif isinstance(m.values, str | bytes) or not isinstance(m.values, Sequence | pd.Index):
+                self.problem(
+                    "values= takes a list of columns or a {column: property_name} dict",
+                    None,
+                    "values",
+                    "mapping",
+                    m.values,
+                )
+                return []
+            else:
+                pairs = [(col, col) for col in m.values]
+            if not pairs:
+                self.problem("values= names no column", None, "values", "mapping", m.values)
+            if m.property_name is not None:
+                self.problem(
+                    "property_name= cannot be used with values= (each value column is its own property)",
+                    None,
+                    "property_name",
+                    "mapping",
+                    m.property_name,
+                )
+            blocks = []
+            for col, prop in pairs:
+                series = self.number("values", col, required=True)
+                if series is not None:
+                    blocks.append((self.constant(str(prop)), series, col))
+            return blocks
+        value_key = m.value if m.value is not None else "property_value"
+        series = self.number("value", value_key, required=True)
+        if series is None:
+            if m.value is None:
+                self.messages[-1] = (
+                    "no value column: pass value='<column>' (long form) or values=[...] (wide form); "
+                    f"columns: {_names(self.df.columns)}"
+                )
+            return []
+        name_key = (
+            m.property_name
+            if m.property_name is not None
+            else ("property_name" if "property_name" in self.df.columns else None)
+        )
+        if name_key is None:
+            return [(self.constant(str(value_key)), series, value_key)]
+        if self.is_column(name_key):
+            return [(self.text("property_name", name_key, self.df.index), series, value_key)]
+        if not isinstance(name_key, str):
+            self.problem(
+                f"property_name={name_key!r} is neither a column nor a text constant",
+                None,
+                "property_name",
+                "is_text",
+                name_key,
+            )
+            return []
+        return [(self.constant(name_key), series, value_key)]
+
+    def metadata(self, index: pd.Index) -> pd.Series:
+        meta = self.mapping.metadata
+        if meta is None:
+            meta = "metadata" if "metadata" in self.df.columns else None
+        if meta is None:
+            return pd.Series(None, index=index, dtype=object)
+        if isinstance(meta, Mapping):
+            constant = dict(meta)
+            return pd.Series([constant] * len(index), index=index, dtype=object)
+        if self.is_column(meta):
+            col = self.column(meta)
+            return col.astype(object).where(col.notna(), None)
+        if isinstance(meta, Sequence) and not isinstance(meta, str):
+            missing = [c for c in meta if not self.is_column(c)]
+            if missing:
+                self.problem(
+                    f"metadata=: no columns {missing!r} in the frame",
+                    None,
+                    "metadata",
+                    "column_in_frame",
+                    missing,
+                )
+                return pd.Series(None, index=index, dtype=object)
+            for c in meta:
+                self.used.add(c)
+            sub = self.df[list(meta)].astype(object)
+            sub = sub.where(sub.notna(), None)
+            rows = sub.to_dict("records")
+            return pd.Series(
+                [{str(k): _plain(v) for k, v in row.items()} for row in rows],
+                index=index,
+                dtype=object,
+            )
+        self.problem(
+            "metadata= takes a column of dicts, a dict, or a list of columns",
+            None,
+            "metadata",
+            "mapping",
+            meta,
+        )
+        return pd.Series(None, index=index, dtype=object)
+
+    def check_unknown(self) -> None:
+        unknown = [c for c in self.df.columns if c not in self.used]
+        if unknown:
+            self.problem(
+                f"unknown columns {_names(unknown)}: map them (x=, y=, value=, values=, ...) or fold "
+                "them into metadata=[...], or drop them",
+                None,
+                unknown[0] if len(unknown) == 1 else tuple(unknown),
+                "unknown_columns",
+                unknown,
+            )
+
+
+def _to_float(col: pd.Series, key: Hashable, builder: _Builder) -> pd.Series:
+    dtype = col.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        builder.problem(
+            f"column {key!r} holds booleans, not numbers",
+            None,
+            key,
+            "is_number",
+            None,
+            many=col.index[:10],
+            cases=col.iloc[:10],
+        )
+        return pd.Series(np.nan, index=col.index)
+    if pd.api.types.is_float_dtype(dtype):
+        return col.astype("float64") if dtype != np.float64 else col
+    if pd.api.types.is_integer_dtype(dtype):
+        arr = col.to_numpy(dtype="float64", na_value=np.nan)
+        ints = col.dropna()
+        too_big = ints.abs() > _MAX_EXACT_INT if len(ints) else ints.astype(bool)
+        if too_big.any():
+            bad = ints[too_big]
+            builder.problem(
+                f"column {key!r} holds integers beyond 2**53 that float64 cannot represent exactly",
+                None,
+                key,
+                "exact_float",
+                None,
+                many=bad.index,
+                cases=bad,
+            )
+        return pd.Series(arr, index=col.index)
+    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+        is_num = col.map(
+            lambda v: (
+                isinstance(v, int | float | np.integer | np.floating)
+                and not isinstance(v, bool | np.bool_)
+            ),
+            na_action="ignore",
+        ).astype(bool)
+        bad = col.notna() & ~is_num
+        if bad.any():
+            builder.problem(
+                f"column {key!r} holds values that are not numbers (text is never converted)",
+                None,
+                key,
+                "is_number",
+                None,
+                many=col.index[bad],
+                cases=col[bad],
+            )
+            return pd.Series(np.nan, index=col.index)
+        big = col[is_num].map(
+            lambda v: isinstance(v, int | np.integer) and abs(int(v)) > _MAX_EXACT_INT
+        )
+        if big.any():
+            builder.problem(
+                f"column {key!r} holds integers beyond 2**53 that float64 cannot represent exactly",
+                None,
+                key,
+                "exact_float",
+                None,
+                many=big.index[big],
+                cases=col[big.index[big]],
+            )
+        return pd.Series(col.to_numpy(dtype="float64", na_value=np.nan), index=col.index)
+    builder.problem(
+        f"column {key!r} has dtype {dtype}, not a number", None, key, "is_number", str(dtype)
+    )
+    return pd.Series(np.nan, index=col.index)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _names(columns: Any) -> str:
+    names = list(columns)
+    shown = ", ".join(repr(c) for c in names[:20])
+    return f"[{shown}{', ...' if len(names) > 20 else ''}]"
+
+
+def _error(messages: list[str], failures: list[pd.DataFrame]) -> AnnotationValidationError:
+    table = (
+        pd.concat(failures, ignore_index=True)
+        if failures
+        else pd.DataFrame(columns=_FAILURE_COLUMNS)
+    )
+    lines = "\n".join(f"  - {m}" for m in dict.fromkeys(messages))
+    return AnnotationValidationError(
+        f"the frame cannot be turned into annotations:\n{lines}", table
+    )

@@ -1,0 +1,242 @@
+"""The pandera models of the library: canonical records and annotation frames.
+
+Canonical records are the one shape every input is brought to before it is validated and
+sent: one row per annotation, the columns of the API's annotation body, indexed by the
+labels of the input rows they came from. Annotation frames are what the API stored, in the
+columns and dtypes the official ``atomscale`` SDK uses, so frames from either library line
+up. The structure of xarray maps is checked in :mod:`atomscale_accessors.flatten` with a
+``pandera.xarray`` schema built for the map at hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+__all__ = [
+    "ANNOTATION_COLUMNS",
+    "COORD_COLUMNS",
+    "COORD_REF_FRAMES",
+    "POSITION_KEY",
+    "RECORD_COLUMNS",
+    "RECORD_STRING_COLUMNS",
+    "AnnotationFrameModel",
+    "RecordsModel",
+    "records_schema",
+]
+
+#: Columns of canonical records, in order: the body fields of the annotation API.
+RECORD_COLUMNS: tuple[str, ...] = (
+    "property_name",
+    "property_value",
+    "property_unit",
+    "char_source_type",
+    "coord_ref_frame",
+    "coord_units",
+    "coord_x",
+    "coord_y",
+    "coord_z",
+    "data_id",
+    "metadata",
+)
+COORD_COLUMNS: tuple[str, ...] = ("coord_x", "coord_y", "coord_z")
+#: Record columns holding text (``None``/NaN where unset).
+RECORD_STRING_COLUMNS: tuple[str, ...] = (
+    "property_name",
+    "property_unit",
+    "char_source_type",
+    "coord_ref_frame",
+    "coord_units",
+    "data_id",
+)
+#: What makes two annotations "the same property at the same position".
+POSITION_KEY: tuple[str, ...] = (
+    "property_name",
+    "coord_ref_frame",
+    "coord_units",
+    "coord_x",
+    "coord_y",
+    "coord_z",
+)
+COORD_REF_FRAMES: tuple[str, ...] = ("sample_relative", "stage_absolute")
+
+#: Columns of an annotation frame, in order: the official SDK's, then two more.
+ANNOTATION_COLUMNS: tuple[str, ...] = (
+    "annotation_id",
+    "data_id",
+    "char_source_type",
+    "property_name",
+    "property_value",
+    "property_unit",
+    "coord_x",
+    "coord_y",
+    "coord_z",
+    "coord_ref_frame",
+    "coord_units",
+    "metadata",
+    "last_updated",
+    "physical_sample_id",
+    "version",
+)
+
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+UUID_PATTERN = _UUID_RE.pattern
+#: Longest string accepted in a text field; longer ones are almost always a mistake
+#: (a whole file read into a cell) and would bloat every request they are part of.
+MAX_TEXT_LENGTH = 1024
+#: Largest encoded metadata object per annotation, so one record always fits a request.
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def _finite(series: pd.Series) -> pd.Series:
+    return pd.Series(
+        np.isfinite(series.to_numpy(dtype="float64", na_value=np.nan)), index=series.index
+    )
+
+
+def _is_text(series: pd.Series) -> pd.Series:
+    # pandera's str dtype check accepts an object column holding anything; check the
+    # elements, with a C-speed scan first since the answer is nearly always "all text".
+    if pd.api.types.infer_dtype(series, skipna=True) in {"string", "empty"}:
+        return pd.Series(True, index=series.index)
+    return series.map(lambda value: isinstance(value, str), na_action="ignore").astype(bool)
+
+
+def _json_object(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return len(encoded) <= MAX_METADATA_BYTES
+
+
+class RecordsModel(pa.DataFrameModel):
+    """Canonical annotation records, validated before anything is sent.
+
+    One row per annotation; the index holds the labels of the input rows. Coordinates,
+    units, technique, data id and metadata may be missing; a value may not.
+    """
+
+    property_name: Series[str] = pa.Field(
+        nullable=False, str_length={"min_value": 1, "max_value": MAX_TEXT_LENGTH}
+    )
+    property_value: Series[float] = pa.Field(nullable=False)
+    property_unit: Series[str] = pa.Field(nullable=True, str_length={"max_value": MAX_TEXT_LENGTH})
+    char_source_type: Series[str] = pa.Field(
+        nullable=True, str_length={"max_value": MAX_TEXT_LENGTH}
+    )
+    coord_ref_frame: Series[str] = pa.Field(nullable=False, isin=list(COORD_REF_FRAMES))
+    coord_units: Series[str] = pa.Field(nullable=True, str_length={"max_value": MAX_TEXT_LENGTH})
+    coord_x: Series[float] = pa.Field(nullable=True)
+    coord_y: Series[float] = pa.Field(nullable=True)
+    coord_z: Series[float] = pa.Field(nullable=True)
+    data_id: Series[str] = pa.Field(nullable=True)
+    metadata: Series[object] = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        ordered = True
+        coerce = False
+        unique: ClassVar[list[str]] = list(POSITION_KEY)
+
+    @pa.check("property_value", name="finite")
+    @classmethod
+    def _value_finite(cls, series: Series[float]) -> Series[bool]:
+        return _finite(series)
+
+    @pa.check("coord_x", "coord_y", "coord_z", name="finite")
+    @classmethod
+    def _coord_finite(cls, series: Series[float]) -> Series[bool]:
+        return _finite(series)
+
+    @pa.check(
+        "property_name",
+        "property_unit",
+        "char_source_type",
+        "coord_ref_frame",
+        "coord_units",
+        "data_id",
+        name="is_text",
+    )
+    @classmethod
+    def _text(cls, series: Series[str]) -> Series[bool]:
+        return _is_text(series)
+
+    @pa.check("data_id", name="uuid")
+    @classmethod
+    def _data_id_uuid(cls, series: Series[str]) -> Series[bool]:
+        text = series.dropna()
+        ok = pd.Series(True, index=series.index)
+        if len(text):
+            ok[text.index] = text.map(is_uuid).astype(bool)
+        return ok
+
+    @pa.check("metadata", name="json_object", element_wise=True)
+    @classmethod
+    def _metadata_json(cls, value: Any) -> bool:
+        return _json_object(value)
+
+    @pa.dataframe_check(name="coord_units_given_with_coordinates")
+    @classmethod
+    def _units_with_coords(cls, df: pd.DataFrame) -> Series[bool]:
+        has_coord = df[list(COORD_COLUMNS)].notna().any(axis=1)
+        return ~has_coord | df["coord_units"].notna()
+
+
+def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:
+    """The records schema, optionally without the one-annotation-per-position rule."""
+    schema = RecordsModel.to_schema()
+    if allow_duplicates:
+        schema.unique = None
+    return schema
+
+
+class AnnotationFrameModel(pa.DataFrameModel):
+    """Annotations as stored on the platform (what ``fetch`` and ``upload`` return)."""
+
+    annotation_id: Series[str] = pa.Field(nullable=False, str_matches=UUID_PATTERN)
+    data_id: Series[str] = pa.Field(nullable=True)
+    char_source_type: Series[str] = pa.Field(nullable=True)
+    property_name: Series[str] = pa.Field(nullable=False)
+    property_value: Series[float] = pa.Field(nullable=True)
+    property_unit: Series[str] = pa.Field(nullable=True)
+    coord_x: Series[float] = pa.Field(nullable=True)
+    coord_y: Series[float] = pa.Field(nullable=True)
+    coord_z: Series[float] = pa.Field(nullable=True)
+    coord_ref_frame: Series[str] = pa.Field(nullable=True)
+    coord_units: Series[str] = pa.Field(nullable=True)
+    metadata: Series[object] = pa.Field(nullable=True)
+    last_updated: Series[pd.DatetimeTZDtype] = pa.Field(
+        nullable=True, dtype_kwargs={"unit": "ns", "tz": "UTC"}
+    )
+    physical_sample_id: Series[str] = pa.Field(nullable=True)
+    version: Series[str] = pa.Field(nullable=True)
+
+    class Config:
+        strict = False
+        ordered = False
+
+
+def is_uuid(value: Any) -> bool:
+    """Whether ``value`` is a string in the canonical 8-4-4-4-12 hex UUID form."""
+    return isinstance(value, str) and _UUID_RE.match(value) is not None
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is a real number (not bool) that is finite."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    return isinstance(value, float | np.floating) and math.isfinite(value)

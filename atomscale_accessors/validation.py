@@ -1,0 +1,178 @@
+"""Run the records schema and turn its failures into one readable error.
+
+pandera runs lazily, so every failing check is found in one pass. The error's message is
+capped (a count per check and a handful of example rows); the complete failure table is
+kept on the exception for code that wants every case.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.errors
+
+from .errors import AnnotationValidationError
+from .schemas import POSITION_KEY, records_schema
+
+__all__ = ["MAX_EXAMPLES", "ValidationReport", "failure_message", "validate_records"]
+
+log = logging.getLogger("atomscale_accessors")
+
+#: Example rows shown in an error message; the rest are only in ``failure_cases``.
+MAX_EXAMPLES = 10
+_FAILURE_COLUMNS = ["index", "column", "check", "failure_case"]
+
+
+class ValidationReport:
+    """What validation changed: rows dropped on request, with the reason."""
+
+    def __init__(self, dropped: pd.DataFrame | None = None) -> None:
+        self.dropped = dropped if dropped is not None else pd.DataFrame(columns=_FAILURE_COLUMNS)
+
+    @property
+    def n_dropped(self) -> int:
+        return len(self.dropped)
+
+
+def validate_records(
+    records: pd.DataFrame,
+    *,
+    dropna: bool = False,
+    allow_duplicates: bool = False,
+    report: ValidationReport | None = None,
+) -> pd.DataFrame:
+    """Validate canonical records; return them, or raise one error listing every failure.
+
+    Parameters
+    ----------
+    records : pandas.DataFrame
+        Canonical records (see :func:`~atomscale_accessors.records.to_records`).
+    dropna : bool, default False
+        Drop records whose value is NaN (and log how many) instead of failing on them.
+    allow_duplicates : bool, default False
+        Accept several records of the same property at the same position.
+    report : ValidationReport, optional
+        Filled with the rows dropped by ``dropna``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The records, less the rows dropped by ``dropna``.
+
+    Raises
+    ------
+    AnnotationValidationError
+        Listing the failing checks with counts and at most ``MAX_EXAMPLES`` example rows;
+        ``.failure_cases`` holds every failure.
+    """
+    if dropna:
+        missing = records["property_value"].isna().to_numpy()
+        if missing.any():
+            dropped = records.index[missing]
+            log.info("dropping %d records whose value is NaN", missing.sum())
+            if report is not None:
+                report.dropped = pd.DataFrame(
+                    {
+                        "index": list(dropped),
+                        "column": "property_value",
+                        "check": "not_nullable",
+                        "failure_case": np.nan,
+                    }
+                )
+            records = records.loc[~missing]
+    schema = records_schema(allow_duplicates=allow_duplicates)
+    try:
+        # Positional index while validating: pandera's unique check and failure table want
+        # plain labels, and user indexes may repeat (wide input) or be a MultiIndex.
+        positional = records.reset_index(drop=True)
+        schema.validate(positional, lazy=True, inplace=True)
+    except pandera.errors.SchemaErrors as exc:
+        table = _failure_table(exc.failure_cases, records)
+        raise AnnotationValidationError(failure_message(table, len(records)), table) from None
+    return records
+
+
+def _failure_table(cases: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """pandera's failure cases with positions mapped back to the input's row labels."""
+    cases = cases.assign(_pos=pd.to_numeric(cases["index"], errors="coerce"))
+    cases = cases.sort_values("_pos", kind="stable", na_position="first")
+    positions = pd.to_numeric(cases["index"], errors="coerce")
+    labels = np.array(records.index, dtype=object)
+    mapped = [
+        labels[int(p)] if p == p and 0 <= p < len(labels) else None for p in positions.tolist()
+    ]
+    table = pd.DataFrame(
+        {
+            "index": pd.Series(mapped, dtype=object),
+            "column": pd.Series(cases["column"].tolist(), dtype=object),
+            "check": pd.Series(cases["check"].astype(str).map(_check_name).tolist(), dtype=object),
+            "failure_case": pd.Series(cases["failure_case"].tolist(), dtype=object),
+        }
+    )
+    # A frame-wide check is reported once per column by pandera; once per row is enough.
+    wide = table["check"] == "coord_units_given_with_coordinates"
+    table.loc[wide, "column"] = "coord_units"
+    table.loc[wide, "failure_case"] = None
+    # A cell that is not text also fails pandera's dtype and length checks: say it once.
+    table["check"] = table["check"].where(~table["check"].str.startswith("dtype("), "is_text")
+    table = table.drop_duplicates(subset=["index", "column", "check"], ignore_index=True)
+    not_text = table.loc[table["check"] == "is_text", ["index", "column"]]
+    if len(not_text):
+        cell = pd.MultiIndex.from_frame(table[["index", "column"]].astype(object))
+        bad = pd.MultiIndex.from_frame(not_text.astype(object))
+        table = table[~cell.isin(bad) | (table["check"] == "is_text").to_numpy()].reset_index(
+            drop=True
+        )
+    # A failed uniqueness check lists each member column of each duplicate row; one line
+    # per duplicate row says the same more plainly.
+    uniq = table["check"] == "unique_position"
+    if uniq.any():
+        dups = (
+            table[uniq]
+            .drop_duplicates(subset="index")
+            .assign(
+                column=", ".join(POSITION_KEY), failure_case="same property at the same position"
+            )
+        )
+        table = pd.concat([table[~uniq], dups], ignore_index=True)
+    return table
+
+
+def _check_name(check: str) -> str:
+    if check.startswith("column_in_dataframe"):
+        return "column_present"
+    if check in {"field_uniqueness", "multiple_fields_uniqueness"}:
+        return "unique_position"
+    if check.startswith("column_in_schema"):
+        return "unknown_column"
+    return check
+
+
+def failure_message(table: pd.DataFrame, n_rows: int, *, subject: str = "records") -> str:
+    """A capped summary of a failure table: counts per check, then a few examples."""
+    if table.empty:
+        return f"{subject} failed validation"
+    counts = table.groupby(["column", "check"], sort=False, dropna=False).size()
+    n_bad = table["index"].dropna().nunique()
+    lines = [
+        f"{n_bad} of {n_rows} {subject} failed validation ({len(table)} failures):"
+        if n_bad
+        else f"{subject} failed validation ({len(table)} failures):"
+    ]
+    for (column, check), count in counts.items():
+        lines.append(f"  - {column}: {check} ({count} {'case' if count == 1 else 'cases'})")
+    examples = table.head(MAX_EXAMPLES)
+    lines.append(f"examples (first {len(examples)}; all in .failure_cases):")
+    for row in examples.itertuples(index=False):
+        lines.append(
+            f"  row {_fmt(row.index)}: {row.column} = {_fmt(row.failure_case)} ({row.check})"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,57 @@
+"""Shared fixtures. The ``atomscale_server`` fixture comes from the package's pytest plugin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import atomscale_accessors
+from atomscale_accessors import Client
+
+
+@pytest.fixture
+def client(atomscale_server) -> Client:
+    """A client of the test's local server."""
+    return Client(api_key=atomscale_server.api_key, endpoint=atomscale_server.endpoint)
+
+
+@pytest.fixture
+def sample_id(atomscale_server) -> str:
+    """A fresh sample on the test's local server."""
+    return atomscale_server.create_sample("wafer-under-test")
+
+
+@pytest.fixture
+def env_client(atomscale_server, monkeypatch) -> None:
+    """Configure the default client through the environment, as a user would."""
+    monkeypatch.setenv("AS_API_KEY", atomscale_server.api_key)
+    monkeypatch.setenv("AS_API_ENDPOINT", atomscale_server.endpoint)
+    monkeypatch.delenv("ATOMSCALE_API_KEY", raising=False)
+
+
+def thickness_frame(n: int = 30, *, seed: int = 0, index: pd.Index | None = None) -> pd.DataFrame:
+    """A table of thickness points, as a user keeps them: own column names, own labels."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n)))
+    x = (np.arange(n) % side) * 7.5 - 100.0
+    y = (np.arange(n) // side) * 7.5 - 100.0
+    frame = pd.DataFrame(
+        {"x_mm": x, "y_mm": y, "thk": 100.0 + rng.normal(0.0, 1.0, n) / 3.0},
+        index=index
+        if index is not None
+        else pd.Index([f"site-{i:03d}" for i in range(n)], name="site"),
+    )
+    return frame
+
+
+THICKNESS_MAPPING = {
+    "x": "x_mm",
+    "y": "y_mm",
+    "value": "thk",
+    "property_name": "thickness",
+    "property_unit": "nm",
+    "coord_units": "mm",
+}
+
+_ = atomscale_accessors  # registers the accessors

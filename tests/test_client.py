@@ -1,0 +1,244 @@
+"""The client: configuration, one method per route, errors, secrets (real local server)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import uuid
+
+import pytest
+import requests
+
+import atomscale_accessors
+from atomscale_accessors import Client, fetch
+from atomscale_accessors.client import resolve_client
+from atomscale_accessors.errors import (
+    ApiError,
+    AtomscaleError,
+    ConfigurationError,
+    InvalidIdentifierError,
+    TransportError,
+)
+from atomscale_accessors.schemas import ANNOTATION_COLUMNS
+
+THICKNESS = {
+    "property_name": "thickness",
+    "property_value": 101.5,
+    "property_unit": "nm",
+    "coord_x": 1.5,
+    "coord_y": 2.0,
+    "coord_units": "mm",
+    "coord_ref_frame": "sample_relative",
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in ("AS_API_KEY", "ATOMSCALE_API_KEY", "AS_API_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_key_and_endpoint_from_environment(monkeypatch):
+    monkeypatch.setenv("ATOMSCALE_API_KEY", "second")
+    assert Client().api_key == "second"
+    monkeypatch.setenv("AS_API_KEY", "first")
+    assert Client().api_key == "first"
+    assert Client().endpoint == "https://api.atomscale.ai/"
+    monkeypatch.setenv("AS_API_ENDPOINT", "https://example.org/api/v2")
+    assert Client().endpoint == "https://example.org/api/v2/"
+    assert Client(api_key="arg").api_key == "arg"
+
+
+def test_missing_key_is_a_clear_error():
+    with pytest.raises(ConfigurationError, match="AS_API_KEY"):
+        Client()
+
+
+@pytest.mark.parametrize("endpoint", ["https://host/prefix", "https://host/prefix/"])
+def test_endpoint_prefix_is_kept(endpoint):
+    client = Client(api_key="k", endpoint=endpoint)
+    assert client.url("physical_samples/") == "https://host/prefix/physical_samples/"
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["ftp://host/", "not a url", "https://user:pw@host/", "https://host/?a=1"]
+)
+def test_bad_endpoints_are_refused(endpoint):
+    with pytest.raises(ConfigurationError):
+        Client(api_key="k", endpoint=endpoint)
+
+
+def test_plain_http_only_to_loopback_unless_allowed():
+    with pytest.raises(ConfigurationError, match="plain http"):
+        Client(api_key="k", endpoint="http://api.example.org/")
+    assert Client(api_key="k", endpoint="http://api.example.org/", allow_insecure=True)
+    for host in ("127.0.0.1", "127.5.0.1", "localhost", "[::1]"):
+        assert Client(api_key="k", endpoint=f"http://{host}:8000/")
+
+
+def test_switching_tls_verification_off_warns():
+    with pytest.warns(UserWarning, match="verification is off"):
+        Client(api_key="k", verify=False)
+
+
+def test_key_never_in_repr_or_pickle_state():
+    client = Client(api_key="sup3r-secret-key", endpoint="https://host/")
+    assert "sup3r" not in repr(client)
+    assert "sup3r" not in str(client)
+
+
+def test_sdk_client_is_accepted_without_the_sdk():
+    class SdkLike:
+        api_key = "sdk-key"
+        endpoint = "https://api.atomscale.ai/"
+
+    client = resolve_client(SdkLike())
+    assert isinstance(client, Client)
+    assert client.api_key == "sdk-key"
+    with pytest.raises(TypeError, match="api_key and endpoint"):
+        resolve_client(object())
+
+
+def test_one_session_per_thread():
+    client = Client(api_key="k", endpoint="https://host/")
+    sessions = []
+    thread = threading.Thread(target=lambda: sessions.append(client.session))
+    thread.start()
+    thread.join()
+    assert client.session is client.session
+    assert sessions[0] is not client.session
+    assert client.session.headers["User-Agent"].startswith(
+        f"atomscale-accessors/{atomscale_accessors.__version__} (Python/"
+    )
+
+
+def test_every_route(client, atomscale_server):
+    sample = client.create_sample("wafer-42")
+    sid = sample["id"]
+    assert [s["id"] for s in client.list_samples(sid)] == [sid]
+    with pytest.raises(ApiError) as info:
+        client.create_sample("wafer-42")
+    assert info.value.status_code == 409
+    assert info.value.detail["physical_sample_id"] == sid
+
+    one = client.create_annotation(sid, THICKNESS)
+    assert set(one) >= {
+        "id",
+        "physical_sample_id",
+        "annotation_metadata",
+        "last_updated",
+        "version",
+    }
+    bulk = client.create_annotations(
+        sid, [{**THICKNESS, "coord_x": 3.0, "metadata": {"site": 2}}, {**THICKNESS, "coord_x": 4.5}]
+    )
+    assert [a["coord_x"] for a in bulk] == [3.0, 4.5]
+    assert bulk[0]["annotation_metadata"] == {"site": 2}
+    listed = client.list_annotations(sid, x_range=(1.0, 3.0), y_range=(2.0, 2.0))
+    assert sorted(a["coord_x"] for a in listed) == [1.5, 3.0]
+    updated = client.update_annotation(sid, one["id"], {"property_value": 99.0})
+    assert updated["property_value"] == 99.0
+    assert updated["version"] != one["version"]
+    assert atomscale_server.request_count() == 7
+
+
+def test_errors_carry_status_and_detail(client, atomscale_server):
+    missing = str(uuid.uuid4())
+    with pytest.raises(ApiError) as info:
+        client.list_annotations(missing)
+    assert info.value.status_code == 404
+    assert isinstance(info.value, AtomscaleError)
+    assert info.value.detail
+    sid = atomscale_server.create_sample("s")
+    with pytest.raises(ApiError) as info:
+        client.create_annotations(sid, [{"property_name": "thickness"}])
+    assert info.value.status_code == 422
+    assert info.value.detail[0]["loc"][-1] == "property_value"
+
+
+def test_wrong_key_is_401_and_never_shown(atomscale_server, caplog):
+    wrong = Client(api_key="wrong-key-0123456789", endpoint=atomscale_server.endpoint)
+    sid = atomscale_server.create_sample("s")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ApiError) as info:
+        fetch(sid, client=wrong)
+    assert info.value.status_code == 401
+    assert "wrong-key" not in str(info.value)
+    assert "wrong-key" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "bad", ["../x", "abc?x=1", "", None, 42, "0b0e6b1c-3f4e-4a53-9d55-4c1f3f0f7a1"]
+)
+def test_ids_are_checked_before_any_request(client, atomscale_server, bad):
+    with pytest.raises(InvalidIdentifierError):
+        client.list_annotations(bad)
+    with pytest.raises(InvalidIdentifierError):
+        client.update_annotation(str(uuid.uuid4()), bad, {})
+    assert atomscale_server.request_count() == 0
+
+
+def test_connection_refused_is_known_not_sent():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = Client(api_key="k", endpoint=f"http://127.0.0.1:{port}/")
+    with pytest.raises(TransportError) as info:
+        client.list_samples()
+    assert info.value.sent is False
+    assert isinstance(info.value, ConnectionError)
+
+
+def test_read_timeout_is_known_maybe_sent(atomscale_server):
+    client = Client(
+        api_key=atomscale_server.api_key, endpoint=atomscale_server.endpoint, timeout=(5, 0.3)
+    )
+    atomscale_server.inject("latency", seconds=1.0, route="list_samples")
+    with pytest.raises(TransportError) as info:
+        client.list_samples()
+    assert info.value.sent is True
+    assert atomscale_server.api_key not in str(info.value)
+
+
+def test_dropped_connection_is_maybe_sent(client, atomscale_server):
+    sid = atomscale_server.create_sample("s")
+    atomscale_server.inject("drop_after_commit", route="bulk_create")
+    with pytest.raises(TransportError) as info:
+        client.create_annotations(sid, [THICKNESS])
+    assert info.value.sent is True
+    assert atomscale_server.annotation_count(sid) == 1
+
+
+def test_retry_after_is_read(client, atomscale_server):
+    atomscale_server.inject("rate_limited", route="list_samples", retry_after=2.5)
+    with pytest.raises(ApiError) as info:
+        client.list_samples()
+    assert info.value.status_code == 429
+    assert info.value.retry_after == 2.5
+
+
+def test_fetch_returns_typed_frame(client, atomscale_server):
+    sid = atomscale_server.create_sample("s")
+    empty = fetch(sid, client=client)
+    assert list(empty.columns) == list(ANNOTATION_COLUMNS)
+    assert len(empty) == 0
+    client.create_annotations(
+        sid,
+        [THICKNESS, {**THICKNESS, "property_name": "sheet_resistance", "property_unit": "ohm/sq"}],
+    )
+    frame = fetch(sid, client=client, property_name="thickness")
+    assert list(frame.columns) == list(ANNOTATION_COLUMNS)
+    assert len(frame) == 1
+    assert frame["property_value"].dtype == "float64"
+    assert frame["coord_z"].isna().all()
+    assert str(frame["last_updated"].dt.tz) == "UTC"
+    with pytest.raises(ApiError) as info:
+        fetch(str(uuid.uuid4()), client=client)
+    assert info.value.status_code == 404
+
+
+def test_fetch_uses_environment(env_client, atomscale_server):
+    sid = atomscale_server.create_sample("s")
+    assert len(fetch(sid)) == 0
+    _ = requests  # the real library is used underneath, never replaced

@@ -1,0 +1,350 @@
+"""Uploading DataFrames to the real local server: results, if_exists, chunking, faults."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import THICKNESS_MAPPING, thickness_frame
+
+from atomscale_accessors import Client, RetryPolicy, fetch
+from atomscale_accessors.errors import (
+    AnnotationExistsError,
+    AnnotationValidationError,
+    ApiError,
+    InvalidIdentifierError,
+    UploadError,
+)
+from atomscale_accessors.records import to_records
+from atomscale_accessors.schemas import ANNOTATION_COLUMNS
+from atomscale_accessors.upload import upload_records
+
+FAST = RetryPolicy(max_attempts=4, backoff=0.01, max_wait=0.5, settle=0.0)
+
+
+@pytest.fixture
+def fast_client(atomscale_server) -> Client:
+    """A client that retries quickly, so fault tests stay fast."""
+    return Client(api_key=atomscale_server.api_key, endpoint=atomscale_server.endpoint, retry=FAST)
+
+
+def assert_stored_exactly_once(
+    server, sample_id: str, df: pd.DataFrame, mapping=THICKNESS_MAPPING
+) -> None:
+    """Every input row is stored once, with its exact value, and nothing else is stored."""
+    stored = pd.DataFrame(server.stored_annotations(sample_id))
+    expected = to_records(df, **mapping)
+    assert len(stored) == len(expected), f"{len(stored)} stored for {len(expected)} rows"
+    key = ["property_name", "coord_x", "coord_y"]
+    assert not stored.duplicated(subset=key).any(), "an annotation is stored twice"
+    merged = expected.merge(stored, on=key, how="left", suffixes=("", "_stored"))
+    np.testing.assert_array_equal(merged["property_value_stored"], merged["property_value"])
+
+
+def shuffled_frame(n: int = 30, seed: int = 1) -> pd.DataFrame:
+    df = thickness_frame(n, seed=seed)
+    return df.sample(frac=1.0, random_state=seed)
+
+
+# -- results -------------------------------------------------------------------------------
+def test_upload_then_fetch_is_exact_and_aligned(client, atomscale_server, sample_id):
+    df = shuffled_frame(40).assign(operator="ann", lot=[f"L{i % 3}" for i in range(40)])
+    df.loc[df.index[0], "thk"] = 0.1 + 0.2  # a float with 17 significant digits
+    created = df.atomscale.upload(
+        sample_id,
+        client=client,
+        **THICKNESS_MAPPING,
+        char_source_type="ellipsometry",
+        metadata=["operator", "lot"],
+        chunk_size=7,
+    )
+    assert list(created.columns) == list(ANNOTATION_COLUMNS)
+    assert created.index.equals(df.index)
+    np.testing.assert_array_equal(created["property_value"].to_numpy(), df["thk"].to_numpy())
+    np.testing.assert_array_equal(created["coord_x"].to_numpy(), df["x_mm"].to_numpy())
+    assert created["annotation_id"].is_unique
+    assert (created["physical_sample_id"] == sample_id).all()
+    assert created["metadata"].iloc[3] == {"operator": "ann", "lot": df["lot"].iloc[3]}
+    assert str(created["last_updated"].dt.tz) == "UTC"
+
+    stored = fetch(sample_id, client=client).set_index("annotation_id")
+    again = stored.loc[created["annotation_id"]]
+    for column in ("property_value", "coord_x", "coord_y"):
+        np.testing.assert_array_equal(again[column].to_numpy(), created[column].to_numpy())
+    assert (again["property_unit"] == "nm").all()
+    assert (again["coord_units"] == "mm").all()
+    assert (again["char_source_type"] == "ellipsometry").all()
+    assert again["metadata"].tolist() == created["metadata"].tolist()
+    assert atomscale_server.request_counts["bulk_create"] == 6
+
+
+def test_dtypes_match_fetch(client, sample_id):
+    created = thickness_frame(5).atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    fetched = fetch(sample_id, client=client)
+    pd.testing.assert_series_equal(created.dtypes, fetched.dtypes)
+
+
+def test_wide_frame_gives_one_row_per_row_and_property(client, sample_id):
+    df = thickness_frame(6).assign(rs=np.linspace(40.0, 45.0, 6))
+    created = df.atomscale.upload(
+        sample_id,
+        client=client,
+        x="x_mm",
+        y="y_mm",
+        values={"thk": "thickness", "rs": "sheet_resistance"},
+        units={"thickness": "nm", "sheet_resistance": "ohm/sq"},
+        coord_units="mm",
+    )
+    assert len(created) == 12
+    assert created.index.tolist() == df.index.tolist() * 2
+    assert created["property_name"].tolist() == ["thickness"] * 6 + ["sheet_resistance"] * 6
+    rs = created[created["property_name"] == "sheet_resistance"]
+    np.testing.assert_array_equal(rs["property_value"].to_numpy(), df["rs"].to_numpy())
+
+
+def test_client_from_environment(env_client, sample_id):
+    created = thickness_frame(3).atomscale.upload(sample_id, **THICKNESS_MAPPING)
+    assert len(created) == 3
+
+
+# -- nothing sent for bad input ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda df: df.assign(thk=np.nan), AnnotationValidationError),
+        (lambda df: df.assign(x_mm=np.inf), AnnotationValidationError),
+        (lambda df: df.assign(junk=1), AnnotationValidationError),
+        (lambda df: df.iloc[:0], AnnotationValidationError),
+    ],
+)
+def test_invalid_input_sends_nothing(client, atomscale_server, sample_id, change, error):
+    df = change(thickness_frame(5))
+    before = df.copy()
+    with pytest.raises(error):
+        df.atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    assert atomscale_server.request_count() == 0
+    pd.testing.assert_frame_equal(df, before)
+
+
+@pytest.mark.parametrize("bad", ["../../physical_samples", "x?y=1", str(uuid.uuid4())[:-1], 7])
+def test_bad_sample_id_sends_nothing(client, atomscale_server, bad):
+    with pytest.raises(InvalidIdentifierError):
+        thickness_frame(3).atomscale.upload(bad, client=client, **THICKNESS_MAPPING)
+    assert atomscale_server.request_count() == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"if_exists": "replace"}, {"chunk_size": 0}, {"max_workers": -1}, {"chunk_size": 2.5}],
+)
+def test_bad_options_send_nothing(client, atomscale_server, sample_id, options):
+    with pytest.raises(ValueError, match=next(iter(options))):
+        thickness_frame(3).atomscale.upload(
+            sample_id, client=client, **THICKNESS_MAPPING, **options
+        )
+    assert atomscale_server.request_count() == 0
+
+
+def test_dry_run_sends_nothing_and_numbers_chunks(client, atomscale_server, sample_id):
+    out = thickness_frame(10).atomscale.upload(
+        sample_id, client=client, **THICKNESS_MAPPING, dry_run=True, chunk_size=4
+    )
+    assert out["chunk"].tolist() == [0] * 4 + [1] * 4 + [2] * 2
+    assert atomscale_server.request_count() == 0
+
+
+# -- if_exists ------------------------------------------------------------------------------
+def test_same_upload_twice_creates_nothing_twice(client, atomscale_server, sample_id):
+    df = thickness_frame(8)
+    df.atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    bulk = atomscale_server.request_counts["bulk_create"]
+    with pytest.raises(AnnotationExistsError, match="8 records are already stored") as info:
+        df.atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    assert info.value.existing.index.tolist() == df.index.tolist()
+    assert atomscale_server.request_counts["bulk_create"] == bulk
+    assert_stored_exactly_once(atomscale_server, sample_id, df)
+
+
+def test_skip_sends_only_new_rows(client, atomscale_server, sample_id):
+    df = thickness_frame(10)
+    df.iloc[:6].atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    created = df.atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING, if_exists="skip")
+    assert created.index.tolist() == df.index[6:].tolist()
+    assert_stored_exactly_once(atomscale_server, sample_id, df)
+
+
+def test_append_stores_again(client, atomscale_server, sample_id):
+    df = thickness_frame(4)
+    df.atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    df.atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING, if_exists="append")
+    assert atomscale_server.annotation_count(sample_id) == 8
+
+
+def test_update_patches_changed_rows_and_creates_the_rest(client, atomscale_server, sample_id):
+    df = thickness_frame(6)
+    first = df.iloc[:4].atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    changed = df.copy()
+    changed.loc[df.index[:2], "thk"] += 5.0
+    atomscale_server.reset_counters()
+    out = changed.atomscale.upload(
+        sample_id, client=client, **THICKNESS_MAPPING, if_exists="update"
+    )
+    assert out.index.tolist() == df.index.tolist()
+    np.testing.assert_array_equal(out["property_value"].to_numpy(), changed["thk"].to_numpy())
+    assert atomscale_server.request_counts["update_annotation"] == 2  # unchanged rows untouched
+    assert out["annotation_id"].iloc[:4].tolist() == first["annotation_id"].tolist()
+    assert out["version"].iloc[0] != first["version"].iloc[0]
+    assert_stored_exactly_once(atomscale_server, sample_id, changed)
+
+
+# -- chunking -------------------------------------------------------------------------------
+def test_byte_cap_splits_requests(client, atomscale_server, sample_id):
+    df = thickness_frame(300).assign(note=["y" * 1000] * 300)
+    records = to_records(df, **THICKNESS_MAPPING, metadata=["note"])
+    upload_records(records, sample_id, client=client, max_chunk_bytes=128 * 1024, chunk_size=1000)
+    # each record is ~1.2 KB, so 300 of them need three 128 KiB requests
+    assert atomscale_server.request_counts["bulk_create"] == 3
+    assert_stored_exactly_once(atomscale_server, sample_id, df.drop(columns="note"))
+
+
+# -- faults ---------------------------------------------------------------------------------
+FAULTS = {
+    "429 with Retry-After": dict(kind="rate_limited", retry_after=0.05, times=2),
+    "429 without Retry-After": dict(kind="rate_limited", times=2),
+    "503": dict(kind="error_before_commit", status=503, times=2),
+    "500 before commit": dict(kind="error_before_commit", status=500),
+    "502 before commit": dict(kind="error_before_commit", status=502),
+    "504 before commit": dict(kind="error_before_commit", status=504),
+    "500 after commit": dict(kind="error_after_commit", status=500),
+    "drop after commit": dict(kind="drop_after_commit"),
+    "drop before commit": dict(kind="drop_before_commit"),
+}
+
+
+@pytest.mark.parametrize("max_workers", [1, 4])
+@pytest.mark.parametrize("after", [0, 2, 4], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("fault", list(FAULTS), ids=list(FAULTS))
+def test_fault_completes_exactly_once(
+    fast_client, atomscale_server, sample_id, fault, after, max_workers
+):
+    options = dict(FAULTS[fault])
+    atomscale_server.inject(options.pop("kind"), route="bulk_create", after=after, **options)
+    df = shuffled_frame(25)
+    created = df.atomscale.upload(
+        sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=5, max_workers=max_workers
+    )
+    assert created.index.equals(df.index)
+    np.testing.assert_array_equal(created["property_value"].to_numpy(), df["thk"].to_numpy())
+    assert created["annotation_id"].is_unique
+    assert_stored_exactly_once(atomscale_server, sample_id, df)
+    assert atomscale_server.faults.pending() == []  # the fault did fire
+
+
+def test_413_splits_chunks(fast_client, atomscale_server, sample_id):
+    atomscale_server.set_limits(max_bulk_annotations=3)
+    df = thickness_frame(20)
+    created = df.atomscale.upload(sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=10)
+    assert created.index.equals(df.index)
+    assert_stored_exactly_once(atomscale_server, sample_id, df)
+
+
+def test_timeout_waits_for_the_late_commit(atomscale_server, sample_id):
+    policy = RetryPolicy(max_attempts=4, backoff=0.01, max_wait=5.0)
+    client = Client(
+        api_key=atomscale_server.api_key,
+        endpoint=atomscale_server.endpoint,
+        timeout=(5.0, 0.4),
+        retry=policy,
+    )
+    atomscale_server.inject("latency", seconds=0.6, route="bulk_create", after=1)
+    df = thickness_frame(15)
+    created = df.atomscale.upload(
+        sample_id, client=client, **THICKNESS_MAPPING, chunk_size=5, max_workers=1
+    )
+    assert len(created) == 15
+    assert_stored_exactly_once(atomscale_server, sample_id, df)
+
+
+def test_retries_exhausted_then_skip_completes(fast_client, atomscale_server, sample_id):
+    atomscale_server.inject(
+        "error_before_commit", status=503, route="bulk_create", after=2, times=50
+    )
+    df = thickness_frame(30)
+    with pytest.raises(UploadError) as info:
+        df.atomscale.upload(
+            sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=5, max_workers=1
+        )
+    err = info.value
+    assert isinstance(err.cause, ApiError)
+    assert err.cause.status_code == 503
+    assert len(err.created) == 10
+    assert len(err.created) + len(err.not_created) == 30
+    assert set(err.created.index).isdisjoint(err.not_created.index)
+    assert atomscale_server.annotation_count(sample_id) == 10
+    atomscale_server.clear_faults()
+    rest = df.atomscale.upload(sample_id, client=fast_client, **THICKNESS_MAPPING, if_exists="skip")
+    assert sorted(rest.index) == sorted(err.not_created.index)
+    assert_stored_exactly_once(atomscale_server, sample_id, df)
+
+
+def test_unknown_fate_then_skip_completes(fast_client, atomscale_server, sample_id):
+    # The bulk request commits but its answer is lost, and the sample cannot be listed:
+    # the upload cannot know what landed, says so, and a re-run settles it.
+    atomscale_server.inject("drop_after_commit", route="bulk_create")
+    atomscale_server.inject(
+        "error_before_commit", status=500, route="list_annotations", after=1, times=50
+    )
+    df = thickness_frame(10)
+    with pytest.raises(UploadError) as info:
+        df.atomscale.upload(
+            sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=5, max_workers=1
+        )
+    assert len(info.value.unknown) == 5
+    assert "may or may not" in str(info.value)
+    atomscale_server.clear_faults()
+    df.atomscale.upload(sample_id, client=fast_client, **THICKNESS_MAPPING, if_exists="skip")
+    assert_stored_exactly_once(atomscale_server, sample_id, df)
+
+
+def test_server_rejection_is_an_upload_error(fast_client, atomscale_server, sample_id):
+    records = to_records(thickness_frame(4), **THICKNESS_MAPPING)
+    records["coord_ref_frame"] = "wafer"  # slipped past validation on purpose
+    with pytest.raises(UploadError) as info:
+        upload_records(records, sample_id, client=fast_client, validated=True)
+    assert info.value.cause.status_code == 422
+    assert len(info.value.not_created) == 4
+    assert len(info.value.created) == 0
+
+
+def test_wrong_key_fails_before_sending_and_hides_the_key(atomscale_server, sample_id, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = Client(api_key="not-the-key-abcdef", endpoint=atomscale_server.endpoint)
+    with pytest.raises(ApiError) as info:
+        thickness_frame(4).atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    assert info.value.status_code == 401
+    assert atomscale_server.request_counts["bulk_create"] == 0
+    assert "not-the-key" not in str(info.value) + caplog.text
+
+
+def test_key_absent_from_logs_at_debug(client, atomscale_server, sample_id, caplog):
+    caplog.set_level(logging.DEBUG)
+    atomscale_server.inject("error_after_commit", status=500, route="bulk_create")
+    thickness_frame(5).atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    assert "checking which" in caplog.text  # the failure was logged...
+    assert atomscale_server.api_key not in caplog.text  # ...without the key
+
+
+def test_progress_callback(client, sample_id):
+    seen = []
+    thickness_frame(12).atomscale.upload(
+        sample_id,
+        client=client,
+        **THICKNESS_MAPPING,
+        chunk_size=5,
+        max_workers=1,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen == [(5, 12), (10, 12), (12, 12)]
