@@ -125,23 +125,27 @@ class RecordsModel(pa.DataFrameModel):
     """Canonical annotation records, validated before anything is sent.
 
     One row per annotation; the index holds the labels of the input rows. Coordinates,
-    units, technique, data id and metadata may be missing; a value may not.
+    units, technique, data id and metadata may be missing; a value may not. Text columns
+    are object columns whose elements are checked by ``is_text`` (pandera's own ``str``
+    dtype check tests every element in Python, several times slower).
     """
 
-    property_name: Series[str] = pa.Field(
+    property_name: Series[object] = pa.Field(
         nullable=False, str_length={"min_value": 1, "max_value": MAX_TEXT_LENGTH}
     )
     property_value: Series[float] = pa.Field(nullable=False)
-    property_unit: Series[str] = pa.Field(nullable=True, str_length={"max_value": MAX_TEXT_LENGTH})
-    char_source_type: Series[str] = pa.Field(
+    property_unit: Series[object] = pa.Field(
         nullable=True, str_length={"max_value": MAX_TEXT_LENGTH}
     )
-    coord_ref_frame: Series[str] = pa.Field(nullable=False, isin=list(COORD_REF_FRAMES))
-    coord_units: Series[str] = pa.Field(nullable=True, str_length={"max_value": MAX_TEXT_LENGTH})
+    char_source_type: Series[object] = pa.Field(
+        nullable=True, str_length={"max_value": MAX_TEXT_LENGTH}
+    )
+    coord_ref_frame: Series[object] = pa.Field(nullable=False, isin=list(COORD_REF_FRAMES))
+    coord_units: Series[object] = pa.Field(nullable=True, str_length={"max_value": MAX_TEXT_LENGTH})
     coord_x: Series[float] = pa.Field(nullable=True)
     coord_y: Series[float] = pa.Field(nullable=True)
     coord_z: Series[float] = pa.Field(nullable=True)
-    data_id: Series[str] = pa.Field(nullable=True)
+    data_id: Series[object] = pa.Field(nullable=True)
     metadata: Series[object] = pa.Field(nullable=True)
 
     class Config:

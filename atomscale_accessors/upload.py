@@ -261,6 +261,10 @@ def _match(records: pd.DataFrame, answer: pd.DataFrame) -> tuple[np.ndarray, np.
     """
     if len(records) == 0 or len(answer) == 0:
         return np.full(len(records), -1, dtype=np.int64), np.zeros(len(answer), dtype=bool)
+    if len(records) == len(answer) and _same_content(records, answer):
+        # The usual answer: the same records in the same order. Every key field was
+        # compared, so this is still a match by content; any difference takes the join.
+        return np.arange(len(records), dtype=np.int64), np.ones(len(answer), dtype=bool)
     left = _match_frame(records)
     left["_left"] = np.arange(len(records))
     right = _match_frame(answer)
@@ -271,6 +275,23 @@ def _match(records: pd.DataFrame, answer: pd.DataFrame) -> tuple[np.ndarray, np.
     used = np.zeros(len(answer), dtype=bool)
     used[merged["_right"].to_numpy()] = True
     return paired, used
+
+
+def _same_content(records: pd.DataFrame, answer: pd.DataFrame) -> bool:
+    """Whether row i of ``answer`` has the key and value of row i of ``records``, for all i."""
+    for column in _MATCH_KEY:
+        mine, theirs = records[column], answer[column]
+        if column in _FLOATS:
+            a = mine.to_numpy(dtype="float64", na_value=np.nan)
+            b = theirs.to_numpy(dtype="float64", na_value=np.nan)
+            if not np.array_equal(a, b, equal_nan=True):
+                return False
+        else:
+            a = mine.astype(object).where(mine.notna(), _NULL_TEXT).to_numpy()
+            b = theirs.astype(object).where(theirs.notna(), _NULL_TEXT).to_numpy()
+            if not (a == b).all():
+                return False
+    return True
 
 
 def _answer_frame(objects: list[dict[str, Any]]) -> pd.DataFrame:

@@ -348,3 +348,18 @@ def test_progress_callback(client, sample_id):
         progress=lambda done, total: seen.append((done, total)),
     )
     assert seen == [(5, 12), (10, 12), (12, 12)]
+
+
+def test_answers_are_matched_by_content_not_position():
+    from atomscale_accessors.upload import _answer_frame, _match
+
+    records = to_records(thickness_frame(6), **THICKNESS_MAPPING)
+    objects = [
+        {**row, "id": str(uuid.uuid4()), "last_updated": "2026-01-01T00:00:00Z", "version": "1"}
+        for row in records.astype(object).where(records.notna(), None).to_dict("records")
+    ]
+    objects.reverse()
+    objects[0]["property_value"] += 1e-12  # the server stored something else for this one
+    paired, used = _match(records, _answer_frame(objects))
+    assert paired.tolist() == [5, 4, 3, 2, 1, -1]
+    assert used.tolist() == [False, True, True, True, True, True]

@@ -1,0 +1,104 @@
+"""``atomscale-accessors serve``: the parser, and the server it runs in another process."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from atomscale_accessors.cli import build_parser, main
+
+
+def test_serve_defaults_bind_loopback():
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1"
+    assert args.port == 8000
+    assert args.db is None
+    assert args.api_key is None
+    assert args.max_bulk_annotations == 50_000
+    assert args.handler.__name__ == "cmd_serve"
+
+
+def test_serve_options():
+    args = build_parser().parse_args(
+        ["serve", "--port", "0", "--db", "x.sqlite", "--api-key", "k", "--max-body-bytes", "none"]
+    )
+    assert (args.port, args.db, args.api_key, args.max_body_bytes) == (0, "x.sqlite", "k", None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--port", "70000"])
+
+
+def test_no_subcommand_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "serve" in capsys.readouterr().err
+
+
+def _start(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "atomscale_accessors", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    expected = 1 if "--api-key" in args else 2  # the endpoint, then a generated key
+    lines: list[str] = []
+    while len(lines) < expected:
+        line = process.stdout.readline()
+        if not line:  # the process ended
+            break
+        lines.append(line)
+    return process, lines
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    return process.returncode, err
+
+
+@pytest.mark.timeout(120)
+def test_python_m_serve_prints_endpoint_and_generated_key_once(tmp_path: Path):
+    process, lines = _start("--db", str(tmp_path / "cli.sqlite"))
+    try:
+        endpoint = re.search(r"(http://127\.0\.0\.1:\d+/)", lines[0]).group(1)
+        key = re.search(r"API key \(generated, shown once\): (\S+)", lines[1]).group(1)
+        created = requests.post(
+            f"{endpoint}physical_samples/",
+            json={"name": "w"},
+            headers={"X-API-KEY": key},
+            timeout=30,
+        )
+        refused = requests.get(f"{endpoint}physical_samples/", timeout=30)
+    finally:
+        status, err = _stop(process)
+    assert created.status_code == 200
+    assert refused.status_code == 401
+    assert status == 0
+    assert "Traceback" not in err
+    assert key not in err  # the access log shows paths, never the key
+    assert (tmp_path / "cli.sqlite").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_given_key_is_not_printed():
+    process, lines = _start("--api-key", "my-secret-key", "--no-access-log")
+    try:
+        endpoint = re.search(r"(http://\S+/)", lines[0]).group(1)
+        answer = requests.get(
+            f"{endpoint}physical_samples/", headers={"X-API-KEY": "my-secret-key"}, timeout=30
+        )
+    finally:
+        _, err = _stop(process)
+    assert answer.status_code == 200
+    assert answer.json() == []
+    assert "my-secret-key" not in "".join(lines) + err

@@ -1,0 +1,316 @@
+"""The local server's switchable faults and its request counters, over real HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from atomscale_accessors.server import FAULT_KINDS, ROUTE_NAMES, Faults, LocalServer
+
+ONE = {"property_name": "thickness", "property_value": 1.0}
+
+
+def _bulk(srv: LocalServer, sample_id: str, n: int = 3, **kwargs: Any) -> requests.Response:
+    return requests.post(
+        f"{srv.endpoint}physical_samples/{sample_id}/annotations/bulk",
+        json={"annotations": [{**ONE, "property_value": float(i)} for i in range(n)]},
+        headers={"X-API-KEY": srv.api_key},
+        timeout=30,
+        **kwargs,
+    )
+
+
+def _list(srv: LocalServer, sample_id: str) -> requests.Response:
+    return requests.get(
+        f"{srv.endpoint}physical_samples/{sample_id}/annotations/",
+        headers={"X-API-KEY": srv.api_key},
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def sample(atomscale_server) -> tuple[LocalServer, str]:
+    return atomscale_server, atomscale_server.create_sample("wafer-1")
+
+
+# -- failures around the commit -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_error_before_commit_stores_nothing(sample, status):
+    srv, sample_id = sample
+    srv.inject("error_before_commit", status=status, route="bulk_create", times=1)
+
+    failed = _bulk(srv, sample_id)
+    retried = _bulk(srv, sample_id)
+
+    assert failed.status_code == status
+    assert isinstance(failed.json()["detail"], str)
+    assert retried.status_code == 200
+    assert srv.annotation_count(sample_id) == 3  # only the retry's
+
+
+def test_error_after_commit_fires_on_the_request_after_the_skipped_ones(sample):
+    srv, sample_id = sample
+    srv.inject("error_after_commit", status=500, route="bulk", times=1, after=2)  # "bulk" alias
+
+    statuses = [_bulk(srv, sample_id).status_code for _ in range(4)]
+
+    assert statuses == [200, 200, 500, 200]
+    # the failed request's annotations are there all the same
+    assert srv.annotation_count(sample_id) == 12
+
+
+def test_drop_after_commit_gives_a_connection_error_and_keeps_the_data(sample):
+    srv, sample_id = sample
+    srv.inject("drop_after_commit", route="bulk_create", times=1)
+
+    with pytest.raises(requests.exceptions.ConnectionError):
+        _bulk(srv, sample_id, n=5)
+
+    assert srv.annotation_count(sample_id) == 5
+    assert _bulk(srv, sample_id, n=5).status_code == 200  # the server is fine afterwards
+    assert srv.annotation_count(sample_id) == 10
+
+
+def test_drop_before_commit_gives_a_connection_error_and_stores_nothing(sample):
+    srv, sample_id = sample
+    srv.inject("drop_before_commit", route="bulk_create", times=1)
+
+    with requests.Session() as session:
+        session.headers["X-API-KEY"] = srv.api_key
+        # a kept-alive connection first, so the drop hits a reused connection
+        assert session.get(f"{srv.endpoint}physical_samples/", timeout=30).ok
+        with pytest.raises(requests.exceptions.ConnectionError):
+            session.post(
+                f"{srv.endpoint}physical_samples/{sample_id}/annotations/bulk",
+                json={"annotations": [ONE]},
+                timeout=30,
+            )
+    assert srv.annotation_count(sample_id) == 0
+
+
+def test_faults_on_other_routes(sample):
+    srv, sample_id = sample
+    srv.inject("error_after_commit", status=502, route="list_annotations")
+    srv.inject("drop_before_commit", route="create_sample")
+
+    assert _list(srv, sample_id).status_code == 502
+    assert _bulk(srv, sample_id).status_code == 200  # not its route
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(
+            f"{srv.endpoint}physical_samples/",
+            json={"name": "wafer-2"},
+            headers={"X-API-KEY": srv.api_key},
+            timeout=30,
+        )
+    names = [s["name"] for s in srv.store.list_samples()]
+    assert names == ["wafer-1"]
+    assert _list(srv, sample_id).status_code == 200
+
+
+def test_injected_faults_are_consumed_in_order(sample):
+    srv, sample_id = sample
+    srv.inject("error_before_commit", status=503, route="any", times=2)
+    srv.inject("error_before_commit", status=500, route="bulk_create")
+
+    statuses = [_bulk(srv, sample_id).status_code for _ in range(4)]
+
+    assert statuses == [503, 503, 500, 200]
+    assert srv.annotation_count(sample_id) == 3
+    assert srv.faults.pending() == []
+
+
+def test_clear_faults_removes_queued_ones(sample):
+    srv, sample_id = sample
+    srv.inject("error_before_commit", status=503, times=5)
+    srv.set_latency(10.0)
+    srv.clear_faults()
+    assert _bulk(srv, sample_id).status_code == 200
+
+
+# -- rate limits ----------------------------------------------------------------------------
+
+
+def test_injected_429_with_and_without_retry_after(sample):
+    srv, sample_id = sample
+    srv.inject("rate_limited", route="bulk_create", times=2, retry_after=0.1)
+    srv.inject("rate_limited", route="bulk_create", times=1, retry_after=None)
+
+    answers = [_bulk(srv, sample_id) for _ in range(4)]
+
+    assert [a.status_code for a in answers] == [429, 429, 429, 200]
+    assert answers[0].headers["Retry-After"] == "0.1"
+    assert answers[1].headers["Retry-After"] == "0.1"
+    assert "Retry-After" not in answers[2].headers
+    assert isinstance(answers[2].json()["detail"], str)
+    assert srv.annotation_count(sample_id) == 3
+
+
+def test_whole_seconds_retry_after_is_an_integer(sample):
+    srv, sample_id = sample
+    srv.inject("rate_limited", retry_after=2)
+    assert _bulk(srv, sample_id).headers["Retry-After"] == "2"
+
+
+def test_rate_limit_answers_429_with_retry_after_beyond_the_rate(sample):
+    srv, sample_id = sample
+    srv.set_rate_limit(per_second=2)  # a burst of 2, then one every 0.5 s
+
+    with requests.Session() as session:
+        session.headers["X-API-KEY"] = srv.api_key
+        url = f"{srv.endpoint}physical_samples/"
+        answers = [session.get(url, timeout=30) for _ in range(6)]
+
+    refused = [a for a in answers if a.status_code == 429]
+    assert answers[0].status_code == 200
+    assert len(refused) >= 3
+    for answer in refused:
+        assert 0 < float(answer.headers["Retry-After"]) <= 0.5
+    srv.set_rate_limit(per_second=None)
+    assert all(_list(srv, sample_id).status_code == 200 for _ in range(5))
+
+
+def test_rate_limit_from_the_constructor():
+    with LocalServer(rate_limit=1) as srv:
+        url = f"{srv.endpoint}physical_samples/"
+        statuses = [
+            requests.get(url, headers={"X-API-KEY": srv.api_key}, timeout=30).status_code
+            for _ in range(3)
+        ]
+    assert statuses[0] == 200
+    assert 429 in statuses
+
+
+# -- latency --------------------------------------------------------------------------------
+
+
+def test_injected_latency_slows_one_request(sample):
+    srv, sample_id = sample
+    srv.inject("latency", seconds=0.5, route="bulk_create", times=1)
+
+    start = time.perf_counter()
+    slow = _bulk(srv, sample_id)
+    elapsed = time.perf_counter() - start
+
+    assert slow.status_code == 200
+    assert elapsed >= 0.5
+    assert srv.faults.pending() == []
+
+
+def test_latency_does_not_hold_up_other_requests(sample):
+    srv, sample_id = sample
+    srv.inject("latency", seconds=4.0, route="bulk_create", times=1)
+    slow_done = threading.Event()
+
+    def slow() -> None:
+        _bulk(srv, sample_id)
+        slow_done.set()
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while srv.request_count("bulk_create") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the slow request has arrived
+    fast = _list(srv, sample_id)
+    answered_while_slow_pending = not slow_done.is_set()
+    thread.join(30)
+
+    assert fast.status_code == 200
+    assert answered_while_slow_pending
+    assert slow_done.is_set()
+
+
+def test_global_latency_applies_to_every_request():
+    with LocalServer(latency=0.5) as srv:
+        start = time.perf_counter()
+        answer = requests.get(
+            f"{srv.endpoint}physical_samples/", headers={"X-API-KEY": srv.api_key}, timeout=30
+        )
+        assert answer.status_code == 200
+        assert time.perf_counter() - start >= 0.5
+        srv.set_latency(0)
+        assert srv.faults.latency == 0
+
+
+# -- counters -------------------------------------------------------------------------------
+
+
+def test_counters_count_every_request_rejected_or_faulted(sample):
+    srv, sample_id = sample
+    assert srv.request_counts == dict.fromkeys(ROUTE_NAMES, 0)
+    srv.inject("error_before_commit", status=503, route="bulk_create")
+
+    _bulk(srv, sample_id)  # 503
+    _bulk(srv, sample_id)  # 200
+    requests.post(  # 401
+        f"{srv.endpoint}physical_samples/{sample_id}/annotations/bulk", json={}, timeout=30
+    )
+    requests.post(  # 422
+        f"{srv.endpoint}physical_samples/{sample_id}/annotations/",
+        json={},
+        headers={"X-API-KEY": srv.api_key},
+        timeout=30,
+    )
+    _list(srv, sample_id)
+    requests.get(f"{srv.endpoint}nowhere", headers={"X-API-KEY": srv.api_key}, timeout=30)
+
+    counts = srv.request_counts
+    assert counts["bulk_create"] == 3
+    assert counts["create_annotation"] == 1
+    assert counts["list_annotations"] == 1
+    assert counts["other"] == 1
+    assert srv.request_count("bulk_create") == 3
+    assert srv.request_count() == 6
+    srv.create_sample("direct")  # through the store: not a request
+    assert srv.request_count() == 6
+    srv.reset_counters()
+    assert srv.request_count() == 0
+
+
+# -- argument checking, no server needed ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("explode", {}),
+        ("error_before_commit", {"route": "bulk_creation"}),
+        ("error_before_commit", {"status": 200}),
+        ("error_before_commit", {"times": 0}),
+        ("error_before_commit", {"after": -1}),
+        ("latency", {}),
+        ("latency", {"seconds": -1}),
+        ("drop_after_commit", {"status": 500}),
+        ("rate_limited", {"retry_after": -1}),
+        ("error_after_commit", {"retry_after": 1}),
+    ],
+)
+def test_inject_refuses_bad_arguments(kind, options):
+    with pytest.raises(ValueError):  # noqa: PT011 - any clear ValueError will do
+        Faults().inject(kind, **options)
+
+
+def test_every_kind_can_be_injected_on_every_route():
+    faults = Faults()
+    for kind in FAULT_KINDS:
+        for route in (*ROUTE_NAMES, "any"):
+            faults.inject(kind, route=route, seconds=0.1 if kind == "latency" else None)
+    assert len(faults.pending()) == len(FAULT_KINDS) * (len(ROUTE_NAMES) + 1)
+
+
+def test_decide_counts_down_after_and_times():
+    faults = Faults()
+    faults.inject("error_after_commit", route="bulk_create", times=2, after=1)
+    faults.inject("latency", seconds=0.25, route="any", times=1)
+    first = faults.decide("bulk_create")
+    assert first.fault is None  # let through by after=1
+    assert first.latency == 0.25
+    assert faults.decide("list_samples").fault is None  # another route: untouched
+    assert faults.decide("bulk_create").fault.kind == "error_after_commit"
+    assert faults.decide("bulk_create").fault.kind == "error_after_commit"
+    assert faults.decide("bulk_create") == type(first)()
