@@ -22,10 +22,7 @@ from .client import Client, RetryPolicy
 from .frames import fetch
 from .pandas_accessor import AtomscaleDataFrameAccessor
 
-try:
-    from .xarray_accessor import AtomscaleDataArrayAccessor, AtomscaleDatasetAccessor
-except ImportError:  # the xarray accessor lands in its own change
-    AtomscaleDataArrayAccessor = AtomscaleDatasetAccessor = None  # type: ignore[assignment,misc]
+from .xarray_accessor import AtomscaleDataArrayAccessor, AtomscaleDatasetAccessor
 
 __all__ = [
     "AtomscaleDataArrayAccessor",

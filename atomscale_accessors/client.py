@@ -23,19 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import orjson
 import requests
 
 from . import __version__
 from .errors import ApiError, ConfigurationError, InvalidIdentifierError, TransportError
 from .schemas import is_uuid
-
-try:  # orjson parses large answers several times faster; the stdlib is the fallback.
-    import orjson
-
-    _loads = orjson.loads
-except ImportError:  # pragma: no cover - exercised only without orjson
-    orjson = None
-    _loads = json.loads
 
 __all__ = ["DEFAULT_ENDPOINT", "Client", "RetryPolicy", "check_uuid", "resolve_client"]
 
@@ -241,7 +234,7 @@ class Client:
         """:meth:`request`, with the answer parsed as JSON."""
         response = self.request(method, path, **kwargs)
         try:
-            return _loads(response.content)
+            return orjson.loads(response.content)
         except ValueError as exc:
             raise ApiError(
                 response.status_code,
@@ -275,7 +268,7 @@ class Client:
 
         A box filter applies to an axis only when both bounds are given (inclusive).
         """
-        return _loads(
+        return orjson.loads(
             self.list_annotations_raw(
                 physical_sample_id,
                 property_name=property_name,
@@ -476,7 +469,7 @@ def _scrub(detail: Any, secret: str) -> Any:
 
 def _detail(response: requests.Response) -> Any:
     try:
-        body = _loads(response.content)
+        body = orjson.loads(response.content)
     except ValueError:
         return response.text[:1000]
     if isinstance(body, dict) and "detail" in body:

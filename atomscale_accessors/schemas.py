@@ -10,6 +10,7 @@ up. The structure of xarray maps is checked in :mod:`atomscale_accessors.flatten
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -202,6 +203,7 @@ def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:
     """The records schema, optionally without the one-annotation-per-position rule."""
     schema = RecordsModel.to_schema()
     if allow_duplicates:
+        schema = copy.deepcopy(schema)  # to_schema() is cached: never change the shared one
         schema.unique = None
     return schema
 

@@ -17,7 +17,6 @@ what was created, what was not, and what could not be established.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -30,6 +29,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from .client import Client, check_uuid, resolve_client
@@ -43,13 +43,6 @@ from .errors import (
 from .frames import annotation_frame, created_frame, empty_annotation_frame
 from .schemas import COORD_COLUMNS, POSITION_KEY, RECORD_COLUMNS
 from .validation import validate_records
-
-try:
-    import orjson
-
-    _loads = orjson.loads
-except ImportError:  # pragma: no cover
-    _loads = json.loads
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -122,7 +115,7 @@ def encode_rows(records: pd.DataFrame) -> list[str]:
     ...     }
     ... )
     >>> encode_rows(rec)[1]
-    '{"property_name":"thickness","property_value":2.0,"property_unit":"nm","coord_ref_frame":"sample_relative","coord_units":"mm","coord_x":3.0,"coord_y":2.0,"metadata":{"site": 7}}'
+    '{"property_name":"thickness","property_value":2.0,"property_unit":"nm","coord_ref_frame":"sample_relative","coord_units":"mm","coord_x":3.0,"coord_y":2.0,"metadata":{"site":7}}'
     """
     n = len(records)
     if n == 0:
@@ -149,21 +142,17 @@ def _column_tokens(series: pd.Series, column: str) -> str | list[str] | None:
     """JSON tokens of a column: None when unset everywhere, one token when constant."""
     if column in _FLOATS:
         values = series.to_numpy(dtype="float64", na_value=np.nan)
-        missing = np.isnan(values)
-        if missing.all():
+        if np.isnan(values).all():
             return None
-        tokens = list(map(float.__repr__, values.tolist()))
-        if missing.any():
-            tokens = np.array(tokens, dtype=object)
-            tokens[missing] = "null"
-            return tokens.tolist()
-        return tokens
+        # orjson writes each float as its shortest round-trip text (exact, like repr, five
+        # times faster) and NaN as null.
+        return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode().split(",")
     missing = series.isna().to_numpy()
     if missing.all():
         return None
     if column == "metadata":
         return [
-            "null" if gone else json.dumps(value, allow_nan=False, separators=(", ", ": "))
+            "null" if gone else orjson.dumps(value).decode()
             for value, gone in zip(series.tolist(), missing.tolist(), strict=True)
         ]
     if not missing.any() and series.nunique() == 1:
@@ -349,7 +338,7 @@ class _Uploader:
         attempt = 1
         while True:
             try:
-                return _loads(self.client.list_annotations_raw(self.sample_id, **filters))
+                return orjson.loads(self.client.list_annotations_raw(self.sample_id, **filters))
             except (TransportError, ApiError) as exc:
                 if not _transient(exc) or attempt >= self.policy.max_attempts:
                     raise
@@ -423,7 +412,7 @@ class _Uploader:
                 continue
             # A 2xx: pair what the server created with the records sent.
             try:
-                objects = _loads(response.content)
+                objects = orjson.loads(response.content)
             except ValueError:
                 objects = None
             if not isinstance(objects, list):

@@ -1,0 +1,227 @@
+"""The ``atomscale`` accessor on xarray Datasets and DataArrays.
+
+Argument plumbing only: each method normalises its arguments and makes one call into
+:mod:`atomscale_accessors.flatten`. The accessors hold nothing but the object they are
+attached to, and check nothing when they are created. A DataArray is turned into a
+one-variable Dataset and handled by the same code as a Dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import xarray as xr
+
+from .errors import MapStructureError
+from .flatten import flatten_map, upload_map, validate_map
+
+__all__ = ["AtomscaleDataArrayAccessor", "AtomscaleDatasetAccessor"]
+
+
+class _MapAccessor:
+    """The methods shared by the Dataset and the DataArray accessor."""
+
+    def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
+        self._obj = obj
+
+    def _dataset(self, options: dict[str, Any]) -> xr.Dataset:
+        raise NotImplementedError
+
+    def to_annotations(self, **options: Any) -> pd.DataFrame:
+        """Flatten the map into canonical annotation records (no value validation).
+
+        Parameters
+        ----------
+        **options
+            ``x``, ``y``, ``z``, ``variables``, ``property_name``, ``property_unit``,
+            ``coord_units``, ``coord_ref_frame``, ``char_source_type``, ``data_id``,
+            ``metadata``, ``extra_dims``: see
+            :func:`~atomscale_accessors.flatten.flatten_map`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One record per cell with a value, indexed by the cell's labels.
+
+        Raises
+        ------
+        MapStructureError
+            When the map's structure cannot be read (coordinates, units, dimensions).
+
+        Examples
+        --------
+        >>> import atomscale_accessors
+        >>> from atomscale_accessors.datasets import sheet_resistance_map
+        >>> rec = sheet_resistance_map().atomscale.to_annotations()
+        >>> len(rec), rec["property_unit"].iloc[0], rec["coord_units"].iloc[0]
+        (49, 'ohm/sq', 'mm')
+        """
+        return flatten_map(self._dataset(options), **options)
+
+    def validate(
+        self, *, dropna: bool = False, allow_duplicates: bool | None = None, **options: Any
+    ) -> pd.DataFrame:
+        """Check the map's structure and values; return the validated records.
+
+        Parameters
+        ----------
+        dropna : bool, default False
+            Drop records whose value is NaN (flattening already skips NaN cells).
+        allow_duplicates : bool, optional
+            Accept several records of one property at one position. Default: only when
+            ``extra_dims="metadata"`` flattens several slices.
+        **options
+            As for :meth:`to_annotations`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The validated canonical records.
+
+        Raises
+        ------
+        MapStructureError
+            When the map's structure cannot be read.
+        AnnotationValidationError
+            When values fail validation; ``.failure_cases`` lists every failure.
+
+        Examples
+        --------
+        >>> import atomscale_accessors
+        >>> from atomscale_accessors.datasets import wafer_thickness_map
+        >>> rec = wafer_thickness_map(n=11).atomscale.validate()
+        >>> rec["property_name"].unique().tolist()
+        ['thickness']
+        """
+        return validate_map(
+            self._dataset(options), dropna=dropna, allow_duplicates=allow_duplicates, **options
+        )
+
+    def upload(
+        self,
+        sample_id: str,
+        *,
+        client: Any = None,
+        if_exists: str = "fail",
+        chunk_size: int | None = None,
+        max_chunk_bytes: int | None = None,
+        max_workers: int | None = None,
+        progress: Any = None,
+        dry_run: bool = False,
+        dropna: bool = False,
+        allow_duplicates: bool | None = None,
+        block_rows: int | None = None,
+        **options: Any,
+    ) -> pd.DataFrame:
+        """Validate the whole map, then upload it as annotations of a sample.
+
+        A dask-backed map is validated block by block first and then streamed block by
+        block, so nothing is sent when any block is invalid and memory stays bounded by a
+        block (see :func:`~atomscale_accessors.flatten.upload_map`).
+
+        Parameters
+        ----------
+        sample_id : str
+            UUID of the physical sample.
+        client : Client, optional
+            Default: configured from the environment (``AS_API_KEY``, ``AS_API_ENDPOINT``).
+        if_exists : {"fail", "skip", "append", "update"}, default "fail"
+            What to do with annotations already stored at the same positions.
+        chunk_size, max_chunk_bytes, max_workers, progress, dry_run
+            See :func:`~atomscale_accessors.upload.upload_records`.
+        dropna, allow_duplicates
+            As for :meth:`validate`.
+        block_rows : int, optional
+            Records per streamed block at most (dask-backed maps).
+        **options
+            As for :meth:`to_annotations`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The annotation frame of the created annotations, indexed like the records.
+
+        Raises
+        ------
+        MapStructureError, AnnotationValidationError
+            Invalid map; nothing was sent.
+        AnnotationExistsError, UploadError
+            See :func:`~atomscale_accessors.upload.upload_records`.
+
+        Examples
+        --------
+        >>> import atomscale_accessors
+        >>> from atomscale_accessors.datasets import wafer_thickness_map
+        >>> ds = wafer_thickness_map(n=11)
+        >>> plan = ds.atomscale.upload(
+        ...     "a1b2c3d4-5678-90ab-cdef-1234567890ab", dry_run=True, chunk_size=40
+        ... )
+        >>> plan["chunk"].value_counts().sort_index().tolist()
+        [40, 40, 1]
+        """
+        return upload_map(
+            self._dataset(options),
+            sample_id,
+            client=client,
+            if_exists=if_exists,
+            chunk_size=chunk_size,
+            max_chunk_bytes=max_chunk_bytes,
+            max_workers=max_workers,
+            progress=progress,
+            dry_run=dry_run,
+            dropna=dropna,
+            allow_duplicates=allow_duplicates,
+            block_rows=block_rows,
+            **options,
+        )
+
+
+@xr.register_dataset_accessor("atomscale")
+class AtomscaleDatasetAccessor(_MapAccessor):
+    """``Dataset.atomscale``: validate a map and upload it as spatial annotations.
+
+    Examples
+    --------
+    >>> import atomscale_accessors
+    >>> from atomscale_accessors.datasets import xps_line_scan
+    >>> xps_line_scan(n=5).atomscale.to_annotations()["property_name"].tolist()
+    ['sr_ti_ratio', 'sr_ti_ratio', 'sr_ti_ratio', 'sr_ti_ratio', 'sr_ti_ratio']
+    """
+
+    _obj: xr.Dataset
+
+    def _dataset(self, options: dict[str, Any]) -> xr.Dataset:
+        return self._obj
+
+
+@xr.register_dataarray_accessor("atomscale")
+class AtomscaleDataArrayAccessor(_MapAccessor):
+    """``DataArray.atomscale``: the same methods, for a map held in one DataArray.
+
+    The array becomes a one-variable Dataset named after the array, or after the
+    ``property_name`` option when the array has no name.
+
+    Examples
+    --------
+    >>> import atomscale_accessors
+    >>> from atomscale_accessors.datasets import wafer_thickness_map
+    >>> da = wafer_thickness_map(n=11).thickness
+    >>> rec = da.atomscale.to_annotations(property_name="film_thickness")
+    >>> rec["property_name"].iloc[0], rec["property_unit"].iloc[0]
+    ('film_thickness', 'nm')
+    """
+
+    _obj: xr.DataArray
+
+    def _dataset(self, options: dict[str, Any]) -> xr.Dataset:
+        da = self._obj
+        name = da.name
+        if name is None:
+            name = options.get("property_name")
+            if not isinstance(name, str):
+                raise MapStructureError(
+                    "the DataArray has no name: name it (da.rename('thickness')) or pass "
+                    "property_name='...'"
+                )
+        return da.to_dataset(name=name)

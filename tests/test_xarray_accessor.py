@@ -1,0 +1,138 @@
+"""Uploading xarray maps to the real local server, and getting them back as maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import atomscale_accessors
+from atomscale_accessors import fetch
+from atomscale_accessors.datasets import sheet_resistance_map, wafer_thickness_map
+from atomscale_accessors.errors import (
+    AnnotationExistsError,
+    AnnotationValidationError,
+    MapStructureError,
+)
+from atomscale_accessors.schemas import ANNOTATION_COLUMNS
+
+VARIANTS = ["dataset", "dataarray", "dask"]
+
+
+def as_variant(ds: xr.Dataset, variant: str) -> xr.Dataset | xr.DataArray:
+    if variant == "dataset":
+        return ds
+    if variant == "dask":
+        return ds.chunk(dict.fromkeys(ds.dims, 4))
+    (name,) = ds.data_vars
+    return ds[name].assign_attrs({**ds.attrs, **ds[name].attrs})
+
+
+def test_accessors_are_registered_on_import():
+    assert isinstance(xr.Dataset().atomscale, atomscale_accessors.AtomscaleDatasetAccessor)
+    assert isinstance(xr.DataArray(1.0).atomscale, atomscale_accessors.AtomscaleDataArrayAccessor)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_grid_upload_fetch_to_xarray_round_trip(variant, client, atomscale_server, sample_id):
+    ds = wafer_thickness_map(n=13)
+    obj = as_variant(ds, variant)
+    created = obj.atomscale.upload(sample_id, client=client, progress=False)
+
+    n_cells = int(ds.thickness.notnull().sum())
+    assert len(created) == n_cells == atomscale_server.annotation_count(sample_id)
+    assert list(created.columns) == list(ANNOTATION_COLUMNS)
+    # Indexed like the records: by the (y, x) labels of the cells.
+    assert created.index.names == ["y", "x"]
+    assert sorted(created.index) == sorted(obj.atomscale.to_annotations().index)
+    assert np.array_equal(created["coord_x"].to_numpy(), created.index.get_level_values("x"))
+    assert created["annotation_id"].is_unique
+
+    stored = fetch(sample_id, client=client)
+    back = stored.atomscale.to_xarray()
+    xr.testing.assert_equal(back, ds)
+    assert back.thickness.attrs == {"units": "nm"}
+    assert back.x.attrs == back.y.attrs == {"units": "mm"}
+    assert back.attrs["char_source_type"] == "ellipsometry"
+    assert back.attrs["physical_sample_id"] == sample_id
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scattered_upload_round_trip(variant, client, sample_id):
+    ds = sheet_resistance_map()
+    created = as_variant(ds, variant).atomscale.upload(sample_id, client=client, progress=False)
+    assert created.index.name == "point"
+    assert sorted(created.index) == list(range(49))
+    back = fetch(sample_id, client=client).atomscale.to_xarray()
+    assert back.sheet_resistance.dims == ("point",)
+    # Order along point comes from the server's answer; compare by position.
+    got = back.to_dataframe().set_index(["x", "y"])["sheet_resistance"].sort_index()
+    want = ds.to_dataframe().set_index(["x", "y"])["sheet_resistance"].sort_index()
+    pd.testing.assert_series_equal(got, want, check_exact=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_invalid_structure_sends_nothing(variant, client, atomscale_server, sample_id):
+    ds = wafer_thickness_map(n=9)
+    ds["thickness"].attrs = {}
+    with pytest.raises(MapStructureError, match="has no units"):
+        as_variant(ds, variant).atomscale.upload(sample_id, client=client)
+    assert atomscale_server.request_count() == 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bad_value_in_the_last_block_sends_nothing(variant, client, atomscale_server, sample_id):
+    ds = wafer_thickness_map(n=13)
+    values = ds.thickness.values.copy()
+    values[6, 12] = np.inf  # the last dask block of the dask variant
+    ds = ds.assign(thickness=(("y", "x"), values, {"units": "nm"}))
+    with pytest.raises(AnnotationValidationError) as info:
+        as_variant(ds, variant).atomscale.upload(sample_id, client=client)
+    assert info.value.failure_cases["index"].tolist() == [(0.0, 150.0)]
+    assert atomscale_server.request_count() == 0
+    assert atomscale_server.annotation_count(sample_id) == 0
+
+
+def test_dask_upload_is_streamed_in_blocks(client, atomscale_server, sample_id):
+    ds = wafer_thickness_map(n=21, chunks={"y": 5, "x": 7})
+    created = ds.atomscale.upload(
+        sample_id, client=client, chunk_size=50, block_rows=30, progress=False
+    )
+    assert len(created) == int(ds.thickness.notnull().sum())
+    assert atomscale_server.annotation_count(sample_id) == len(created)
+    stored = fetch(sample_id, client=client).atomscale.to_xarray()
+    xr.testing.assert_equal(stored, ds.compute())
+
+
+def test_second_upload_fails_then_skips(client, atomscale_server, sample_id):
+    ds = sheet_resistance_map()
+    ds.atomscale.upload(sample_id, client=client, progress=False)
+    with pytest.raises(AnnotationExistsError):
+        ds.atomscale.upload(sample_id, client=client, progress=False)
+    again = ds.atomscale.upload(sample_id, client=client, if_exists="skip", progress=False)
+    assert len(again) == 0
+    assert atomscale_server.annotation_count(sample_id) == 49
+
+
+def test_options_reach_the_records(client, sample_id):
+    da = wafer_thickness_map(n=7).thickness.rename(None)
+    created = da.atomscale.upload(
+        sample_id,
+        client=client,
+        property_name="film_thickness",
+        char_source_type="reflectometry",
+        metadata={"recipe": "B12"},
+        progress=False,
+    )
+    assert set(created["property_name"]) == {"film_thickness"}
+    assert set(created["char_source_type"]) == {"reflectometry"}
+    assert all(m == {"recipe": "B12"} for m in created["metadata"])
+
+
+def test_dry_run_sends_nothing(client, atomscale_server, sample_id):
+    planned = wafer_thickness_map(n=9, chunks=4).atomscale.upload(
+        sample_id, client=client, dry_run=True, chunk_size=10
+    )
+    assert planned["chunk"].max() >= 1
+    assert atomscale_server.request_count() == 0
