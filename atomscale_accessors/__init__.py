@@ -21,7 +21,6 @@ from . import errors, schemas
 from .client import Client, RetryPolicy
 from .frames import fetch
 from .pandas_accessor import AtomscaleDataFrameAccessor
-
 from .xarray_accessor import AtomscaleDataArrayAccessor, AtomscaleDatasetAccessor
 
 __all__ = [
