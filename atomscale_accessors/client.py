@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import orjson
+import msgspec
 import requests
 
 from . import __version__
@@ -33,6 +33,7 @@ from .schemas import is_uuid
 __all__ = ["DEFAULT_ENDPOINT", "Client", "RetryPolicy", "check_uuid", "resolve_client"]
 
 log = logging.getLogger("atomscale_accessors")
+_decode = msgspec.json.Decoder().decode
 
 DEFAULT_ENDPOINT = "https://api.atomscale.ai/"
 _KEY_VARIABLES = ("AS_API_KEY", "ATOMSCALE_API_KEY")
@@ -186,6 +187,10 @@ class Client:
                 }
             )
             session.verify = self.verify
+            if self.endpoint.startswith("http://"):
+                # Plain http is allowed to loopback only: never route it, and the key with
+                # it, through a proxy taken from the environment.
+                session.trust_env = False
             self._local.session = session
         return session
 
@@ -234,11 +239,11 @@ class Client:
         """:meth:`request`, with the answer parsed as JSON."""
         response = self.request(method, path, **kwargs)
         try:
-            return orjson.loads(response.content)
-        except ValueError as exc:
+            return _decode(response.content)
+        except msgspec.DecodeError as exc:
             raise ApiError(
                 response.status_code,
-                f"the answer is not JSON: {response.text[:200]!r}",
+                _scrub(f"the answer is not JSON: {response.text[:200]!r}", self._api_key),
                 method=method,
                 path="/" + path.lstrip("/"),
             ) from exc
@@ -268,15 +273,17 @@ class Client:
 
         A box filter applies to an axis only when both bounds are given (inclusive).
         """
-        return orjson.loads(
-            self.list_annotations_raw(
-                physical_sample_id,
-                property_name=property_name,
-                char_source_type=char_source_type,
-                x_range=x_range,
-                y_range=y_range,
-            )
+        raw = self.list_annotations_raw(
+            physical_sample_id,
+            property_name=property_name,
+            char_source_type=char_source_type,
+            x_range=x_range,
+            y_range=y_range,
         )
+        try:
+            return _decode(raw)
+        except msgspec.DecodeError:
+            raise ApiError(200, "the annotation list is not JSON", method="GET") from None
 
     def list_annotations_raw(
         self,
@@ -370,9 +377,16 @@ def _from_env(names: Iterable[str]) -> str | None:
 
 
 def _normalise_endpoint(endpoint: str) -> str:
+    if not isinstance(endpoint, str):
+        raise ConfigurationError(
+            f"the endpoint must be a URL string, not {type(endpoint).__name__}"
+        )
     parts = urlsplit(endpoint)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ConfigurationError(f"the endpoint must be an http(s) URL, got {endpoint!r}")
+        # The value is not shown: arguments given in the wrong order put the key here.
+        raise ConfigurationError(
+            "the endpoint must be an http(s) URL such as https://api.atomscale.ai/"
+        )
     if parts.query or parts.fragment or "@" in parts.netloc:
         raise ConfigurationError("the endpoint must not carry credentials, a query or a fragment")
     # Keep any path prefix: joining "http://host/prefix" with "physical_samples/" must
@@ -469,8 +483,8 @@ def _scrub(detail: Any, secret: str) -> Any:
 
 def _detail(response: requests.Response) -> Any:
     try:
-        body = orjson.loads(response.content)
-    except ValueError:
+        body = _decode(response.content)
+    except msgspec.DecodeError:
         return response.text[:1000]
     if isinstance(body, dict) and "detail" in body:
         return body["detail"]

@@ -142,6 +142,9 @@ class UploadError(AtomscaleError, RuntimeError):
         Annotation frame of what is stored, indexed like the input rows.
     not_created : pandas.DataFrame
         Canonical records that are not stored.
+    not_updated : pandas.DataFrame
+        With ``if_exists="update"``: canonical records whose stored annotation was not
+        updated (re-run with ``if_exists="update"``).
     unknown : pandas.DataFrame
         Canonical records whose fate could not be established (the server failed after
         receiving them and could not be asked afterwards); they may or may not be stored.
@@ -155,12 +158,14 @@ class UploadError(AtomscaleError, RuntimeError):
         *,
         created: pd.DataFrame,
         not_created: pd.DataFrame,
+        not_updated: pd.DataFrame | None = None,
         unknown: pd.DataFrame | None = None,
         cause: BaseException | None = None,
     ) -> None:
         super().__init__(message)
         self.created = created
         self.not_created = not_created
+        self.not_updated = not_updated if not_updated is not None else not_created.iloc[:0]
         self.unknown = unknown if unknown is not None else not_created.iloc[:0]
         self.cause = cause
 

@@ -364,7 +364,8 @@ def upload_map(
         return upload_records(records, sample_id, dropna=dropna, allow_duplicates=allow, **send)
     _validate_blocks(plan, block_rows, dropna=dropna, allow_duplicates=allow)
     # Flattening never yields a NaN value, so the blocks of pass 2 need no dropna.
-    return upload_records(_iter_blocks(plan, block_rows), sample_id, validated=True, **send)
+    # A factory, not one generator: the upload may need a second look at every block.
+    return upload_records(lambda: _iter_blocks(plan, block_rows), sample_id, validated=True, **send)
 
 
 def map_structure_schema(

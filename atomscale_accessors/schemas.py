@@ -112,11 +112,24 @@ def _is_text(series: pd.Series) -> pd.Series:
     return series.map(lambda value: isinstance(value, str), na_action="ignore").astype(bool)
 
 
-def _json_object(value: Any) -> bool:
+def encode_metadata(value: Any) -> str:
+    """The JSON text sent for an annotation's metadata (ASCII, compact).
+
+    Raises ``ValueError`` or ``TypeError`` for anything that would not come back from the
+    server as the same object: not a dict, keys that are not text, NaN, tuples, numpy
+    scalars.
+    """
     if not isinstance(value, dict):
-        return False
+        raise TypeError(f"metadata must be a dict, not {type(value).__name__}")
+    text = json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    if json.loads(text) != value:
+        raise ValueError("metadata does not survive a JSON round trip (keys must be text)")
+    return text
+
+
+def _json_object(value: Any) -> bool:
     try:
-        encoded = json.dumps(value, allow_nan=False)
+        encoded = encode_metadata(value)
     except (TypeError, ValueError, RecursionError):
         return False
     return len(encoded) <= MAX_METADATA_BYTES

@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
+from operator import attrgetter
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
-import orjson
 import pandas as pd
 
 from .client import Client, check_uuid, resolve_client
@@ -41,8 +42,8 @@ from .errors import (
     UploadError,
 )
 from .frames import annotation_frame, created_frame, empty_annotation_frame
-from .schemas import COORD_COLUMNS, POSITION_KEY, RECORD_COLUMNS
-from .validation import validate_records
+from .schemas import COORD_COLUMNS, POSITION_KEY, RECORD_COLUMNS, encode_metadata
+from .validation import ValidationReport, validate_records
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -84,6 +85,10 @@ _BODY_FIELDS: tuple[tuple[str, str], ...] = (
 _FLOATS = frozenset({"property_value", *COORD_COLUMNS})
 _NULL_TEXT = "\x00"  # stands for "unset" in match keys, where NaN and None must agree
 _MATCH_KEY = (*POSITION_KEY, "property_value")
+_ENCODER = msgspec.json.Encoder()
+# Up to this many properties, the existing annotations are listed one property at a time
+# (the list route filters by name); beyond, the whole sample is listed once.
+_MAX_NAMED_LISTINGS = 4
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -144,15 +149,15 @@ def _column_tokens(series: pd.Series, column: str) -> str | list[str] | None:
         values = series.to_numpy(dtype="float64", na_value=np.nan)
         if np.isnan(values).all():
             return None
-        # orjson writes each float as its shortest round-trip text (exact, like repr, five
+        # msgspec writes each float as its shortest round-trip text (exact, like repr, four
         # times faster) and NaN as null.
-        return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode().split(",")
+        return _ENCODER.encode(values.tolist())[1:-1].decode().split(",")
     missing = series.isna().to_numpy()
     if missing.all():
         return None
     if column == "metadata":
         return [
-            "null" if gone else orjson.dumps(value).decode()
+            "null" if gone else encode_metadata(value)
             for value, gone in zip(series.tolist(), missing.tolist(), strict=True)
         ]
     if not missing.any() and series.nunique() == 1:
@@ -227,36 +232,138 @@ def iter_chunks(
                 begin = stop
 
 
-# -- matching ------------------------------------------------------------------------------
-def _match_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Key columns normalised so that NaN and None agree, plus an occurrence counter."""
-    out = {}
+# -- answers and matching ------------------------------------------------------------------
+class _Stored(msgspec.Struct):
+    """The fields of an answered annotation that an upload reads; the rest are skipped
+    while parsing, which is most of the cost of a bulk answer."""
+
+    id: str
+    property_name: str | None = None
+    property_value: float | None = None
+    coord_ref_frame: str | None = None
+    coord_units: str | None = None
+    coord_x: float | None = None
+    coord_y: float | None = None
+    coord_z: float | None = None
+    last_updated: str | None = None
+    version: str | int | float | None = None
+
+
+_DECODE_STORED = msgspec.json.Decoder(list[_Stored])
+
+
+class _Answer:
+    """Annotations answered by the server, as columns: ids, what the server added, and the
+    key fields used to pair them with records."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        last_updated: list[Any],
+        versions: list[Any],
+        keys: dict[str, np.ndarray],
+    ) -> None:
+        self.ids = ids
+        self.last_updated = last_updated
+        self.versions = versions
+        self.keys = keys
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _Answer:
+        """Parse a JSON array of annotation objects; ``ValueError`` when it is not one."""
+        try:
+            items = _DECODE_STORED.decode(raw)
+        except msgspec.DecodeError as exc:  # ValidationError too
+            raise ValueError(f"not a JSON array of annotations: {exc}") from None
+        get = {name: attrgetter(name) for name in _Stored.__struct_fields__}
+        return cls(
+            list(map(get["id"], items)),
+            list(map(get["last_updated"], items)),
+            list(map(get["version"], items)),
+            {
+                column: np.array(list(map(get[column], items)), dtype=_key_dtype(column))
+                for column in _MATCH_KEY
+            },
+        )
+
+    @classmethod
+    def from_objects(cls, objects: list[dict[str, Any]]) -> _Answer:
+        """Annotation objects already parsed into dicts."""
+        return cls(
+            [obj["id"] for obj in objects],
+            [obj.get("last_updated") for obj in objects],
+            [obj.get("version") for obj in objects],
+            {
+                column: np.array([obj.get(column) for obj in objects], dtype=_key_dtype(column))
+                for column in _MATCH_KEY
+            },
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, positions: np.ndarray) -> _Answer:
+        pick = positions.tolist()
+        return _Answer(
+            [self.ids[i] for i in pick],
+            [self.last_updated[i] for i in pick],
+            [self.versions[i] for i in pick],
+            {column: values[positions] for column, values in self.keys.items()},
+        )
+
+    def without(self, ids: set[str]) -> _Answer:
+        """The annotations whose id is not in ``ids``."""
+        keep = np.fromiter((i not in ids for i in self.ids), dtype=bool, count=len(self.ids))
+        return self if keep.all() else self.take(np.flatnonzero(keep))
+
+
+def _key_dtype(column: str) -> str:
+    return "float64" if column in _FLOATS else "object"
+
+
+def _record_keys(records: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The key columns of records as arrays, text nulls as None like in an answer."""
+    keys = {}
     for column in _MATCH_KEY:
-        series = frame[column]
+        series = records[column]
         if column in _FLOATS:
-            out[column] = series.to_numpy(dtype="float64", na_value=np.nan)
+            keys[column] = series.to_numpy(dtype="float64", na_value=np.nan)
         else:
-            out[column] = series.astype(object).where(series.notna(), _NULL_TEXT).to_numpy()
-    keyed = pd.DataFrame(out)
-    keyed["_n"] = keyed.groupby(list(_MATCH_KEY), dropna=False, sort=False).cumcount().to_numpy()
-    return keyed
+            keys[column] = series.astype(object).where(series.notna(), None).to_numpy()
+    return keys
 
 
-def _match(records: pd.DataFrame, answer: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Pair records with answer rows of the same content.
+def _key_frame(
+    keys: dict[str, np.ndarray], columns: tuple[str, ...] = _MATCH_KEY, *, count: bool = True
+) -> pd.DataFrame:
+    """Key columns ready to join on (text nulls as one marker, so NaN and None agree), with
+    an occurrence counter ``_n`` that pairs repeated keys one to one."""
+    frame = pd.DataFrame({column: _joinable(column, keys[column]) for column in columns})
+    if count:
+        frame["_n"] = frame.groupby(list(columns), dropna=False, sort=False).cumcount().to_numpy()
+    return frame
 
-    Returns, for each record, the position of its answer row (or -1), and for each answer
-    row whether it was paired.
+
+def _joinable(column: str, values: np.ndarray) -> np.ndarray:
+    return values if column in _FLOATS else np.where(pd.isna(values), _NULL_TEXT, values)
+
+
+def _match(records: pd.DataFrame, answer: _Answer) -> tuple[np.ndarray, np.ndarray]:
+    """Pair records with answered annotations of the same content (position key and value).
+
+    Returns, for each record, the position of its annotation in the answer (or -1), and for
+    each annotation whether it was paired.
     """
     if len(records) == 0 or len(answer) == 0:
         return np.full(len(records), -1, dtype=np.int64), np.zeros(len(answer), dtype=bool)
-    if len(records) == len(answer) and _same_content(records, answer):
+    mine = _record_keys(records)
+    if len(records) == len(answer) and _same_content(mine, answer.keys):
         # The usual answer: the same records in the same order. Every key field was
         # compared, so this is still a match by content; any difference takes the join.
         return np.arange(len(records), dtype=np.int64), np.ones(len(answer), dtype=bool)
-    left = _match_frame(records)
+    left = _key_frame(mine)
     left["_left"] = np.arange(len(records))
-    right = _match_frame(answer)
+    right = _key_frame(answer.keys)
     right["_right"] = np.arange(len(answer))
     merged = left.merge(right, on=[*_MATCH_KEY, "_n"], how="inner")
     paired = np.full(len(records), -1, dtype=np.int64)
@@ -266,53 +373,49 @@ def _match(records: pd.DataFrame, answer: pd.DataFrame) -> tuple[np.ndarray, np.
     return paired, used
 
 
-def _same_content(records: pd.DataFrame, answer: pd.DataFrame) -> bool:
-    """Whether row i of ``answer`` has the key and value of row i of ``records``, for all i."""
+def _same_content(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> bool:
+    """Whether row i of one set of key columns equals row i of the other, for every i."""
     for column in _MATCH_KEY:
-        mine, theirs = records[column], answer[column]
+        a, b = mine[column], theirs[column]
         if column in _FLOATS:
-            a = mine.to_numpy(dtype="float64", na_value=np.nan)
-            b = theirs.to_numpy(dtype="float64", na_value=np.nan)
             if not np.array_equal(a, b, equal_nan=True):
                 return False
-        else:
-            a = mine.astype(object).where(mine.notna(), _NULL_TEXT).to_numpy()
-            b = theirs.astype(object).where(theirs.notna(), _NULL_TEXT).to_numpy()
-            if not (a == b).all():
-                return False
+        elif not np.array_equal(_joinable(column, a), _joinable(column, b)):
+            return False
     return True
-
-
-def _answer_frame(objects: list[dict[str, Any]]) -> pd.DataFrame:
-    """The fields of created objects needed to match them and to build the result."""
-    columns: dict[str, Any] = {
-        column: [obj.get(column) for obj in objects]
-        for column in (*_MATCH_KEY, "id", "last_updated", "version")
-    }
-    for column in _FLOATS:
-        columns[column] = np.array(
-            [np.nan if v is None else v for v in columns[column]], dtype="float64"
-        )
-    return pd.DataFrame(columns)
 
 
 # -- the upload ----------------------------------------------------------------------------
 @dataclass
+class _Created:
+    """Records the server created, with what the answer added to them."""
+
+    records: pd.DataFrame
+    positions: np.ndarray
+    answer: _Answer
+
+
+@dataclass
 class _Outcome:
-    created: list[pd.DataFrame] = field(default_factory=list)
-    created_positions: list[np.ndarray] = field(default_factory=list)
+    created: list[_Created] = field(default_factory=list)
+    updated: list[tuple[pd.DataFrame, np.ndarray]] = field(default_factory=list)
     not_created: list[Chunk] = field(default_factory=list)
+    not_updated: list[Chunk] = field(default_factory=list)
     unknown: list[Chunk] = field(default_factory=list)
+    skipped: list[np.ndarray] = field(default_factory=list)  # positions stored before
     error: BaseException | None = None
 
-    def add_created(self, frame: pd.DataFrame, positions: np.ndarray) -> None:
-        self.created.append(frame)
-        self.created_positions.append(positions)
+    @property
+    def n_done(self) -> int:
+        return sum(len(part.records) for part in self.created) + sum(
+            len(frame) for frame, _ in self.updated
+        )
 
     def merge(self, other: _Outcome) -> None:
         self.created += other.created
-        self.created_positions += other.created_positions
+        self.updated += other.updated
         self.not_created += other.not_created
+        self.not_updated += other.not_updated
         self.unknown += other.unknown
         if self.error is None:
             self.error = other.error
@@ -331,14 +434,16 @@ class _Uploader:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.timed_out = False
+        # Learned from 413 answers, so later chunks are cut before they are refused.
+        self.max_rows: int | None = None
 
     # -- listing -------------------------------------------------------------------------
-    def list_existing(self, **filters: Any) -> list[dict[str, Any]]:
-        """List annotations, retrying any failure: a GET changes nothing."""
+    def list_existing(self, **filters: Any) -> bytes:
+        """List annotations as raw JSON, retrying any failure: a GET changes nothing."""
         attempt = 1
         while True:
             try:
-                return orjson.loads(self.client.list_annotations_raw(self.sample_id, **filters))
+                return self.client.list_annotations_raw(self.sample_id, **filters)
             except (TransportError, ApiError) as exc:
                 if not _transient(exc) or attempt >= self.policy.max_attempts:
                     raise
@@ -353,124 +458,189 @@ class _Uploader:
 
     # -- one chunk -----------------------------------------------------------------------
     def send(self, chunk: Chunk) -> _Outcome:
+        """Send one chunk until every record is created, or its fate is recorded."""
         outcome = _Outcome()
-        self._send(chunk, outcome, attempt=1)
+        started = time.perf_counter()
+        try:
+            requests_made = self._send(chunk, outcome)
+        except Exception as exc:  # a bug or an unforeseen answer: account, stop, report
+            self.stop.set()
+            settled = np.concatenate(
+                [part.positions for part in outcome.created]
+                + [c.positions for c in outcome.not_created + outcome.unknown]
+                + [np.empty(0, dtype=np.int64)]
+            )
+            outcome.unknown.append(chunk.take(~np.isin(chunk.positions, settled)))
+            outcome.error = outcome.error or exc
+            log.exception("chunk %d: unexpected error", chunk.number)
+            return outcome
+        log.info(
+            "chunk %d: %d of %d annotations created in %.2f s (%d %s)",
+            chunk.number,
+            outcome.n_done,
+            len(chunk),
+            time.perf_counter() - started,
+            requests_made,
+            "request" if requests_made == 1 else "requests",
+        )
         return outcome
 
-    def _send(self, chunk: Chunk, outcome: _Outcome, attempt: int) -> None:
-        while len(chunk):
+    def _send(self, chunk: Chunk, outcome: _Outcome) -> int:
+        """The retry loop; returns how many requests were made."""
+        pending = self._cut(chunk)
+        attempt = 1
+        requests_made = 0
+        while pending:
+            piece = pending.pop(0)
             if self.stop.is_set():
-                outcome.not_created.append(chunk)
-                return
-            started = time.perf_counter()
+                outcome.not_created.append(piece)
+                continue
+            if attempt > self.policy.max_attempts:
+                outcome.not_created.append(piece)
+                continue
+            requests_made += 1
             try:
-                response = self.client.request("POST", self.bulk_path, data=_body(chunk.rows))
+                response = self.client.request("POST", self.bulk_path, data=_body(piece.rows))
             except ApiError as exc:
-                if exc.status_code == 413 and len(chunk) > 1:
-                    log.info(
-                        "chunk %d: %d annotations too large for the server; splitting",
-                        chunk.number,
-                        len(chunk),
-                    )
-                    for half in chunk.split():
-                        self._send(half, outcome, attempt)
-                    return
+                if exc.status_code == 413 and len(piece) > 1:
+                    # The request was refused whole: nothing was stored. Halve it, and cut
+                    # every later chunk to at most that size.
+                    half = len(piece) // 2
+                    with self.lock:
+                        self.max_rows = min(self.max_rows or half, half)
+                    pending[:0] = list(piece.split())
+                    continue
                 if exc.status_code in _RETRY_STATUSES and attempt < self.policy.max_attempts:
                     self.sleep(attempt, exc)
                     attempt += 1
+                    pending.insert(0, piece)
                     continue
                 if exc.status_code in _AMBIGUOUS_STATUSES:
-                    chunk = self._reconcile(chunk, outcome, exc)
-                    if chunk is None:
-                        return
-                    if len(chunk) and attempt >= self.policy.max_attempts:
-                        outcome.not_created.append(chunk)
-                        outcome.error = exc
-                        return
-                    attempt += 1
+                    rest = self._reconcile(piece, outcome, exc)
+                    if rest is not None and len(rest):
+                        self._again(rest, pending, outcome, exc, attempt)
+                        attempt += 1
                     continue
-                outcome.not_created.append(chunk)
+                outcome.not_created.append(piece)
                 outcome.error = exc
-                return
-            except TransportError as exc:
-                if not exc.sent and attempt < self.policy.max_attempts:
-                    self.sleep(attempt, exc)
-                    attempt += 1
-                    continue
-                if not exc.sent:
-                    outcome.not_created.append(chunk)
-                    outcome.error = exc
-                    return
-                chunk = self._reconcile(chunk, outcome, exc)
-                if chunk is None:
-                    return
-                if len(chunk) and attempt >= self.policy.max_attempts:
-                    outcome.not_created.append(chunk)
-                    outcome.error = exc
-                    return
-                attempt += 1
                 continue
-            # A 2xx: pair what the server created with the records sent.
-            try:
-                objects = orjson.loads(response.content)
-            except ValueError:
-                objects = None
-            if not isinstance(objects, list):
-                exc = ApiError(
+            except TransportError as exc:
+                if not exc.sent:
+                    if attempt < self.policy.max_attempts:
+                        self.sleep(attempt, exc)
+                        attempt += 1
+                        pending.insert(0, piece)
+                    else:
+                        outcome.not_created.append(piece)
+                        outcome.error = exc
+                    continue
+                rest = self._reconcile(piece, outcome, exc)
+                if rest is not None and len(rest):
+                    self._again(rest, pending, outcome, exc, attempt)
+                    attempt += 1
+                continue
+            # A 2xx: the request took effect. Pair what the server created with the records.
+            rest = self._accept_answer(piece, response, outcome)
+            if len(rest):
+                # Annotations of these records were taken by another chunk's check after a
+                # failure (identical records): these records still need theirs.
+                pending.insert(0, rest)
+        return requests_made
+
+    def _cut(self, chunk: Chunk) -> list[Chunk]:
+        limit = self.max_rows
+        if limit is None or len(chunk) <= limit:
+            return [chunk]
+        pieces = []
+        for start in range(0, len(chunk), limit):
+            mask = np.zeros(len(chunk), dtype=bool)
+            mask[start : start + limit] = True
+            pieces.append(chunk.take(mask))
+        return pieces
+
+    def _again(
+        self,
+        rest: Chunk,
+        pending: list[Chunk],
+        outcome: _Outcome,
+        cause: BaseException,
+        attempt: int,
+    ) -> None:
+        """Queue records that did not land for another try, within the attempt budget."""
+        if attempt >= self.policy.max_attempts:
+            outcome.not_created.append(rest)
+            outcome.error = cause
+            return
+        self.sleep(attempt, cause)
+        pending.insert(0, rest)
+
+    def _accept_answer(self, chunk: Chunk, response: Any, outcome: _Outcome) -> Chunk:
+        """Take a 2xx bulk answer; return records whose annotations another chunk claimed."""
+        try:
+            answer = _Answer.decode(response.content)
+        except ValueError as exc:
+            # The request took effect, but what was created cannot be read: never resend.
+            outcome.unknown.append(chunk)
+            outcome.error = ApiError(
+                response.status_code, f"unreadable bulk answer: {exc}", path="/" + self.bulk_path
+            )
+            return chunk.take(np.zeros(len(chunk), dtype=bool))
+        paired, used = _match(chunk.records, answer)
+        found = paired >= 0
+        if not found.all():
+            spare = np.flatnonzero(~used)
+            missing = np.flatnonzero(~found)
+            if len(spare) == len(missing):
+                # The server stored something other than what was sent (rounded a value,
+                # say): it created one annotation per record, so pair the rest in order.
+                log.warning(
+                    "chunk %d: %d annotations were stored with content other than sent "
+                    "(e.g. %r); paired in answer order",
+                    chunk.number,
+                    len(missing),
+                    answer.ids[spare[0]],
+                )
+                paired[missing] = spare
+                found[:] = True
+            else:
+                log.error(
+                    "chunk %d: the server answered %d annotations for %d records; %d cannot be "
+                    "paired",
+                    chunk.number,
+                    len(answer),
+                    len(chunk),
+                    len(missing),
+                )
+                outcome.unknown.append(chunk.take(~found))
+                outcome.error = ApiError(
                     response.status_code,
-                    "the bulk answer is not a JSON array",
-                    method="POST",
+                    f"the bulk answer does not account for {len(missing)} records",
                     path="/" + self.bulk_path,
                 )
-                chunk = self._reconcile(chunk, outcome, exc)
-                if chunk is None:
-                    return
-                attempt += 1
-                continue
-            rest = self._accept(chunk, _answer_frame(objects), outcome)
-            log.info(
-                "chunk %d: %d annotations created in %.2f s (attempt %d)",
-                chunk.number,
-                len(chunk) - len(rest),
-                time.perf_counter() - started,
-                attempt,
+        matched = answer.take(paired[found])
+        with self.lock:
+            taken = np.fromiter(
+                (i in self.claimed for i in matched.ids), dtype=bool, count=len(matched)
             )
-            if len(rest):
-                # The server said yes but did not return some records: find out for sure.
-                exc = ApiError(
-                    response.status_code, f"{len(rest)} records missing from the bulk answer"
+            self.claimed.update(matched.ids)
+        rows = np.flatnonzero(found)
+        keep = rows[~taken]
+        if len(keep):
+            take = np.zeros(len(chunk), dtype=bool)
+            take[keep] = True
+            outcome.created.append(
+                _Created(
+                    chunk.records[take], chunk.positions[take], matched.take(np.flatnonzero(~taken))
                 )
-                chunk = self._reconcile(rest, outcome, exc)
-                if chunk is None:
-                    return
-                attempt += 1
-                continue
-            return
-
-    def _accept(self, chunk: Chunk, answer: pd.DataFrame, outcome: _Outcome) -> Chunk:
-        """Record the answer rows that match ``chunk``; return the records left unmatched."""
-        paired, _ = _match(chunk.records, answer)
-        found = paired >= 0
-        if found.any():
-            rows = answer.iloc[paired[found]]
-            with self.lock:
-                self.claimed.update(rows["id"].tolist())
-            outcome.add_created(
-                created_frame(
-                    chunk.records[found],
-                    ids=rows["id"].tolist(),
-                    last_updated=rows["last_updated"].tolist(),
-                    versions=rows["version"].tolist(),
-                    sample_id=self.sample_id,
-                ),
-                chunk.positions[found],
             )
-        return chunk.take(~found)
+        redo = np.zeros(len(chunk), dtype=bool)
+        redo[rows[taken]] = True
+        return chunk.take(redo)
 
     def _reconcile(self, chunk: Chunk, outcome: _Outcome, cause: BaseException) -> Chunk | None:
         """After an ambiguous failure: keep what landed, return what must be sent again.
 
-        Returns None when the server cannot be asked (the records' fate is unknown).
+        Returns None when the server cannot be asked (the records' fate is then unknown).
         """
         log.warning(
             "chunk %d: %s; checking which of its %d annotations were stored",
@@ -496,26 +666,31 @@ class _Uploader:
             filters["x_range"] = (float(xs.min()), float(xs.max()))
             filters["y_range"] = (float(ys.min()), float(ys.max()))
         try:
-            listed = self.list_existing(**filters)
-        except (TransportError, ApiError) as exc:
+            listed = _Answer.decode(self.list_existing(**filters))
+        except (TransportError, ApiError, ValueError) as exc:
             log.error(
                 "chunk %d: could not list the sample to check (%s)", chunk.number, _describe(exc)
             )
             outcome.unknown.append(chunk)
             outcome.error = cause
             return None
+        # Match and claim in one step, so two checks never take the same annotation.
         with self.lock:
-            excluded = self.before_ids | self.claimed
-        candidates = [obj for obj in listed if obj.get("id") not in excluded]
-        rest = self._accept(chunk, _answer_frame(candidates), outcome)
+            candidates = listed.without(self.before_ids | self.claimed)
+            paired, _ = _match(chunk.records, candidates)
+            found = paired >= 0
+            matched = candidates.take(paired[found])
+            self.claimed.update(matched.ids)
+        if found.any():
+            outcome.created.append(_Created(chunk.records[found], chunk.positions[found], matched))
         log.info(
-            "chunk %d: %d of %d annotations were stored; sending the other %d again",
+            "chunk %d: %d of %d annotations were stored; %d to send again",
             chunk.number,
-            len(chunk) - len(rest),
+            int(found.sum()),
             len(chunk),
-            len(rest),
+            int((~found).sum()),
         )
-        return rest
+        return chunk.take(~found)
 
 
 def _may_be_running(exc: BaseException) -> bool:
@@ -538,7 +713,7 @@ def _describe(exc: BaseException) -> str:
 
 # -- entry point ---------------------------------------------------------------------------
 def upload_records(
-    records: pd.DataFrame | Iterable[pd.DataFrame],
+    records: pd.DataFrame | Iterable[pd.DataFrame] | Callable[[], Iterable[pd.DataFrame]],
     sample_id: str,
     *,
     client: Any = None,
@@ -556,9 +731,12 @@ def upload_records(
 
     Parameters
     ----------
-    records : pandas.DataFrame or iterable of DataFrames
+    records : pandas.DataFrame, iterable of DataFrames, or a function returning one
         Canonical records, or blocks of them (with ``validated=True``: blocks the caller
-        has validated already, e.g. a map streamed from dask).
+        has validated already, e.g. a map streamed from dask). A function is called again
+        when every block must be looked at before anything is sent (``if_exists="fail"``
+        on a sample that holds annotations), so the blocks are never all held at once; a
+        plain iterable is held in memory in that case.
     sample_id : str
         UUID of the physical sample; checked before any request.
     client : Client or SDK client, optional
@@ -606,36 +784,50 @@ def upload_records(
     if max_chunk_bytes < _MIN_CHUNK_BYTES:
         raise ValueError(f"max_chunk_bytes must be at least {_MIN_CHUNK_BYTES}")
 
-    total: int | None
+    total: int | None = None
+    source: Callable[[], Iterable[pd.DataFrame]] | None = None
     if isinstance(records, pd.DataFrame):
         if not validated:
-            records = validate_records(records, dropna=dropna, allow_duplicates=allow_duplicates)
+            records = _validated(records, dropna=dropna, allow_duplicates=allow_duplicates)
         if len(records) == 0:
             raise AnnotationValidationError("nothing to upload: the input has no records")
-        blocks: Iterable[pd.DataFrame] = [records]
-        total = len(records)
+        whole = records
+        total = len(whole)
+        source = lambda: [whole]  # noqa: E731
+        blocks: Iterable[pd.DataFrame] = [whole]
     else:
         if not validated:
             raise ValueError("blocks of records must be validated first (validated=True)")
-        blocks = records
-        total = None
+        if callable(records):
+            source = records
+            blocks = records()
+        else:
+            blocks = records
 
     if dry_run:
         return _dry_run(blocks, chunk_size, max_chunk_bytes)
 
     uploader = _Uploader(resolve_client(client), sid)
-    if isinstance(records, pd.DataFrame):
-        names = records["property_name"].unique().tolist()
-        existing = _snapshot(uploader, names if len(names) <= 4 else None)
-    else:
-        existing = _snapshot(uploader, None)
-    uploader.before_ids = set(existing["id"].tolist()) if len(existing) else set()
+    names = whole["property_name"].unique().tolist() if total is not None else None
+    existing = _Existing.list(
+        uploader, names if names is not None and len(names) <= _MAX_NAMED_LISTINGS else None
+    )
+    uploader.before_ids = set(existing.ids)
+    if if_exists == "fail" and len(existing):
+        # Decide before anything is sent: look at every block first.
+        if source is not None:
+            _refuse_clashes(source(), existing)
+            blocks = source() if total is None else blocks
+        else:
+            log.warning("holding every block in memory to check for stored annotations first")
+            blocks = list(blocks)
+            _refuse_clashes(blocks, existing)
 
     bar = _Progress(progress, total)
     outcome = _Outcome()
-    updates: list[tuple[pd.DataFrame, np.ndarray, pd.DataFrame]] = []
+    updates: list[tuple[pd.DataFrame, np.ndarray, list[dict[str, Any]]]] = []
     try:
-        to_send = _select(blocks, existing, if_exists, updates)
+        to_send = _select(blocks, existing, if_exists, updates, outcome)
         chunks = iter_chunks(to_send, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes)
         _run(uploader, chunks, max_workers, outcome, bar)
         # _select fills ``updates`` as the blocks stream past, so PATCH after the creates.
@@ -643,9 +835,28 @@ def upload_records(
             _apply_updates(uploader, updates, max_workers, outcome, bar)
         if uploader.timed_out:
             _check_late_commits(uploader, outcome)
+    except Exception as exc:  # anything unforeseen still ends with an account of the upload
+        if outcome.error is None:
+            outcome.error = exc
+        log.exception("the upload stopped on an unexpected error")
     finally:
         bar.close()
-    return _finish(outcome, sid)
+    return _finish(outcome, sid, whole if total is not None else None)
+
+
+def _validated(records: pd.DataFrame, *, dropna: bool, allow_duplicates: bool) -> pd.DataFrame:
+    report = ValidationReport()
+    out = validate_records(records, dropna=dropna, allow_duplicates=allow_duplicates, report=report)
+    if report.n_dropped:
+        labels = report.dropped["index"].tolist()
+        shown = ", ".join(repr(label) for label in labels[:5])
+        log.warning(
+            "dropped %d records whose value is NaN (rows %s%s)",
+            report.n_dropped,
+            shown,
+            ", ..." if len(labels) > 5 else "",
+        )
+    return out
 
 
 def _positive_int(value: int | None, default: int, name: str) -> int:
@@ -675,76 +886,103 @@ def _with_positions(blocks: Iterable[pd.DataFrame]) -> Iterator[tuple[pd.DataFra
         offset += len(block)
 
 
-def _snapshot(uploader: _Uploader, names: list[str] | None) -> pd.DataFrame:
-    """What the sample holds before the upload (for if_exists and for reconciliation)."""
-    objects: list[dict[str, Any]] = []
-    if names is None:
-        objects = uploader.list_existing()
-    else:
+class _Existing:
+    """What the sample held before the upload: for ``if_exists`` and for reconciliation.
+
+    Each stored annotation pairs with at most one record, so with repeated positions
+    (``allow_duplicates=True``) two stored readings account for two records, not for all.
+    """
+
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        self.objects = objects
+        answer = _Answer.from_objects(objects)
+        self.ids = answer.ids
+        self.keys = _key_frame(answer.keys, POSITION_KEY, count=False)
+        self.keys["_stored"] = np.arange(len(objects))
+        self.unique = not self.keys.duplicated(subset=list(POSITION_KEY)).any()
+        self.free = np.ones(len(objects), dtype=bool)
+
+    @classmethod
+    def list(cls, uploader: _Uploader, names: list[str] | None) -> _Existing:
+        if names is None:
+            return cls(_decode_objects(uploader.list_existing()))
+        objects: list[dict[str, Any]] = []
         for name in names:
-            objects.extend(uploader.list_existing(property_name=name))
-    if not objects:
-        return _answer_frame([])
-    return _answer_frame(objects).assign(_object=objects)
+            objects.extend(_decode_objects(uploader.list_existing(property_name=name)))
+        return cls(objects)
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def lookup(self, block: pd.DataFrame, *, consume: bool = True) -> np.ndarray:
+        """For each record, the stored annotation at its position (its number), or -1."""
+        left = _key_frame(_record_keys(block), POSITION_KEY, count=False)
+        if self.unique and not left.duplicated().any():
+            merged = left.merge(self.keys, on=list(POSITION_KEY), how="left")
+        else:
+            # Repeated positions: the n-th record at a position pairs with the n-th stored
+            # annotation there that no earlier record has taken.
+            right = self.keys[self.free]
+            right = right.assign(_n=right.groupby(list(POSITION_KEY), dropna=False).cumcount())
+            left["_n"] = left.groupby(list(POSITION_KEY), dropna=False).cumcount()
+            merged = left.merge(right, on=[*POSITION_KEY, "_n"], how="left")
+        stored = merged["_stored"].fillna(-1).to_numpy(dtype=np.int64)
+        if consume:
+            self.free[stored[stored >= 0]] = False
+        return stored
+
+    def frame(self, stored: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        return annotation_frame([self.objects[i] for i in stored.tolist()], index=index)
+
+
+def _decode_objects(raw: bytes) -> list[dict[str, Any]]:
+    try:
+        objects = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ApiError(200, f"the annotation list is not JSON: {exc}") from None
+    if not isinstance(objects, list) or not all(isinstance(o, dict) and "id" in o for o in objects):
+        raise ApiError(200, "the annotation list is not an array of annotation objects")
+    return objects
+
+
+def _refuse_clashes(blocks: Iterable[pd.DataFrame], existing: _Existing) -> None:
+    """Raise ``AnnotationExistsError`` when any record is stored already (nothing sent)."""
+    clashes = []
+    for block in blocks:
+        stored = existing.lookup(block, consume=False)
+        hit = stored >= 0
+        if hit.any():
+            clashes.append(existing.frame(stored[hit], block.index[hit]))
+    if clashes:
+        raise _exists_error(pd.concat(clashes))
 
 
 def _select(
     blocks: Iterable[pd.DataFrame],
-    existing: pd.DataFrame,
+    existing: _Existing,
     if_exists: str,
-    updates: list[tuple[pd.DataFrame, np.ndarray, pd.DataFrame]],
+    updates: list[tuple[pd.DataFrame, np.ndarray, list[dict[str, Any]]]],
+    outcome: _Outcome,
 ) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     """Apply ``if_exists``: yield the records to create, with their input positions."""
     positioned = _with_positions(blocks)
-    if if_exists == "append" or len(existing) == 0:
-        yield from positioned
-        return
-    if if_exists == "fail":
-        # Decide before anything is sent, so every block is looked at first.
-        held = list(positioned)
-        clashes = [(b, p, hit) for b, p in held if (hit := _hits(b, existing)[0]).any()]
-        if clashes:
-            raise _exists_error(clashes, existing)
-        yield from held
+    if if_exists in ("append", "fail") or len(existing) == 0:
+        yield from positioned  # "fail" has refused clashes already
         return
     for block, positions in positioned:
-        hit, stored = _hits(block, existing)
+        stored = existing.lookup(block)
+        hit = stored >= 0
         if hit.any():
             log.info("%d records are stored already (if_exists=%r)", hit.sum(), if_exists)
             if if_exists == "update":
-                updates.append((block[hit], positions[hit], existing.iloc[stored[hit]]))
+                objects = [existing.objects[i] for i in stored[hit].tolist()]
+                updates.append((block[hit], positions[hit], objects))
+            else:
+                outcome.skipped.append(positions[hit])
         yield block[~hit], positions[~hit]
 
 
-def _hits(block: pd.DataFrame, existing: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Which records have their property stored at their position, and the stored row."""
-    left = _position_keys(block)
-    right = _position_keys(existing)
-    right["_right"] = np.arange(len(existing))
-    right = right.drop_duplicates(subset=list(POSITION_KEY), keep="first")
-    merged = left.merge(right, on=list(POSITION_KEY), how="left")
-    stored = merged["_right"].fillna(-1).to_numpy(dtype=np.int64)
-    return stored >= 0, stored
-
-
-def _position_keys(frame: pd.DataFrame) -> pd.DataFrame:
-    out = {}
-    for column in POSITION_KEY:
-        series = frame[column]
-        if column in _FLOATS:
-            out[column] = series.to_numpy(dtype="float64", na_value=np.nan)
-        else:
-            out[column] = series.astype(object).where(series.notna(), _NULL_TEXT).to_numpy()
-    return pd.DataFrame(out)
-
-
-def _exists_error(clashes: list, existing: pd.DataFrame) -> AnnotationExistsError:
-    frames = []
-    for block, _, hit in clashes:
-        _, stored = _hits(block[hit], existing)
-        frame = annotation_frame(existing["_object"].iloc[stored].tolist(), index=block.index[hit])
-        frames.append(frame)
-    table = pd.concat(frames)
+def _exists_error(table: pd.DataFrame) -> AnnotationExistsError:
     shown = ", ".join(
         f"{row.property_name} at ({row.coord_x:g}, {row.coord_y:g})"
         for row in table.head(5).itertuples()
@@ -760,17 +998,16 @@ def _exists_error(clashes: list, existing: pd.DataFrame) -> AnnotationExistsErro
 
 def _apply_updates(
     uploader: _Uploader,
-    updates: list[tuple[pd.DataFrame, np.ndarray, pd.DataFrame]],
+    updates: list[tuple[pd.DataFrame, np.ndarray, list[dict[str, Any]]]],
     max_workers: int,
     outcome: _Outcome,
     bar: _Progress,
 ) -> None:
     """PATCH stored annotations whose value, unit or metadata differ from the input."""
-    for records, positions, stored in updates:
+    for records, positions, stored_objects in updates:
         if uploader.stop.is_set():
-            outcome.not_created.append(Chunk(-1, records, positions, []))
+            outcome.not_updated.append(Chunk(-1, records, positions, []))
             continue
-        stored_objects = stored["_object"].tolist()
         jobs = [
             (_changes(record, obj), obj)
             for (_, record), obj in zip(records.iterrows(), stored_objects, strict=True)
@@ -795,10 +1032,10 @@ def _apply_updates(
                 outcome.error = outcome.error or exc
                 uploader.stop.set()
         if (~done).any():
-            outcome.not_created.append(Chunk(-1, records[~done], positions[~done], []))
+            outcome.not_updated.append(Chunk(-1, records[~done], positions[~done], []))
         if done.any():
-            outcome.add_created(
-                annotation_frame(answers, index=records.index[done]), positions[done]
+            outcome.updated.append(
+                (annotation_frame(answers, index=records.index[done]), positions[done])
             )
             bar.advance(int(done.sum()))
 
@@ -857,21 +1094,27 @@ def _run(
         for future in done:
             result = future.result()
             outcome.merge(result)
-            bar.advance(sum(len(f) for f in result.created))
+            bar.advance(result.n_done)
             if result.error is not None:
                 uploader.stop.set()
 
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="atomscale-upload") as pool:
-        for chunk in chunks:
-            if uploader.stop.is_set():
-                outcome.not_created.append(chunk)
-                continue
-            in_flight.add(pool.submit(uploader.send, chunk))
-            if len(in_flight) >= limit:
-                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                collect(done)
-        done, _ = wait(in_flight)
-        collect(done)
+        try:
+            for chunk in chunks:
+                if uploader.stop.is_set():
+                    outcome.not_created.append(chunk)
+                    continue
+                in_flight.add(pool.submit(uploader.send, chunk))
+                if len(in_flight) >= limit:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    collect(done)
+        except BaseException:
+            uploader.stop.set()
+            raise
+        finally:
+            # Also when producing the next chunk failed: what is in flight gets accounted.
+            done, _ = wait(in_flight)
+            collect(done)
 
 
 def _check_late_commits(uploader: _Uploader, outcome: _Outcome) -> None:
@@ -881,18 +1124,17 @@ def _check_late_commits(uploader: _Uploader, outcome: _Outcome) -> None:
     """
     if not outcome.created:
         return
-    created = pd.concat(outcome.created)
     try:
-        listed = uploader.list_existing()
-    except (TransportError, ApiError) as exc:
+        listed = _Answer.decode(uploader.list_existing())
+    except (TransportError, ApiError, ValueError) as exc:
         log.warning("could not check for late commits after a timeout (%s)", _describe(exc))
         return
     with uploader.lock:
-        excluded = uploader.before_ids | uploader.claimed
-    extra = [obj for obj in listed if obj.get("id") not in excluded]
-    _, late = _match(created, _answer_frame(extra))
+        extra = listed.without(uploader.before_ids | uploader.claimed)
+    records = pd.concat([part.records for part in outcome.created])
+    _, late = _match(records, extra)
     if late.any():
-        ids = [obj["id"] for obj, hit in zip(extra, late.tolist(), strict=True) if hit]
+        ids = [i for i, hit in zip(extra.ids, late.tolist(), strict=True) if hit]
         log.warning(
             "%d annotations are stored twice: a request that timed out was committed by the "
             "server after the upload had resent its records (extra ids: %s)",
@@ -901,31 +1143,79 @@ def _check_late_commits(uploader: _Uploader, outcome: _Outcome) -> None:
         )
 
 
-def _finish(outcome: _Outcome, sample_id: str) -> pd.DataFrame:
-    created = _ordered(outcome.created, outcome.created_positions)
-    if outcome.error is None and not outcome.not_created and not outcome.unknown:
+def _finish(outcome: _Outcome, sample_id: str, whole: pd.DataFrame | None) -> pd.DataFrame:
+    created = _result_frame(outcome, sample_id)
+    if (
+        outcome.error is None
+        and not outcome.not_created
+        and not outcome.not_updated
+        and not outcome.unknown
+    ):
         return created
+    if whole is not None:
+        # Every input record is accounted for: what is in no other group was not created
+        # (or, with if_exists="skip"/"update", was stored before).
+        settled = np.concatenate(
+            [part.positions for part in outcome.created]
+            + [where for _, where in outcome.updated]
+            + [c.positions for c in outcome.not_updated + outcome.unknown]
+            + outcome.skipped
+            + [np.empty(0, dtype=np.int64)]
+        )
+        rest = np.setdiff1d(np.arange(len(whole)), settled)
+        outcome.not_created = [Chunk(-1, whole.iloc[rest], rest, [])]
     not_created = _ordered_records(outcome.not_created)
+    not_updated = _ordered_records(outcome.not_updated)
     unknown = _ordered_records(outcome.unknown)
     cause = outcome.error
-    parts = [f"the upload to sample {sample_id} stopped: {cause}"]
-    parts.append(
-        f"{len(created)} annotations were created, {len(not_created)} were not"
+    lines = [
+        f"the upload to sample {sample_id} stopped: {cause}",
+        f"{len(created)} annotations were created or updated, {len(not_created)} were not created"
+        + (f", {len(not_updated)} stored ones were not updated" if len(not_updated) else "")
         + (f", and {len(unknown)} may or may not have been stored" if len(unknown) else "")
-        + ". Re-run the same upload with if_exists='skip' to complete it without duplicates;"
-        " .created, .not_created and .unknown hold the records."
-    )
-    error = UploadError(
-        "\n".join(parts), created=created, not_created=not_created, unknown=unknown, cause=cause
-    )
-    raise error from cause
+        + ".",
+        "Re-run the same upload with if_exists='skip' to complete it without duplicates"
+        + (" (with if_exists='update' to also apply the updates)" if len(not_updated) else "")
+        + "; .created, .not_created, .not_updated and .unknown hold the records.",
+    ]
+    raise UploadError(
+        "\n".join(lines),
+        created=created,
+        not_created=not_created,
+        not_updated=not_updated,
+        unknown=unknown,
+        cause=cause,
+    ) from cause
 
 
-def _ordered(frames: list[pd.DataFrame], positions: list[np.ndarray]) -> pd.DataFrame:
+def _result_frame(outcome: _Outcome, sample_id: str) -> pd.DataFrame:
+    """One annotation frame of everything created (and updated), in input order.
+
+    Built once at the end rather than per chunk: most of its cost is per column, not per row.
+    """
+    frames, positions = [], []
+    if outcome.created:
+        parts = outcome.created
+        records = parts[0].records if len(parts) == 1 else pd.concat([p.records for p in parts])
+        frames.append(
+            created_frame(
+                records,
+                ids=[i for p in parts for i in p.answer.ids],
+                last_updated=[t for p in parts for t in p.answer.last_updated],
+                versions=[v for p in parts for v in p.answer.versions],
+                sample_id=sample_id,
+            )
+        )
+        positions.extend(p.positions for p in parts)
+    for frame, where in outcome.updated:
+        frames.append(frame)
+        positions.append(where)
     if not frames:
         return empty_annotation_frame()
     frame = frames[0] if len(frames) == 1 else pd.concat(frames)
     order = np.argsort(np.concatenate(positions), kind="stable")
+    if (order[1:] > order[:-1]).all():
+        return frame
     return frame.iloc[order]
 
 

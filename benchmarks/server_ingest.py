@@ -19,60 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import requests
+from _server import server_process
 
 TARGET = 50_000
-
-
-def _start_server(db_path: Path) -> tuple[subprocess.Popen[str], str, str]:
-    """Start the server process; return it, its endpoint and its (generated) key."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "atomscale_accessors",
-            "serve",
-            "--port",
-            "0",
-            "--db",
-            str(db_path),
-            "--no-access-log",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    endpoint = key = None
-    deadline = time.monotonic() + 30
-    while (endpoint is None or key is None) and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        if found := re.search(r"(http://\S+/)", line):
-            endpoint = found.group(1)
-        if found := re.search(r"API key \(generated, shown once\): (\S+)", line):
-            key = found.group(1)
-    if endpoint is None or key is None:
-        process.kill()
-        raise RuntimeError("the server did not start")
-    # the socket is bound before the lines are printed, but wait until it answers
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{endpoint}physical_samples/", headers={"X-API-KEY": key}, timeout=2)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    return process, endpoint, key
 
 
 def _bodies(count: int, batch: int, seed: int = 0) -> list[bytes]:
@@ -98,45 +52,33 @@ def _bodies(count: int, batch: int, seed: int = 0) -> list[bytes]:
 
 def run(requests_count: int, batch: int, concurrency: int) -> float:
     """Run the benchmark; return annotations per second."""
-    with tempfile.TemporaryDirectory() as tmp:
-        process, endpoint, key = _start_server(Path(tmp) / "bench.sqlite")
-        try:
-            headers = {"X-API-KEY": key, "Content-Type": "application/json"}
-            answer = requests.post(
-                f"{endpoint}physical_samples/", json={"name": "bench"}, headers=headers, timeout=30
-            )
-            answer.raise_for_status()
-            url = f"{endpoint}physical_samples/{answer.json()['id']}/annotations/bulk"
-            warmup = _bodies(2, batch, seed=1)
-            bodies = _bodies(requests_count, batch)
-            print(
-                f"{requests_count} requests x {batch} annotations,"
-                f" {len(bodies[0]) / 2**20:.2f} MiB each, {concurrency} client threads"
-            )
-            local = threading.local()
+    with server_process() as server:
+        endpoint, key = server.endpoint, server.api_key
+        headers = {"X-API-KEY": key, "Content-Type": "application/json"}
+        url = f"{endpoint}physical_samples/{server.create_sample('bench')}/annotations/bulk"
+        warmup = _bodies(2, batch, seed=1)
+        bodies = _bodies(requests_count, batch)
+        print(
+            f"{requests_count} requests x {batch} annotations,"
+            f" {len(bodies[0]) / 2**20:.2f} MiB each, {concurrency} client threads"
+        )
+        local = threading.local()
 
-            def post(body: bytes) -> None:
-                session = getattr(local, "session", None)
-                if session is None:
-                    session = local.session = requests.Session()
-                response = session.post(url, data=body, headers=headers, timeout=120)
-                if response.status_code != 200:
-                    raise RuntimeError(f"status {response.status_code}: {response.text[:200]}")
-                if response.content.count(b'"physical_sample_id"') != batch:
-                    raise RuntimeError("the answer does not hold one object per annotation")
+        def post(body: bytes) -> None:
+            session = getattr(local, "session", None)
+            if session is None:
+                session = local.session = requests.Session()
+            response = session.post(url, data=body, headers=headers, timeout=120)
+            if response.status_code != 200:
+                raise RuntimeError(f"status {response.status_code}: {response.text[:200]}")
+            if response.content.count(b'"physical_sample_id"') != batch:
+                raise RuntimeError("the answer does not hold one object per annotation")
 
-            with ThreadPoolExecutor(concurrency) as pool:
-                list(pool.map(post, warmup))
-                start = time.perf_counter()
-                list(pool.map(post, bodies))
-                elapsed = time.perf_counter() - start
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(post, warmup))
+            start = time.perf_counter()
+            list(pool.map(post, bodies))
+            elapsed = time.perf_counter() - start
     rate = requests_count * batch / elapsed
     print(f"{requests_count * batch} annotations in {elapsed:.2f} s")
     print(f"{rate:,.0f} annotations/second (target {TARGET:,})")

@@ -351,7 +351,7 @@ def test_progress_callback(client, sample_id):
 
 
 def test_answers_are_matched_by_content_not_position():
-    from atomscale_accessors.upload import _answer_frame, _match
+    from atomscale_accessors.upload import _Answer, _match
 
     records = to_records(thickness_frame(6), **THICKNESS_MAPPING)
     objects = [
@@ -360,6 +360,116 @@ def test_answers_are_matched_by_content_not_position():
     ]
     objects.reverse()
     objects[0]["property_value"] += 1e-12  # the server stored something else for this one
-    paired, used = _match(records, _answer_frame(objects))
+    paired, used = _match(records, _Answer.from_objects(objects))
     assert paired.tolist() == [5, 4, 3, 2, 1, -1]
     assert used.tolist() == [False, True, True, True, True, True]
+
+
+def test_non_ascii_metadata_and_text_travel_intact(client, sample_id):
+    df = thickness_frame(6).assign(operator=["Jürgen", "Åsa", "µ-lab", "ann", "Bør", "李"])
+    created = df.atomscale.upload(
+        sample_id,
+        client=client,
+        **THICKNESS_MAPPING,
+        metadata=["operator"],
+        chunk_size=4,
+        char_source_type="ellipsométrie",
+    )
+    assert [m["operator"] for m in created["metadata"]] == df["operator"].tolist()
+    stored = (
+        fetch(sample_id, client=client).set_index("annotation_id").loc[created["annotation_id"]]
+    )
+    assert [m["operator"] for m in stored["metadata"]] == df["operator"].tolist()
+    assert set(stored["char_source_type"]) == {"ellipsométrie"}
+
+
+def test_metadata_that_would_not_survive_json_is_refused_before_sending(
+    client, atomscale_server, sample_id
+):
+    df = thickness_frame(3).assign(meta=[{"a": 1}, {1: "int key"}, {"t": (1, 2)}])
+    with pytest.raises(AnnotationValidationError, match="json_object") as info:
+        df.atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING, metadata="meta")
+    assert sorted(info.value.failure_cases["index"]) == ["site-001", "site-002"]
+    assert atomscale_server.request_count() == 0
+
+
+def test_repeated_positions_pair_one_to_one_with_skip(fast_client, atomscale_server, sample_id):
+    df = pd.DataFrame(
+        {"x": [0.0, 0.0, 1.0, 1.0], "y": 0.0, "thk": [1.0, 1.1, 2.0, 2.1]}, index=list("abcd")
+    )
+    mapping = {
+        "value": "thk",
+        "property_name": "thickness",
+        "property_unit": "nm",
+        "coord_units": "mm",
+    }
+    atomscale_server.inject(
+        "error_before_commit", status=503, route="bulk_create", after=1, times=50
+    )
+    with pytest.raises(UploadError) as info:
+        df.atomscale.upload(
+            sample_id,
+            client=fast_client,
+            **mapping,
+            allow_duplicates=True,
+            chunk_size=1,
+            max_workers=1,
+        )
+    assert info.value.created.index.tolist() == ["a"]
+    assert info.value.not_created.index.tolist() == ["b", "c", "d"]
+    atomscale_server.clear_faults()
+    rest = df.atomscale.upload(
+        sample_id, client=fast_client, **mapping, allow_duplicates=True, if_exists="skip"
+    )
+    assert rest.index.tolist() == ["b", "c", "d"]
+    stored = sorted(a["property_value"] for a in atomscale_server.stored_annotations(sample_id))
+    assert stored == [1.0, 1.1, 2.0, 2.1]
+
+
+def test_failed_update_is_reported_as_not_updated(client, atomscale_server, sample_id):
+    df = thickness_frame(4)
+    df.atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING)
+    new = df.assign(thk=df["thk"] + 1.0)
+    atomscale_server.inject("error_before_commit", status=400, route="update_annotation", after=1)
+    with pytest.raises(UploadError, match="if_exists='update'") as info:
+        new.atomscale.upload(
+            sample_id, client=client, **THICKNESS_MAPPING, if_exists="update", max_workers=1
+        )
+    assert len(info.value.not_updated) == 1
+    assert len(info.value.not_created) == 0
+    atomscale_server.clear_faults()
+    new.atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING, if_exists="update")
+    assert_stored_exactly_once(atomscale_server, sample_id, new)
+
+
+def test_413_is_learned_once_not_per_chunk(fast_client, atomscale_server, sample_id):
+    atomscale_server.set_limits(max_bulk_annotations=4)
+    df = thickness_frame(40)
+    df.atomscale.upload(
+        sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=10, max_workers=1
+    )
+    # The first chunk of 10 is refused, then its halves of 5 (three 413s in all), and its
+    # pieces of 2 and 3 land: the limit learned is 2, so the other 30 rows go as 15
+    # requests that are never refused. Relearning per chunk would cost 3 more per chunk.
+    assert atomscale_server.request_counts["bulk_create"] == 3 + 4 + 15
+    assert_stored_exactly_once(atomscale_server, sample_id, df)
+
+
+def test_plain_http_never_goes_through_an_environment_proxy(
+    atomscale_server, sample_id, monkeypatch
+):
+    import socket
+
+    with socket.socket() as trap:
+        trap.bind(("127.0.0.1", 0))
+        trap.listen()
+        trap.settimeout(0.2)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{trap.getsockname()[1]}")
+        monkeypatch.setenv("NO_PROXY", "")
+        client = Client(api_key=atomscale_server.api_key, endpoint=atomscale_server.endpoint)
+        assert (
+            len(thickness_frame(2).atomscale.upload(sample_id, client=client, **THICKNESS_MAPPING))
+            == 2
+        )
+        with pytest.raises(TimeoutError):
+            trap.accept()  # nothing connected to the proxy

@@ -1,7 +1,7 @@
-"""JSON encoding for the local server: orjson when installed, the standard library otherwise.
+"""JSON encoding for the local server, with msgspec (a core dependency of the package).
 
-Both encoders write floats with the shortest representation that reads back to the same
-double, so values survive a round trip bit for bit whichever one is used.
+msgspec writes floats with the shortest representation that reads back to the same double,
+so values survive a round trip bit for bit.
 """
 
 from __future__ import annotations
@@ -9,18 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-try:  # orjson is optional: several times faster on the bulk answers
-    import orjson
-except ImportError:  # pragma: no cover - exercised only without orjson
-    orjson = None  # type: ignore[assignment]
+import msgspec
 
-__all__ = ["HAVE_ORJSON", "dumps", "loads", "raw_object"]
+__all__ = ["dumps", "loads", "raw_object"]
 
-HAVE_ORJSON = orjson is not None
-
-
-def _dumps_stdlib(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
 
 
 def dumps(obj: Any) -> bytes:
@@ -29,33 +23,24 @@ def dumps(obj: Any) -> bytes:
     Parameters
     ----------
     obj : Any
-        Plain JSON data (dicts, lists, str, int, float, bool, None).
+        Plain JSON data (dicts, lists, str, int, float, bool, None), possibly holding
+        values from :func:`raw_object`.
 
     Returns
     -------
     bytes
         The encoded document.
-
-    Raises
-    ------
-    ValueError
-        ``obj`` holds a non-finite float (only the standard library checks this; the
-        server rejects non-finite numbers before they get here).
     """
-    if orjson is not None:
-        try:
-            return orjson.dumps(obj)
-        except TypeError:
-            # orjson refuses integers beyond 64 bits; the standard library takes them
-            pass
-    return _dumps_stdlib(obj)
+    try:
+        return _encoder.encode(obj)
+    except (TypeError, OverflowError):
+        # integers beyond 64 bits: the standard library takes them
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def loads(data: bytes | str) -> Any:
     """Decode a JSON document."""
-    if orjson is not None:
-        return orjson.loads(data)
-    return json.loads(data)
+    return _decoder.decode(data)
 
 
 def raw_object(text: str | None) -> Any:
@@ -69,11 +54,8 @@ def raw_object(text: str | None) -> Any:
     Returns
     -------
     Any
-        ``None`` for ``None``; an ``orjson.Fragment`` when orjson is available (embedded
-        verbatim, no parse); the decoded value otherwise.
+        ``None`` for ``None``, else a ``msgspec.Raw`` embedded verbatim.
     """
     if text is None:
         return None
-    if orjson is not None:
-        return orjson.Fragment(text)
-    return json.loads(text)
+    return msgspec.Raw(text.encode())

@@ -1,0 +1,109 @@
+"""Client cost of uploading a 1000 x 1000 thickness map: the library against the naive way.
+
+The naive way is what the API documentation suggests writing by hand: a Python loop that
+builds one dict per point, ``requests.post(..., json=...)`` per chunk, and
+``pd.DataFrame(response.json())``. Both upload the same million annotations, in chunks of
+the same size, to the same local server running in another process, so the server does the
+same work and the CPU seconds measured here (``time.process_time``, all threads of this
+process) are the client's alone. The library's result is checked bit for bit against the
+map.
+
+Run it (needs the ``server`` extra)::
+
+    python benchmarks/client_cost.py              # 1000 x 1000, chunks of 5000, 4 workers
+    python benchmarks/client_cost.py --side 500 --workers 2
+
+Targets: the library uses at most a quarter of the naive client's CPU time, and at most
+3 s of client CPU for the whole map (flatten, validate, encode, decode into the frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import requests
+import xarray as xr
+from _server import RunningServer, server_process
+
+import atomscale_accessors
+
+CHUNK = 5_000
+
+
+def thickness_map(side: int, seed: int = 0) -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    coords = np.linspace(-150.0, 150.0, side)
+    values = 100.0 + rng.normal(0.0, 2.0, (side, side))
+    return xr.Dataset(
+        {"thickness": (("y", "x"), values, {"units": "nm"})},
+        coords={"y": ("y", coords, {"units": "mm"}), "x": ("x", coords, {"units": "mm"})},
+    )
+
+
+def library(ds: xr.Dataset, server: RunningServer, workers: int) -> tuple[float, float, pd.DataFrame]:
+    client = atomscale_accessors.Client(api_key=server.api_key, endpoint=server.endpoint)
+    sample_id = server.create_sample("library")
+    cpu, wall = time.process_time(), time.perf_counter()
+    created = ds.atomscale.upload(
+        sample_id, client=client, chunk_size=CHUNK, max_workers=workers, progress=False
+    )
+    return time.process_time() - cpu, time.perf_counter() - wall, created
+
+
+def naive(ds: xr.Dataset, server: RunningServer) -> tuple[float, float, pd.DataFrame]:
+    sample_id = server.create_sample("naive")
+    url = f"{server.endpoint}physical_samples/{sample_id}/annotations/bulk"
+    headers = {"X-API-KEY": server.api_key}
+    cpu, wall = time.process_time(), time.perf_counter()
+    df = ds.to_dataframe().reset_index().dropna()
+    frames = []
+    session = requests.Session()
+    for start in range(0, len(df), CHUNK):
+        annotations = []
+        for row in df.iloc[start : start + CHUNK].itertuples():
+            annotations.append(
+                {
+                    "property_name": "thickness",
+                    "property_value": row.thickness,
+                    "property_unit": "nm",
+                    "coord_x": row.x,
+                    "coord_y": row.y,
+                    "coord_units": "mm",
+                    "coord_ref_frame": "sample_relative",
+                }
+            )
+        response = session.post(url, json={"annotations": annotations}, headers=headers, timeout=300)
+        response.raise_for_status()
+        frames.append(pd.DataFrame(response.json()))
+    result = pd.concat(frames, ignore_index=True)
+    return time.process_time() - cpu, time.perf_counter() - wall, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", type=int, default=1000, help="grid side (points per axis)")
+    parser.add_argument("--workers", type=int, default=4, help="library's max_workers")
+    parser.add_argument("--skip-naive", action="store_true", help="measure the library only")
+    args = parser.parse_args(argv)
+    ds = thickness_map(args.side)
+    n = args.side**2
+    with server_process() as server:
+        lib_cpu, lib_wall, created = library(ds, server, args.workers)
+        expected = ds["thickness"].to_numpy().ravel()
+        exact = np.array_equal(created["property_value"].to_numpy(), expected)
+        print(f"{n:,} annotations, chunks of {CHUNK:,}")
+        print(f"library: {lib_cpu:6.2f} s CPU {lib_wall:6.2f} s wall  (bit-exact: {exact})")
+        if args.skip_naive:
+            return 0 if exact and lib_cpu <= 3.0 else 1
+        naive_cpu, naive_wall, result = naive(ds, server)
+        print(f"naive:   {naive_cpu:6.2f} s CPU {naive_wall:6.2f} s wall  ({len(result):,} rows)")
+    ratio = lib_cpu / naive_cpu
+    print(f"CPU ratio library/naive: {ratio:.3f} (target <= 0.25); library CPU target <= 3 s")
+    return 0 if exact and ratio <= 0.25 and lib_cpu <= 3.0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
