@@ -46,8 +46,15 @@ class AnnotationValidationError(AtomscaleError, ValueError):
         examples.
     """
 
-    def __init__(self, message: str, failure_cases: pd.DataFrame | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        failure_cases: pd.DataFrame | None = None,
+        *,
+        reasons: list[str] | None = None,
+    ) -> None:
         super().__init__(message)
+        self.reasons = list(reasons or [])
         if failure_cases is None:
             import pandas as pd
 

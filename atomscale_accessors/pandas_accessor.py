@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .records import to_records
+from .records import to_records, validated_records
 from .upload import IfExists, upload_records
-from .validation import validate_records
 
 if TYPE_CHECKING:
     import xarray as xr
+    from matplotlib.axes import Axes
 
 __all__ = ["AtomscaleDataFrameAccessor"]
 
@@ -82,8 +82,8 @@ class AtomscaleDataFrameAccessor:
         ... )
         1
         """
-        return validate_records(
-            to_records(self._frame, **mapping), dropna=dropna, allow_duplicates=allow_duplicates
+        return validated_records(
+            self._frame, dropna=dropna, allow_duplicates=allow_duplicates, **mapping
         )
 
     def upload(
@@ -105,7 +105,9 @@ class AtomscaleDataFrameAccessor:
         See :func:`atomscale_accessors.upload.upload_records` for the options and the
         guarantees. Returns the created annotations, indexed by the input rows' labels.
         """
-        records = to_records(self._frame, **mapping)
+        records = validated_records(
+            self._frame, dropna=dropna, allow_duplicates=allow_duplicates, **mapping
+        )
         return upload_records(
             records,
             sample_id,
@@ -115,9 +117,34 @@ class AtomscaleDataFrameAccessor:
             max_workers=max_workers,
             progress=progress,
             dry_run=dry_run,
-            dropna=dropna,
-            allow_duplicates=allow_duplicates,
+            validated=True,
         )
+
+    def plot(self, property_name: str | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
+        """Draw one property of an annotation frame (or of canonical records) as a wafer map.
+
+        Needs matplotlib (``pip install "atomscale-accessors[plot]"``). See
+        :func:`atomscale_accessors.plotting.plot_annotations` for the options
+        (``outline=``, ``wafer_diameter=``, ``colorbar=``, ``title=``, and keywords for
+        ``pcolormesh`` or ``scatter``).
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import pandas as pd
+        >>> import atomscale_accessors
+        >>> df = pd.DataFrame({"x": [0.0, 10.0], "y": [0.0, 0.0], "thk": [101.2, 99.8]})
+        >>> rec = df.atomscale.to_annotations(
+        ...     value="thk", property_name="thickness", property_unit="nm", coord_units="mm"
+        ... )
+        >>> ax = rec.atomscale.plot()
+        >>> ax.get_xlabel(), ax.collections[0].colorbar.ax.get_ylabel()
+        ('x [mm]', 'thickness [nm]')
+        """
+        from .plotting import plot_annotations
+
+        return plot_annotations(self._frame, property_name, ax=ax, **kwargs)
 
     def to_xarray(self, **options: Any) -> xr.Dataset:
         """An annotation frame back onto a grid (or along ``point``): one variable per property."""

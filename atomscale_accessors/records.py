@@ -10,7 +10,7 @@ to float64); anything else (text in a number column, booleans, a missing unit) i
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,15 @@ import pandas as pd
 
 from .errors import AnnotationValidationError
 from .schemas import COORD_COLUMNS, RECORD_COLUMNS
+from .validation import problem_message, validate_records
 
-__all__ = ["DEFAULT_COORD_REF_FRAME", "RecordMapping", "to_records"]
+__all__ = [
+    "DEFAULT_COORD_REF_FRAME",
+    "RecordMapping",
+    "build_records",
+    "to_records",
+    "validated_records",
+]
 
 DEFAULT_COORD_REF_FRAME = "sample_relative"
 # Integers beyond 2**53 do not all have an exact float64; converting them would change data.
@@ -31,6 +38,9 @@ _COORD_ALIASES = {
 }
 _FAILURE_COLUMNS = ["index", "column", "check", "failure_case"]
 _SERVER_COLUMNS = ("annotation_id", "last_updated", "physical_sample_id", "version")
+# Problems that still leave records worth validating, so every failure shows at once.
+_SOFT_CHECKS = frozenset({"unknown_columns", "unit_given"})
+_FLOATS = frozenset({"property_value", *COORD_COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,6 @@ class RecordMapping:
     char_source_type: Hashable | None = None
     data_id: Hashable | None = None
     metadata: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def to_records(
@@ -119,11 +128,54 @@ def to_records(
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    unknown_options = set(options) - set(RecordMapping.__dataclass_fields__) - {"extra"}
+    records, problems = build_records(df, mapping, **options)
+    if problems is not None:
+        raise problems
+    return records
+
+
+def build_records(
+    df: pd.DataFrame, mapping: RecordMapping | None = None, **options: Any
+) -> tuple[pd.DataFrame | None, AnnotationValidationError | None]:
+    """:func:`to_records` without raising: the records and the problems found.
+
+    The records are ``None`` when the problems leave nothing to validate further (a missing
+    value column, text where numbers belong); unknown columns and missing units still give
+    records, so validation can report every failure at once.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    unknown_options = set(options) - set(RecordMapping.__dataclass_fields__)
     if unknown_options:
         raise TypeError(f"unexpected mapping options: {sorted(unknown_options)}")
-    mapping = _merge(mapping, options)
-    return _Builder(df, mapping).build()
+    builder = _Builder(df, _merge(mapping, options))
+    records = builder.build()
+    if not builder.failures:
+        return records, None
+    table = pd.concat(builder.failures, ignore_index=True)
+    soft = table["check"].isin(_SOFT_CHECKS).all()
+    error = AnnotationValidationError(
+        problem_message(builder.messages, table, len(df)), table, reasons=builder.messages
+    )
+    return (records if soft else None), error
+
+
+def validated_records(
+    df: pd.DataFrame,
+    mapping: RecordMapping | None = None,
+    *,
+    dropna: bool = False,
+    allow_duplicates: bool = False,
+    **options: Any,
+) -> pd.DataFrame:
+    """:func:`to_records`, then :func:`~atomscale_accessors.validation.validate_records`,
+    with the problems of both steps in one error."""
+    records, problems = build_records(df, mapping, **options)
+    if records is None:
+        raise problems
+    return validate_records(
+        records, dropna=dropna, allow_duplicates=allow_duplicates, prior=problems
+    )
 
 
 def _merge(mapping: RecordMapping | None, options: dict[str, Any]) -> RecordMapping:
@@ -191,8 +243,9 @@ class _Builder:
             return pd.Series(None, index=n_index, dtype=object)
         if self.is_column(key):
             col = self.column(key)
-            bad = col.notna() & ~col.map(lambda v: isinstance(v, str), na_action="ignore").astype(
-                bool
+            values = col.to_numpy(dtype=object, na_value=None)
+            bad = pd.Series(
+                [v is not None and not isinstance(v, str) for v in values], index=col.index
             )
             if bad.any():
                 self.problem(
@@ -204,8 +257,7 @@ class _Builder:
                     many=col.index[bad],
                     cases=col[bad],
                 )
-            out = col.astype(object)
-            return out.where(col.notna(), None)
+            return pd.Series(values, index=col.index, dtype=object)
         if not isinstance(key, str):
             self.problem(
                 f"{option}={key!r} is neither a column of the frame nor a text constant",
@@ -217,17 +269,16 @@ class _Builder:
             return pd.Series(None, index=n_index, dtype=object)
         return self.constant(key)
 
-    def number(self, option: str, key: Hashable, *, required: bool) -> pd.Series | None:
+    def number(self, option: str, key: Hashable) -> pd.Series | None:
         """A numeric column converted losslessly to float64 (NaN where missing)."""
         if not self.is_column(key):
-            if required or key is not None:
-                self.problem(
-                    f"{option}: no column {key!r} in the frame (columns: {_names(self.df.columns)})",
-                    None,
-                    key,
-                    "column_in_frame",
-                    key,
-                )
+            self.problem(
+                f"{option}: no column {key!r} in the frame (columns: {_names(self.df.columns)})",
+                None,
+                key,
+                "column_in_frame",
+                key,
+            )
             return None
         col = self.column(key)
         return _to_float(col, key, self)
@@ -265,8 +316,10 @@ class _Builder:
             )
             frames.append(frame[list(RECORD_COLUMNS)])
         self.check_unknown()
-        if self.failures:
-            raise _error(self.messages, self.failures)
+        if not frames:
+            return pd.DataFrame(
+                {c: pd.Series(dtype="float64" if c in _FLOATS else object) for c in RECORD_COLUMNS}
+            )
         if len(frames) == 1:
             return frames[0]
         return pd.concat(frames)
@@ -294,8 +347,8 @@ class _Builder:
                 source,
                 "unit_given",
                 None,
-                many=names.index[missing][:1000],
-                cases=names[missing][:1000],
+                many=names.index[missing],
+                cases=names[missing],
             )
         return found.where(found.notna(), None)
 
@@ -312,10 +365,10 @@ class _Builder:
         for canonical, option in zip(COORD_COLUMNS, ("x", "y", "z"), strict=True):
             key = getattr(self.mapping, option)
             if key is not None:
-                series = self.number(option, key, required=True)
+                series = self.number(option, key)
             else:
                 present = [alias for alias in _COORD_ALIASES[canonical] if alias in self.df.columns]
-                series = self.number(option, present[0], required=True) if present else None
+                series = self.number(option, present[0]) if present else None
             out[canonical] = series if series is not None else pd.Series(np.nan, index=index)
         return out
 
@@ -355,12 +408,12 @@ class _Builder:
                 )
             blocks = []
             for col, prop in pairs:
-                series = self.number("values", col, required=True)
+                series = self.number("values", col)
                 if series is not None:
                     blocks.append((self.constant(str(prop)), series, col))
             return blocks
         value_key = m.value if m.value is not None else "property_value"
-        series = self.number("value", value_key, required=True)
+        series = self.number("value", value_key)
         if series is None:
             if m.value is None:
                 self.messages[-1] = (
@@ -375,7 +428,13 @@ class _Builder:
         )
         if name_key is None:
             return [(self.constant(str(value_key)), series, value_key)]
-        if self.is_column(name_key):
+        # A column of names wins over a constant, but never the value column itself or a
+        # numeric column: property_name="thickness" next to value="thickness" is a name.
+        if (
+            self.is_column(name_key)
+            and name_key != value_key
+            and not pd.api.types.is_numeric_dtype(self.df[name_key].dtype)
+        ):
             return [(self.text("property_name", name_key, self.df.index), series, value_key)]
         if not isinstance(name_key, str):
             self.problem(
@@ -395,11 +454,16 @@ class _Builder:
         if meta is None:
             return pd.Series(None, index=index, dtype=object)
         if isinstance(meta, Mapping):
-            constant = dict(meta)
-            return pd.Series([constant] * len(index), index=index, dtype=object)
+            # A copy per row: editing one record's metadata must not edit them all.
+            return pd.Series([dict(meta) for _ in range(len(index))], index=index, dtype=object)
         if self.is_column(meta):
             col = self.column(meta)
-            return col.astype(object).where(col.notna(), None)
+            # Copies: the records (and the upload's result) must not share the input's dicts.
+            return pd.Series(
+                [dict(m) if isinstance(m, dict) else (None if _missing(m) else m) for m in col],
+                index=col.index,
+                dtype=object,
+            )
         if isinstance(meta, Sequence) and not isinstance(meta, str):
             missing = [c for c in meta if not self.is_column(c)]
             if missing:
@@ -452,8 +516,8 @@ def _to_float(col: pd.Series, key: Hashable, builder: _Builder) -> pd.Series:
             key,
             "is_number",
             None,
-            many=col.index[:10],
-            cases=col.iloc[:10],
+            many=col.index,
+            cases=col,
         )
         return pd.Series(np.nan, index=col.index)
     if pd.api.types.is_float_dtype(dtype):
@@ -528,13 +592,5 @@ def _names(columns: Any) -> str:
     return f"[{shown}{', ...' if len(names) > 20 else ''}]"
 
 
-def _error(messages: list[str], failures: list[pd.DataFrame]) -> AnnotationValidationError:
-    table = (
-        pd.concat(failures, ignore_index=True)
-        if failures
-        else pd.DataFrame(columns=_FAILURE_COLUMNS)
-    )
-    lines = "\n".join(f"  - {m}" for m in dict.fromkeys(messages))
-    return AnnotationValidationError(
-        f"the frame cannot be turned into annotations:\n{lines}", table
-    )
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)

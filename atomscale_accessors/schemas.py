@@ -213,7 +213,18 @@ class RecordsModel(pa.DataFrameModel):
 
 
 def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:
-    """The records schema, optionally without the one-annotation-per-position rule."""
+    """The records schema, optionally without the one-annotation-per-position rule.
+
+    Parameters
+    ----------
+    allow_duplicates : bool, default False
+        Accept several records of one property at one position.
+
+    Returns
+    -------
+    pandera.pandas.DataFrameSchema
+        The schema of :class:`RecordsModel` (a copy when ``allow_duplicates`` changes it).
+    """
     schema = RecordsModel.to_schema()
     if allow_duplicates:
         schema = copy.deepcopy(schema)  # to_schema() is cached: never change the shared one

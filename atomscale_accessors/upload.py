@@ -22,7 +22,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -43,7 +43,7 @@ from .errors import (
 )
 from .frames import annotation_frame, created_frame, empty_annotation_frame
 from .schemas import COORD_COLUMNS, POSITION_KEY, RECORD_COLUMNS, encode_metadata
-from .validation import ValidationReport, validate_records
+from .validation import validate_records
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -51,7 +51,7 @@ __all__ = [
     "DEFAULT_MAX_WORKERS",
     "IF_EXISTS",
     "Chunk",
-    "encode_rows",
+    "EncodedRecords",
     "iter_chunks",
     "upload_records",
 ]
@@ -68,20 +68,6 @@ _MIN_CHUNK_BYTES = 128 * 1024
 _RETRY_STATUSES = frozenset({429, 503})
 # Statuses after which the request may have taken effect: ask the server before resending.
 _AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
-# Fields sent for each record, in the order of the API's annotation body.
-_BODY_FIELDS: tuple[tuple[str, str], ...] = (
-    ("property_name", "property_name"),
-    ("property_value", "property_value"),
-    ("property_unit", "property_unit"),
-    ("char_source_type", "char_source_type"),
-    ("coord_ref_frame", "coord_ref_frame"),
-    ("coord_units", "coord_units"),
-    ("coord_x", "coord_x"),
-    ("coord_y", "coord_y"),
-    ("coord_z", "coord_z"),
-    ("data_id", "data_id"),
-    ("metadata", "metadata"),
-)
 _FLOATS = frozenset({"property_value", *COORD_COLUMNS})
 _NULL_TEXT = "\x00"  # stands for "unset" in match keys, where NaN and None must agree
 _MATCH_KEY = (*POSITION_KEY, "property_value")
@@ -92,18 +78,19 @@ _MAX_NAMED_LISTINGS = 4
 
 
 # -- encoding ------------------------------------------------------------------------------
-def encode_rows(records: pd.DataFrame) -> list[str]:
-    """Each record as the JSON text of one annotation body, built column by column.
+class EncodedRecords:
+    """Records as columns of JSON tokens, from which request bodies are joined.
 
-    Floats are written with Python's shortest round-trip ``repr``, so every value survives
-    the trip bit for bit; a column that is unset on every row is left out, and unset cells
-    are ``null`` (NaN never reaches the JSON). A column with one value on every row is
-    encoded once and written into the row template.
+    Floats are written with their shortest round-trip text (exact, as ``repr`` writes
+    them), unset cells as ``null`` (NaN never reaches the JSON), text ASCII-escaped. A
+    column unset on every row is left out; a column with one value on every row is encoded
+    once. A body is one ``str.join`` over the interleaved tokens: no per-record dict or
+    string is built.
 
     Examples
     --------
     >>> import pandas as pd
-    >>> from atomscale_accessors.upload import encode_rows
+    >>> from atomscale_accessors.upload import EncodedRecords
     >>> rec = pd.DataFrame(
     ...     {
     ...         "property_name": ["thickness"] * 2,
@@ -119,59 +106,84 @@ def encode_rows(records: pd.DataFrame) -> list[str]:
     ...         "metadata": [None, {"site": 7}],
     ...     }
     ... )
-    >>> encode_rows(rec)[1]
-    '{"property_name":"thickness","property_value":2.0,"property_unit":"nm","coord_ref_frame":"sample_relative","coord_units":"mm","coord_x":3.0,"coord_y":2.0,"metadata":{"site":7}}'
+    >>> EncodedRecords(rec).body(slice(1, 2)).decode()
+    '{"annotations":[{"property_name":"thickness","property_value":2.0,"property_unit":"nm","coord_ref_frame":"sample_relative","coord_units":"mm","coord_x":3.0,"coord_y":2.0,"metadata":{"site":7}}]}'
     """
-    n = len(records)
-    if n == 0:
-        return []
-    template: list[str] = []
-    varying: list[list[str]] = []
-    for column, key in _BODY_FIELDS:
-        tokens = _column_tokens(records[column], column)
-        if tokens is None:
-            continue
-        prefix = f'"{key}":'.replace("{", "{{").replace("}", "}}")
-        if isinstance(tokens, str):
-            template.append(prefix + tokens.replace("{", "{{").replace("}", "}}"))
-        else:
-            template.append(prefix + "{}")
-            varying.append(tokens)
-    fmt = "{{" + ",".join(template) + "}}"
-    if not varying:
-        return [fmt.format()] * n
-    return list(map(fmt.format, *varying))
+
+    def __init__(self, records: pd.DataFrame) -> None:
+        self.n = len(records)
+        # Between varying columns: constant text (keys, constant fields). Row i's JSON is
+        # glue[0] + tokens[0][i] + glue[1] + ... + tokens[-1][i] + glue[-1].
+        self.glue: list[str] = []
+        self.tokens: list[np.ndarray] = []
+        self.sizes = np.zeros(self.n, dtype=np.int64)  # bytes of each row's JSON
+        pending = "{"
+        for column in RECORD_COLUMNS:
+            tokens, lengths = _column_tokens(records[column], column)
+            if tokens is None:
+                continue
+            key = f'"{column}":'
+            pending += ("" if pending == "{" else ",") + key
+            if isinstance(tokens, str):
+                pending += tokens
+                continue
+            self.glue.append(pending)
+            self.tokens.append(tokens)
+            self.sizes += lengths
+            pending = ""
+        self.glue.append(pending + "}")
+        self.sizes += sum(len(g) for g in self.glue)
+
+    def body(self, rows: slice) -> bytes:
+        """The ``{"annotations": [...]}`` body of a range of rows."""
+        columns = [t[rows] for t in self.tokens]
+        n = len(range(self.n)[rows])
+        grid = np.empty((n, 2 * len(columns) + 1), dtype=object)
+        for i, glue in enumerate(self.glue):
+            grid[:, 2 * i] = glue
+        for i, tokens in enumerate(columns):
+            grid[:, 2 * i + 1] = tokens
+        grid[: n - 1, -1] = self.glue[-1] + ","  # rows are separated by commas
+        return ('{"annotations":[' + "".join(grid.ravel().tolist()) + "]}").encode("ascii")
 
 
-def _column_tokens(series: pd.Series, column: str) -> str | list[str] | None:
-    """JSON tokens of a column: None when unset everywhere, one token when constant."""
+def _column_tokens(series: pd.Series, column: str) -> tuple[str | np.ndarray | None, Any]:
+    """JSON tokens of a column and their lengths: (None, 0) when unset on every row, one
+    token when the same on every row, else an object array of tokens."""
+    n = len(series)
     if column in _FLOATS:
         values = series.to_numpy(dtype="float64", na_value=np.nan)
-        if np.isnan(values).all():
-            return None
-        # msgspec writes each float as its shortest round-trip text (exact, like repr, four
-        # times faster) and NaN as null.
-        return _ENCODER.encode(values.tolist())[1:-1].decode().split(",")
-    missing = series.isna().to_numpy()
+        if n == 0 or np.isnan(values).all():
+            return None, 0
+        text = _ENCODER.encode(values.tolist())[1:-1].decode()
+        # Token lengths from where the commas are, without measuring each token.
+        commas = np.flatnonzero(np.frombuffer(text.encode("ascii"), dtype=np.uint8) == 44)
+        ends = np.append(commas, len(text))
+        lengths = np.diff(ends, prepend=-1) - 1
+        return np.array(text.split(","), dtype=object), lengths
+    values = series.to_numpy(dtype=object)
+    if n == 0:
+        return None, 0
+    first = values[0]
+    # Nearly every text column holds one value (or none) on every row: find that out with
+    # one C-level comparison before looking at rows one by one.
+    if (values == first).all():
+        if first is None or (isinstance(first, float) and first != first):
+            return None, 0
+        if column != "metadata":
+            return encode_basestring_ascii(first), 0
+    missing = pd.isna(values)
     if missing.all():
-        return None
-    if column == "metadata":
-        return [
-            "null" if gone else encode_metadata(value)
-            for value, gone in zip(series.tolist(), missing.tolist(), strict=True)
-        ]
-    if not missing.any() and series.nunique() == 1:
-        return encode_basestring_ascii(series.iloc[0])
-    values = series.astype(object).to_numpy()
+        return None, 0
+    encode = encode_metadata if column == "metadata" else encode_basestring_ascii
     tokens = np.array(
-        list(map(encode_basestring_ascii, np.where(missing, "", values).tolist())), dtype=object
+        ["null" if gone else encode(v) for v, gone in zip(values, missing, strict=True)],
+        dtype=object,
     )
-    tokens[missing] = "null"
-    return tokens.tolist()
+    return tokens, np.fromiter(map(len, tokens), dtype=np.int64, count=n)
 
 
-def _body(rows: list[str]) -> bytes:
-    return ('{"annotations":[' + ",".join(rows) + "]}").encode("ascii")
+_BODY_OVERHEAD = len('{"annotations":[]}')
 
 
 # -- chunking ------------------------------------------------------------------------------
@@ -182,14 +194,20 @@ class Chunk:
     number: int
     records: pd.DataFrame
     positions: np.ndarray  # position of each record in the whole input, for ordering
-    rows: list[str] = field(repr=False)
+    encoded: EncodedRecords | None = field(default=None, repr=False)
+    rows: slice = field(default_factory=lambda: slice(None), repr=False)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def body(self) -> bytes:
+        if self.encoded is None:
+            self.encoded, self.rows = EncodedRecords(self.records), slice(None)
+        return self.encoded.body(self.rows)
+
     def take(self, mask: np.ndarray) -> Chunk:
-        rows = [row for row, keep in zip(self.rows, mask.tolist(), strict=True) if keep]
-        return Chunk(self.number, self.records[mask], self.positions[mask], rows)
+        # Re-encoded on demand: taking a subset is the rare path (faults, 413).
+        return Chunk(self.number, self.records[mask], self.positions[mask])
 
     def split(self) -> tuple[Chunk, Chunk]:
         half = len(self) // 2
@@ -206,36 +224,37 @@ def iter_chunks(
 ) -> Iterator[Chunk]:
     """Cut record blocks into chunks of at most ``chunk_size`` rows and ``max_chunk_bytes``.
 
-    Rows are encoded one slice at a time, so memory holds one chunk's text, not the map's.
+    Records are encoded one slice at a time, so memory holds one chunk's text, not the
+    map's.
     """
     number = 0
-    overhead = len(_body([]))
     for records, positions in blocks:
         for start in range(0, len(records), chunk_size):
             piece = records.iloc[start : start + chunk_size]
-            rows = encode_rows(piece)
-            sizes = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)) + 1
-            ends = np.cumsum(sizes)
+            encoded = EncodedRecords(piece)
+            ends = np.cumsum(encoded.sizes + 1)
             begin = 0
-            while begin < len(rows):
+            while begin < len(piece):
                 base = ends[begin - 1] if begin else 0
-                stop = int(np.searchsorted(ends, base + max_chunk_bytes - overhead, side="right"))
+                limit = base + max_chunk_bytes - _BODY_OVERHEAD
+                stop = int(np.searchsorted(ends, limit, side="right"))
                 stop = max(stop, begin + 1)  # a single record always fits (metadata is capped)
-                sl = slice(begin, stop)
                 yield Chunk(
                     number,
-                    piece.iloc[sl],
+                    piece.iloc[begin:stop],
                     positions[start + begin : start + stop],
-                    rows[sl],
+                    encoded,
+                    slice(begin, stop),
                 )
                 number += 1
                 begin = stop
 
 
 # -- answers and matching ------------------------------------------------------------------
-class _Stored(msgspec.Struct):
+class _Stored(msgspec.Struct, gc=False):
     """The fields of an answered annotation that an upload reads; the rest are skipped
-    while parsing, which is most of the cost of a bulk answer."""
+    while parsing, which is most of the cost of a bulk answer. (Not tracked by the garbage
+    collector: a million of them would make every collection walk a million objects.)"""
 
     id: str
     property_name: str | None = None
@@ -329,7 +348,7 @@ def _record_keys(records: pd.DataFrame) -> dict[str, np.ndarray]:
         if column in _FLOATS:
             keys[column] = series.to_numpy(dtype="float64", na_value=np.nan)
         else:
-            keys[column] = series.astype(object).where(series.notna(), None).to_numpy()
+            keys[column] = series.to_numpy(dtype=object, na_value=None)
     return keys
 
 
@@ -500,7 +519,7 @@ class _Uploader:
                 continue
             requests_made += 1
             try:
-                response = self.client.request("POST", self.bulk_path, data=_body(piece.rows))
+                response = self.client.request("POST", self.bulk_path, data=piece.body())
             except ApiError as exc:
                 if exc.status_code == 413 and len(piece) > 1:
                     # The request was refused whole: nothing was stored. Halve it, and cut
@@ -726,6 +745,7 @@ def upload_records(
     dropna: bool = False,
     allow_duplicates: bool = False,
     validated: bool = False,
+    ignore_ids: Collection[str] = (),
 ) -> pd.DataFrame:
     """Upload canonical records to a sample, exactly once; return what was created.
 
@@ -758,6 +778,13 @@ def upload_records(
         Send nothing; return the records that would be sent with a ``chunk`` column.
     dropna, allow_duplicates : bool, default False
         Passed to :func:`~atomscale_accessors.validation.validate_records`.
+    validated : bool, default False
+        The caller has validated the records already.
+    ignore_ids : collection of str, optional
+        Stored annotations to treat as absent when applying ``if_exists``. A job that runs
+        uploads in parts (dask partitions) passes the ids that existed before it started,
+        with ``if_exists="skip"``: a part run twice then skips what its first run stored,
+        and nothing else.
 
     Returns
     -------
@@ -788,7 +815,7 @@ def upload_records(
     source: Callable[[], Iterable[pd.DataFrame]] | None = None
     if isinstance(records, pd.DataFrame):
         if not validated:
-            records = _validated(records, dropna=dropna, allow_duplicates=allow_duplicates)
+            records = validate_records(records, dropna=dropna, allow_duplicates=allow_duplicates)
         if len(records) == 0:
             raise AnnotationValidationError("nothing to upload: the input has no records")
         whole = records
@@ -809,10 +836,15 @@ def upload_records(
 
     uploader = _Uploader(resolve_client(client), sid)
     names = whole["property_name"].unique().tolist() if total is not None else None
+    box = _bounding_box(whole) if total is not None else {}
     existing = _Existing.list(
-        uploader, names if names is not None and len(names) <= _MAX_NAMED_LISTINGS else None
+        uploader,
+        names if names is not None and len(names) <= _MAX_NAMED_LISTINGS else None,
+        box,
+        ignore=set(ignore_ids),
     )
-    uploader.before_ids = set(existing.ids)
+    # Reconciliation must not take stored annotations for new ones, ignored or not.
+    uploader.before_ids = set(existing.ids) | set(ignore_ids)
     if if_exists == "fail" and len(existing):
         # Decide before anything is sent: look at every block first.
         if source is not None:
@@ -842,21 +874,6 @@ def upload_records(
     finally:
         bar.close()
     return _finish(outcome, sid, whole if total is not None else None)
-
-
-def _validated(records: pd.DataFrame, *, dropna: bool, allow_duplicates: bool) -> pd.DataFrame:
-    report = ValidationReport()
-    out = validate_records(records, dropna=dropna, allow_duplicates=allow_duplicates, report=report)
-    if report.n_dropped:
-        labels = report.dropped["index"].tolist()
-        shown = ", ".join(repr(label) for label in labels[:5])
-        log.warning(
-            "dropped %d records whose value is NaN (rows %s%s)",
-            report.n_dropped,
-            shown,
-            ", ..." if len(labels) > 5 else "",
-        )
-    return out
 
 
 def _positive_int(value: int | None, default: int, name: str) -> int:
@@ -903,12 +920,21 @@ class _Existing:
         self.free = np.ones(len(objects), dtype=bool)
 
     @classmethod
-    def list(cls, uploader: _Uploader, names: list[str] | None) -> _Existing:
-        if names is None:
-            return cls(_decode_objects(uploader.list_existing()))
+    def list(
+        cls,
+        uploader: _Uploader,
+        names: list[str] | None,
+        box: dict[str, tuple[float, float]],
+        *,
+        ignore: set[str],
+    ) -> _Existing:
+        """List the sample's annotations that could clash: of these properties, in this box."""
         objects: list[dict[str, Any]] = []
-        for name in names:
-            objects.extend(_decode_objects(uploader.list_existing(property_name=name)))
+        for name in names if names is not None else [None]:
+            filters = dict(box, property_name=name) if name is not None else dict(box)
+            objects.extend(_decode_objects(uploader.list_existing(**filters)))
+        if ignore:
+            objects = [obj for obj in objects if obj["id"] not in ignore]
         return cls(objects)
 
     def __len__(self) -> int:
@@ -933,6 +959,17 @@ class _Existing:
 
     def frame(self, stored: np.ndarray, index: pd.Index) -> pd.DataFrame:
         return annotation_frame([self.objects[i] for i in stored.tolist()], index=index)
+
+
+def _bounding_box(records: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """List filters covering every record's position (inclusive), when all have x and y."""
+    xs, ys = records["coord_x"], records["coord_y"]
+    if len(records) == 0 or xs.isna().any() or ys.isna().any():
+        return {}
+    return {
+        "x_range": (float(xs.min()), float(xs.max())),
+        "y_range": (float(ys.min()), float(ys.max())),
+    }
 
 
 def _decode_objects(raw: bytes) -> list[dict[str, Any]]:
@@ -1006,7 +1043,7 @@ def _apply_updates(
     """PATCH stored annotations whose value, unit or metadata differ from the input."""
     for records, positions, stored_objects in updates:
         if uploader.stop.is_set():
-            outcome.not_updated.append(Chunk(-1, records, positions, []))
+            outcome.not_updated.append(Chunk(-1, records, positions))
             continue
         jobs = [
             (_changes(record, obj), obj)
@@ -1032,7 +1069,7 @@ def _apply_updates(
                 outcome.error = outcome.error or exc
                 uploader.stop.set()
         if (~done).any():
-            outcome.not_updated.append(Chunk(-1, records[~done], positions[~done], []))
+            outcome.not_updated.append(Chunk(-1, records[~done], positions[~done]))
         if done.any():
             outcome.updated.append(
                 (annotation_frame(answers, index=records.index[done]), positions[done])
@@ -1163,7 +1200,7 @@ def _finish(outcome: _Outcome, sample_id: str, whole: pd.DataFrame | None) -> pd
             + [np.empty(0, dtype=np.int64)]
         )
         rest = np.setdiff1d(np.arange(len(whole)), settled)
-        outcome.not_created = [Chunk(-1, whole.iloc[rest], rest, [])]
+        outcome.not_created = [Chunk(-1, whole.iloc[rest], rest)]
     not_created = _ordered_records(outcome.not_created)
     not_updated = _ordered_records(outcome.not_updated)
     unknown = _ordered_records(outcome.unknown)

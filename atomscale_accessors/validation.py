@@ -17,7 +17,13 @@ import pandera.errors
 from .errors import AnnotationValidationError
 from .schemas import POSITION_KEY, RECORD_STRING_COLUMNS, records_schema
 
-__all__ = ["MAX_EXAMPLES", "ValidationReport", "failure_message", "validate_records"]
+__all__ = [
+    "MAX_EXAMPLES",
+    "ValidationReport",
+    "failure_message",
+    "problem_message",
+    "validate_records",
+]
 
 log = logging.getLogger("atomscale_accessors")
 
@@ -43,6 +49,7 @@ def validate_records(
     dropna: bool = False,
     allow_duplicates: bool = False,
     report: ValidationReport | None = None,
+    prior: AnnotationValidationError | None = None,
 ) -> pd.DataFrame:
     """Validate canonical records; return them, or raise one error listing every failure.
 
@@ -56,6 +63,9 @@ def validate_records(
         Accept several records of the same property at the same position.
     report : ValidationReport, optional
         Filled with the rows dropped by ``dropna``.
+    prior : AnnotationValidationError, optional
+        Problems found while building the records (unknown columns, missing units), to be
+        reported together with the schema's failures in one error.
 
     Returns
     -------
@@ -72,7 +82,13 @@ def validate_records(
         missing = records["property_value"].isna().to_numpy()
         if missing.any():
             dropped = records.index[missing]
-            log.info("dropping %d records whose value is NaN", missing.sum())
+            shown = ", ".join(repr(label) for label in dropped[:5])
+            log.warning(
+                "dropping %d records whose value is NaN (rows %s%s)",
+                missing.sum(),
+                shown,
+                ", ..." if len(dropped) > 5 else "",
+            )
             if report is not None:
                 report.dropped = pd.DataFrame(
                     {
@@ -84,6 +100,7 @@ def validate_records(
                 )
             records = records.loc[~missing]
     schema = records_schema(allow_duplicates=allow_duplicates)
+    table = None
     try:
         # Positional index while validating: pandera's unique check and failure table want
         # plain labels, and user indexes may repeat (wide input) or be a MultiIndex.
@@ -94,15 +111,22 @@ def validate_records(
         schema.validate(positional, lazy=True, inplace=True)
     except pandera.errors.SchemaErrors as exc:
         table = _failure_table(exc.failure_cases, records)
+    if prior is not None:
+        both = prior.failure_cases if table is None else pd.concat([prior.failure_cases, table])
+        both = both.reset_index(drop=True)
+        raise AnnotationValidationError(
+            problem_message(prior.reasons, both, len(records)), both, reasons=prior.reasons
+        ) from None
+    if table is not None:
         raise AnnotationValidationError(failure_message(table, len(records)), table) from None
     return records
 
 
 def _failure_table(cases: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """pandera's failure cases with positions mapped back to the input's row labels."""
-    cases = cases.assign(_pos=pd.to_numeric(cases["index"], errors="coerce"))
-    cases = cases.sort_values("_pos", kind="stable", na_position="first")
     positions = pd.to_numeric(cases["index"], errors="coerce")
+    order = np.argsort(positions.fillna(-1).to_numpy(), kind="stable")
+    cases, positions = cases.iloc[order], positions.iloc[order]
     labels = np.array(records.index, dtype=object)
     mapped = [
         labels[int(p)] if p == p and 0 <= p < len(labels) else None for p in positions.tolist()
@@ -152,6 +176,13 @@ def _check_name(check: str) -> str:
     if check.startswith("column_in_schema"):
         return "unknown_column"
     return check
+
+
+def problem_message(reasons: list[str], table: pd.DataFrame, n_rows: int) -> str:
+    """The reasons a frame could not become records, then the capped failure summary."""
+    lines = ["the frame cannot be turned into annotations:"]
+    lines += [f"  - {reason}" for reason in dict.fromkeys(reasons)]
+    return "\n".join([*lines, failure_message(table, n_rows)])
 
 
 def failure_message(table: pd.DataFrame, n_rows: int, *, subject: str = "records") -> str:

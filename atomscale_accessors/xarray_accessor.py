@@ -8,13 +8,17 @@ one-variable Dataset and handled by the same code as a Dataset.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import xarray as xr
 
 from .errors import MapStructureError
 from .flatten import flatten_map, upload_map, validate_map
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["AtomscaleDataArrayAccessor", "AtomscaleDatasetAccessor"]
 
@@ -175,6 +179,28 @@ class _MapAccessor:
             block_rows=block_rows,
             **options,
         )
+
+    def plot(self, variable: Hashable | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
+        """Draw the map as a wafer map: a grid with ``pcolormesh``, points with ``scatter``.
+
+        Needs matplotlib (``pip install "atomscale-accessors[plot]"``). See
+        :func:`atomscale_accessors.plotting.plot_map` for the options (``x=``, ``y=``,
+        ``outline=``, ``wafer_diameter=``, ``colorbar=``, ``title=``, and keywords for
+        ``pcolormesh`` or ``scatter``).
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import atomscale_accessors
+        >>> from atomscale_accessors.datasets import wafer_thickness_map
+        >>> ax = wafer_thickness_map(n=31).atomscale.plot()
+        >>> ax.get_xlabel(), ax.collections[0].colorbar.ax.get_ylabel()
+        ('x [mm]', 'thickness [nm]')
+        """
+        from .plotting import plot_map
+
+        return plot_map(self._obj, variable, ax=ax, **kwargs)
 
 
 @xr.register_dataset_accessor("atomscale")

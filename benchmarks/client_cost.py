@@ -43,7 +43,9 @@ def thickness_map(side: int, seed: int = 0) -> xr.Dataset:
     )
 
 
-def library(ds: xr.Dataset, server: RunningServer, workers: int) -> tuple[float, float, pd.DataFrame]:
+def library(
+    ds: xr.Dataset, server: RunningServer, workers: int
+) -> tuple[float, float, pd.DataFrame]:
     client = atomscale_accessors.Client(api_key=server.api_key, endpoint=server.endpoint)
     sample_id = server.create_sample("library")
     cpu, wall = time.process_time(), time.perf_counter()
@@ -75,7 +77,9 @@ def naive(ds: xr.Dataset, server: RunningServer) -> tuple[float, float, pd.DataF
                     "coord_ref_frame": "sample_relative",
                 }
             )
-        response = session.post(url, json={"annotations": annotations}, headers=headers, timeout=300)
+        response = session.post(
+            url, json={"annotations": annotations}, headers=headers, timeout=300
+        )
         response.raise_for_status()
         frames.append(pd.DataFrame(response.json()))
     result = pd.concat(frames, ignore_index=True)

@@ -223,3 +223,42 @@ def test_float32_and_nullable_integer_columns():
     assert rec["coord_x"].tolist() == [float(np.float32(0.1)), float(np.float32(0.2))]
     assert rec["coord_y"].iloc[0] == 1.0
     assert np.isnan(rec["coord_y"].iloc[1])
+
+
+def test_property_name_equal_to_the_value_column_is_a_name():
+    df = pd.DataFrame({"x": [0.0], "y": [0.0], "thickness": [3.0]})
+    rec = to_records(
+        df, value="thickness", property_name="thickness", property_unit="nm", coord_units="mm"
+    )
+    assert rec["property_name"].tolist() == ["thickness"]
+
+
+def test_nullable_string_column_with_missing_values():
+    df = thickness_frame(3).assign(technique=pd.array(["xrd", pd.NA, "xps"], dtype="string"))
+    rec = to_records(df, **THICKNESS_MAPPING, char_source_type="technique")
+    assert rec["char_source_type"].tolist()[::2] == ["xrd", "xps"]
+    assert pd.isna(rec["char_source_type"].iloc[1])
+    bad = thickness_frame(2).assign(technique=pd.array([1, pd.NA], dtype="Int64"))
+    with pytest.raises(AnnotationValidationError, match="must hold text"):
+        to_records(bad, **THICKNESS_MAPPING, char_source_type="technique")
+
+
+def test_building_and_schema_problems_come_in_one_error():
+    df = thickness_frame(4).assign(lot=1)
+    df.loc["site-002", "thk"] = np.nan
+    with pytest.raises(AnnotationValidationError) as info:
+        df.atomscale.validate(**THICKNESS_MAPPING)
+    checks = set(info.value.failure_cases["check"])
+    assert checks == {"unknown_columns", "not_nullable"}
+    assert "unknown columns ['lot']" in str(info.value)
+    assert "row 'site-002': property_value = nan" in str(info.value)
+
+
+def test_records_do_not_share_metadata_dicts():
+    df = thickness_frame(2).assign(meta=[{"a": 1}, {"a": 2}])
+    rec = to_records(df, **THICKNESS_MAPPING, metadata="meta")
+    rec["metadata"].iloc[0]["a"] = "changed"
+    assert df["meta"].iloc[0] == {"a": 1}
+    rec = to_records(thickness_frame(2), **THICKNESS_MAPPING, metadata={"run": 1})
+    rec["metadata"].iloc[0]["run"] = 2
+    assert rec["metadata"].iloc[1] == {"run": 1}

@@ -231,14 +231,14 @@ class Faults:
 
         Parameters
         ----------
-        kind : {"error_before_commit", "error_after_commit", "drop_before_commit", \
-"drop_after_commit", "rate_limited", "latency"}
-            ``error_*`` answer ``status`` (default 500) with ``{"detail": ...}``, before
-            anything is stored or after the commit. ``drop_*`` close the connection
-            without an answer (the client sees a connection error), before storing or
-            after the commit. ``rate_limited`` answers 429, with ``Retry-After:
-            retry_after`` when that is not ``None``. ``latency`` delays the answer by
-            ``seconds``.
+        kind : str
+            One of :data:`FAULT_KINDS`. ``error_before_commit`` and
+            ``error_after_commit`` answer ``status`` (default 500) with
+            ``{"detail": ...}``, before anything is stored or after the commit.
+            ``drop_before_commit`` and ``drop_after_commit`` close the connection without
+            an answer (the client sees a connection error), before storing or after the
+            commit. ``rate_limited`` answers 429, with ``Retry-After: retry_after`` when
+            that is not ``None``. ``latency`` delays the answer by ``seconds``.
         route : str
             A name from :data:`ROUTE_NAMES` (or ``"bulk"`` for ``"bulk_create"``), or
             ``"any"``.

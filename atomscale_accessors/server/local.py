@@ -203,6 +203,11 @@ class LocalServer:
         """Serve in a background thread; return once the server accepts requests.
 
         Restarting after :meth:`stop` binds the same port and serves the same data.
+
+        Returns
+        -------
+        LocalServer
+            The server itself, so that ``server = LocalServer().start()`` works.
         """
         with self._lock:
             if self.running:

@@ -1,0 +1,76 @@
+"""The demo: the whole story on its own local server, as a function and as a command."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from atomscale_accessors.datasets import wafer_thickness_map
+from atomscale_accessors.demo import DEMO_GRID_POINTS, run_demo
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_demo_counts_checks_and_pictures(tmp_path: Path):
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    lines: list[str] = []
+    result = run_demo(tmp_path, progress=False, echo=lines.append)
+
+    n_cells = int(wafer_thickness_map(n=DEMO_GRID_POINTS).thickness.notnull().sum())
+    thickness, sheet = result.maps
+    assert (thickness.property_name, thickness.unit) == ("thickness", "nm")
+    assert thickness.points_sent == thickness.created == thickness.fetched == n_cells > 30_000
+    assert (sheet.property_name, sheet.unit) == ("sheet_resistance", "ohm/sq")
+    assert sheet.points_sent == sheet.created == sheet.fetched == 49
+    assert thickness.round_trip_exact and sheet.round_trip_exact
+    assert result.rerun_refused
+    assert result.rerun_existing == n_cells
+    assert result.stored == n_cells + 49  # the refused re-run doubled nothing
+    assert result.ok
+
+    assert result.pictures == (tmp_path / "wafer_thickness.png", tmp_path / "sheet_resistance.png")
+    for path in result.pictures:
+        assert path.read_bytes()[:8] == PNG_MAGIC
+    assert thickness.picture == result.pictures[0]
+    assert result.picture_note is None
+
+    summary = result.summary()
+    assert "points sent" in summary and "created" in summary and "upload s" in summary
+    assert f"{n_cells:,}" in summary
+    assert "refused" in summary
+    assert any("local server at http://127.0.0.1:" in line for line in lines)
+
+
+def test_run_demo_without_matplotlib_skips_the_picture(tmp_path: Path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    result = run_demo(tmp_path, progress=False, grid_points=31)
+    assert result.ok
+    assert result.pictures == ()
+    assert result.maps[0].picture is None
+    assert 'pip install "atomscale-accessors[plot]"' in result.picture_note
+    assert "picture skipped" in result.summary()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_python_m_demo(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, "-m", "atomscale_accessors", "demo", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "points sent" in done.stdout
+    assert "exact" in done.stdout
+    assert "all checks passed" in done.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "wafer_thickness.png").read_bytes()[:8] == PNG_MAGIC
+    else:
+        assert 'pip install "atomscale-accessors[plot]"' in done.stdout
