@@ -23,6 +23,13 @@ from .frames import fetch
 from .pandas_accessor import AtomscaleDataFrameAccessor
 from .xarray_accessor import AtomscaleDataArrayAccessor, AtomscaleDatasetAccessor
 
+try:  # dask's dataframe support is an extra: the accessor exists where it imports
+    import dask.dataframe  # noqa: F401
+except ImportError:
+    pass
+else:
+    pass  # the dask.dataframe accessor lands with its own change
+
 __all__ = [
     "AtomscaleDataArrayAccessor",
     "AtomscaleDataFrameAccessor",

@@ -737,7 +737,7 @@ def _per_variable(
         )
         return {}
     if not isinstance(option, str) or not option.strip():
-        problems.add(f"{what}={option!r} is not a text", what, "is_text", option)
+        problems.add(f"{what}={option!r} is not a text", what, "text", option)
         return {}
     return dict.fromkeys(selected, option)
 

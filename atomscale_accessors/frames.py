@@ -70,7 +70,13 @@ def _column(name: str, values: Any, index: pd.Index) -> pd.Series:
 
 
 def _categorical(values: Any) -> pd.Categorical:
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+    values = np.asarray(values, dtype=object)
+    if len(values) and isinstance(values[0], str) and (values == values[0]).all():
+        # One value on every row (one property, one unit, one sample): no hashing needed.
+        return pd.Categorical.from_codes(
+            np.zeros(len(values), dtype=np.int8), pd.Index([values[0]], dtype=_TEXT_DTYPE)
+        )
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
     # Versions may be numbers in some answers: categories are always text.
     categories = pd.Index([str(u) for u in uniques], dtype=_TEXT_DTYPE)
     if not categories.is_unique:  # 1 and "1" both present

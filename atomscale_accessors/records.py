@@ -252,7 +252,7 @@ class _Builder:
                     f"{option}: column {key!r} must hold text",
                     None,
                     key,
-                    "is_text",
+                    "text",
                     None,
                     many=col.index[bad],
                     cases=col[bad],
@@ -263,7 +263,7 @@ class _Builder:
                 f"{option}={key!r} is neither a column of the frame nor a text constant",
                 None,
                 option,
-                "is_text",
+                "text",
                 key,
             )
             return pd.Series(None, index=n_index, dtype=object)
@@ -441,7 +441,7 @@ class _Builder:
                 f"property_name={name_key!r} is neither a column nor a text constant",
                 None,
                 "property_name",
-                "is_text",
+                "text",
                 name_key,
             )
             return []

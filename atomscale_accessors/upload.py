@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import chain
 from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any, Literal
@@ -322,6 +323,8 @@ class _Answer:
         return len(self.ids)
 
     def take(self, positions: np.ndarray) -> _Answer:
+        if len(positions) == len(self) and (positions == np.arange(len(self))).all():
+            return self
         pick = positions.tolist()
         return _Answer(
             [self.ids[i] for i in pick],
@@ -1237,9 +1240,9 @@ def _result_frame(outcome: _Outcome, sample_id: str) -> pd.DataFrame:
         frames.append(
             created_frame(
                 records,
-                ids=[i for p in parts for i in p.answer.ids],
-                last_updated=[t for p in parts for t in p.answer.last_updated],
-                versions=[v for p in parts for v in p.answer.versions],
+                ids=list(chain.from_iterable(p.answer.ids for p in parts)),
+                last_updated=list(chain.from_iterable(p.answer.last_updated for p in parts)),
+                versions=list(chain.from_iterable(p.answer.versions for p in parts)),
                 sample_id=sample_id,
             )
         )

@@ -143,16 +143,7 @@ def _failure_table(cases: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     wide = table["check"] == "coord_units_given_with_coordinates"
     table.loc[wide, "column"] = "coord_units"
     table.loc[wide, "failure_case"] = None
-    # A cell that is not text also fails pandera's dtype and length checks: say it once.
-    table["check"] = table["check"].where(~table["check"].str.startswith("dtype("), "is_text")
     table = table.drop_duplicates(subset=["index", "column", "check"], ignore_index=True)
-    not_text = table.loc[table["check"] == "is_text", ["index", "column"]]
-    if len(not_text):
-        cell = pd.MultiIndex.from_frame(table[["index", "column"]].astype(object))
-        bad = pd.MultiIndex.from_frame(not_text.astype(object))
-        table = table[~cell.isin(bad) | (table["check"] == "is_text").to_numpy()].reset_index(
-            drop=True
-        )
     # A failed uniqueness check lists each member column of each duplicate row; one line
     # per duplicate row says the same more plainly.
     uniq = table["check"] == "unique_position"

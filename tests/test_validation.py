@@ -38,8 +38,8 @@ def test_valid_records_come_back_unchanged():
         ("property_value", np.nan, "not_nullable"),
         ("property_value", np.inf, "finite"),
         ("coord_x", -np.inf, "finite"),
-        ("property_name", "", "str_length(1, 1024)"),
-        ("property_name", "x" * 5000, "str_length(1, 1024)"),
+        ("property_name", "", "non_empty_text"),
+        ("property_name", "x" * 5000, "non_empty_text"),
         ("coord_ref_frame", "wafer_frame", "isin(['sample_relative', 'stage_absolute'])"),
         ("data_id", "not-a-uuid", "uuid"),
         ("data_id", "../../etc/passwd", "uuid"),
@@ -47,7 +47,7 @@ def test_valid_records_come_back_unchanged():
         ("metadata", {"x": float("nan")}, "json_object"),
         ("metadata", [1, 2], "json_object"),
         ("metadata", {"blob": "x" * 70_000}, "json_object"),
-        ("property_unit", 5, "is_text"),
+        ("property_unit", 5, "text"),
     ],
 )
 def test_each_check_names_row_column_and_reason(column, value, check):
