@@ -93,6 +93,7 @@ class AtomscaleDataFrameAccessor:
         client: Any = None,
         if_exists: IfExists = "fail",
         chunk_size: int | None = None,
+        max_chunk_bytes: int | None = None,
         max_workers: int | None = None,
         progress: bool | Callable[[int, int | None], None] | None = None,
         dry_run: bool = False,
@@ -102,8 +103,52 @@ class AtomscaleDataFrameAccessor:
     ) -> pd.DataFrame:
         """Validate the frame and create its annotations on a sample, exactly once.
 
-        See :func:`atomscale_accessors.upload.upload_records` for the options and the
-        guarantees. Returns the created annotations, indexed by the input rows' labels.
+        Everything is validated before the first request; an invalid frame sends nothing.
+
+        Parameters
+        ----------
+        sample_id : str
+            UUID of the physical sample.
+        client : Client or SDK client, optional
+            Default: a client configured from ``AS_API_KEY`` and ``AS_API_ENDPOINT``.
+        if_exists : {"fail", "skip", "append", "update"}, default "fail"
+            What to do with rows whose property is stored at the same position already:
+            raise and send nothing, send only new rows, send everything, or update the
+            stored values and create the rest.
+        chunk_size, max_chunk_bytes : int, optional
+            Bounds of one request (default 5000 records, 8 MiB).
+        max_workers : int, optional
+            Requests in flight at once (default 4).
+        progress : bool or callable, optional
+            Progress bar: by default on a terminal or in a notebook only.
+        dry_run : bool, default False
+            Send nothing; return the records that would be sent, with a ``chunk`` column.
+        dropna, allow_duplicates : bool, default False
+            Drop rows whose value is NaN; accept several rows of one property at one
+            position.
+        **mapping
+            Where each annotation field comes from (``x=``, ``value=``, ...); see
+            :func:`atomscale_accessors.records.to_records`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The created annotations (with ``if_exists="update"``: created and updated),
+            indexed by the input rows' labels.
+
+        Raises
+        ------
+        AnnotationValidationError
+            Invalid input; nothing was sent.
+        AnnotationExistsError
+            ``if_exists="fail"`` and rows are stored already; nothing was sent.
+        UploadError
+            Stopped part way; ``.created``, ``.not_created``, ``.not_updated`` and
+            ``.unknown`` say where it stands. Re-run with ``if_exists="skip"``.
+
+        See Also
+        --------
+        atomscale_accessors.upload.upload_records : the retry and reconciliation rules.
         """
         records = validated_records(
             self._frame, dropna=dropna, allow_duplicates=allow_duplicates, **mapping
@@ -114,6 +159,7 @@ class AtomscaleDataFrameAccessor:
             client=client,
             if_exists=if_exists,
             chunk_size=chunk_size,
+            max_chunk_bytes=max_chunk_bytes,
             max_workers=max_workers,
             progress=progress,
             dry_run=dry_run,

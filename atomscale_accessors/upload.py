@@ -862,7 +862,7 @@ def upload_records(
     outcome = _Outcome()
     updates: list[tuple[pd.DataFrame, np.ndarray, list[dict[str, Any]]]] = []
     try:
-        to_send = _select(blocks, existing, if_exists, updates, outcome)
+        to_send = _select(blocks, existing, if_exists, updates, outcome, bar)
         chunks = iter_chunks(to_send, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes)
         _run(uploader, chunks, max_workers, outcome, bar)
         # _select fills ``updates`` as the blocks stream past, so PATCH after the creates.
@@ -1003,6 +1003,7 @@ def _select(
     if_exists: str,
     updates: list[tuple[pd.DataFrame, np.ndarray, list[dict[str, Any]]]],
     outcome: _Outcome,
+    bar: _Progress,
 ) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     """Apply ``if_exists``: yield the records to create, with their input positions."""
     positioned = _with_positions(blocks)
@@ -1019,6 +1020,7 @@ def _select(
                 updates.append((block[hit], positions[hit], objects))
             else:
                 outcome.skipped.append(positions[hit])
+                bar.advance(int(hit.sum()))  # accounted for: the bar ends at the total
         yield block[~hit], positions[~hit]
 
 
