@@ -28,7 +28,7 @@ try:  # dask's dataframe support is an extra: the accessor exists where it impor
 except ImportError:
     pass
 else:
-    pass  # the dask.dataframe accessor lands with its own change
+    from . import dask_accessor as _dask_accessor  # noqa: F401  (registers ddf.atomscale)
 
 __all__ = [
     "AtomscaleDataArrayAccessor",

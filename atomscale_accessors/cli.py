@@ -291,7 +291,7 @@ def _read_input(path_text: str) -> pd.DataFrame | xr.Dataset:
             _check_parquet()
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+            frame = _numbers_kept(pd.read_csv(path, sep="\t" if kind == "tsv" else ","))
             frame.index = pd.RangeIndex(2, len(frame) + 2, name="line")
     except _InputError:
         raise
@@ -299,6 +299,26 @@ def _read_input(path_text: str) -> pd.DataFrame | xr.Dataset:
         raise _InputError(f"cannot read {path_text!r}: {_first_line(exc)}") from exc
     if "metadata" in frame.columns:
         frame["metadata"] = _decode_metadata(frame["metadata"])
+    return frame
+
+
+def _numbers_kept(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numbers read as numbers in a text column that has a few stray cells.
+
+    One cell that is not a number makes the CSV reader read the whole column as text;
+    this keeps the numerals as numbers, so validation names only the stray cells (by
+    their line in the file) instead of every row.
+    """
+    import pandas as pd
+
+    for name in frame.columns:
+        column = frame[name]
+        if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+            continue
+        numbers = pd.to_numeric(column, errors="coerce")
+        parsed = numbers.notna()
+        if parsed.sum() > (column.notna() & ~parsed).sum():  # mostly numbers
+            frame[name] = column.astype(object).where(~parsed, numbers.astype(object))
     return frame
 
 

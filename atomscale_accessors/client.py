@@ -142,7 +142,8 @@ class Client:
         _check_transport(self.endpoint, allow_insecure)
         self.timeout = timeout if isinstance(timeout, tuple) else (float(timeout), float(timeout))
         self.retry = retry or RetryPolicy()
-        if verify is False:
+        if not verify:  # None, 0 and "" switch verification off in requests too
+            verify = False
             warnings.warn(
                 "TLS certificate verification is off for this client: answers can be forged "
                 "and the API key read by anyone on the path",

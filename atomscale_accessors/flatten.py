@@ -457,7 +457,8 @@ class _Plan:
 class _Problems:
     """Structure problems, gathered so that one error reports all of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, subject: str = "the map cannot be turned into annotations") -> None:
+        self.subject = subject
         self.messages: list[str] = []
         self.rows: list[tuple[Any, Any, str, Any]] = []
 
@@ -469,7 +470,7 @@ class _Problems:
         if not self.messages:
             return
         table = pd.DataFrame(self.rows, columns=_FAILURE_COLUMNS)
-        raise MapStructureError(_structure_message(self.messages), table)
+        raise MapStructureError(_structure_message(self.messages, self.subject), table)
 
 
 def _plan(
@@ -1318,7 +1319,7 @@ def frame_to_map(frame: pd.DataFrame, *, dims: str | Sequence[str] | None = None
     grid_dims, point_dim = _parse_dims(dims)
     if len(frame) == 0:
         return xr.Dataset()
-    problems = _Problems()
+    problems = _Problems("the annotations cannot be put on a map")
     props = frame["property_name"].astype(object).to_numpy()
     if pd.isna(props).any():
         problems.add("some rows have no property_name", "property_name", "not_nullable")
@@ -1591,12 +1592,12 @@ def _to_points(
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def _structure_message(messages: list[str]) -> str:
+def _structure_message(messages: list[str], subject: str) -> str:
     unique = list(dict.fromkeys(messages))
     lines = [f"  - {m}" for m in unique[:_MAX_LISTED]]
     if len(unique) > _MAX_LISTED:
         lines.append(f"  ... and {len(unique) - _MAX_LISTED} more (all in .failure_cases)")
-    return "the map cannot be turned into annotations:\n" + "\n".join(lines)
+    return f"{subject}:\n" + "\n".join(lines)
 
 
 def _names(names: Iterable[Any]) -> str:

@@ -173,9 +173,16 @@ def validated_records(
     records, problems = build_records(df, mapping, **options)
     if records is None:
         raise problems
-    return validate_records(
+    valid = validate_records(
         records, dropna=dropna, allow_duplicates=allow_duplicates, prior=problems
     )
+    if len(valid) == 0:
+        raise AnnotationValidationError(
+            "nothing to annotate: the frame has no rows"
+            + (" with a value (dropna=True dropped them all)" if len(records) else ""),
+            reasons=["the frame has no rows"],
+        )
+    return valid
 
 
 def _merge(mapping: RecordMapping | None, options: dict[str, Any]) -> RecordMapping:

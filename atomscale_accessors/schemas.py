@@ -111,7 +111,7 @@ def _per_distinct(series: pd.Series, test: Callable[[Any], bool]) -> pd.Series:
     values = series.to_numpy(dtype=object)
     try:
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    except TypeError:  # unhashable values (lists, dicts): test them one by one
+    except (TypeError, UnicodeEncodeError):  # unhashable values, lone surrogates: one by one
         return pd.Series([v is None or v != v or test(v) for v in values], index=series.index)
     good = np.fromiter((test(u) for u in uniques), dtype=bool, count=len(uniques))
     result = np.ones(len(values), dtype=bool)
@@ -120,8 +120,21 @@ def _per_distinct(series: pd.Series, test: Callable[[Any], bool]) -> pd.Series:
     return pd.Series(result, index=series.index)
 
 
-def _text_of_length(low: int, high: int) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, str) and low <= len(value) <= high
+def _is_text(value: Any) -> bool:
+    """Text that can be sent: a str that encodes to UTF-8 (no lone surrogates, which is
+    what undecodable bytes become when read with ``errors="surrogateescape"``)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _length_within(low: int, high: int) -> Callable[[Any], bool]:
+    # Only text is measured: a value that is not text fails the text check alone.
+    return lambda value: not isinstance(value, str) or low <= len(value) <= high
 
 
 def encode_metadata(value: Any) -> str:
@@ -133,6 +146,7 @@ def encode_metadata(value: Any) -> str:
     """
     if not isinstance(value, dict):
         raise TypeError(f"metadata must be a dict, not {type(value).__name__}")
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogates
     text = json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     if json.loads(text) != value:
         raise ValueError("metadata does not survive a JSON round trip (keys must be text)")
@@ -185,15 +199,22 @@ class RecordsModel(pa.DataFrameModel):
     def _coord_finite(cls, series: Series[float]) -> Series[bool]:
         return _finite(series)
 
-    @pa.check("property_name", name="non_empty_text")
-    @classmethod
-    def _name_text(cls, series: Series[object]) -> Series[bool]:
-        return _per_distinct(series, _text_of_length(1, MAX_TEXT_LENGTH))
-
-    @pa.check("property_unit", "char_source_type", "coord_units", name="text")
+    @pa.check("property_name", "property_unit", "char_source_type", "coord_units", name="text")
     @classmethod
     def _text(cls, series: Series[object]) -> Series[bool]:
-        return _per_distinct(series, _text_of_length(0, MAX_TEXT_LENGTH))
+        return _per_distinct(series, _is_text)
+
+    @pa.check("property_name", name=f"length_1_to_{MAX_TEXT_LENGTH}")
+    @classmethod
+    def _name_length(cls, series: Series[object]) -> Series[bool]:
+        return _per_distinct(series, _length_within(1, MAX_TEXT_LENGTH))
+
+    @pa.check(
+        "property_unit", "char_source_type", "coord_units", name=f"length_at_most_{MAX_TEXT_LENGTH}"
+    )
+    @classmethod
+    def _text_length(cls, series: Series[object]) -> Series[bool]:
+        return _per_distinct(series, _length_within(0, MAX_TEXT_LENGTH))
 
     @pa.check("data_id", name="uuid")
     @classmethod
@@ -210,6 +231,38 @@ class RecordsModel(pa.DataFrameModel):
     def _units_with_coords(cls, df: pd.DataFrame) -> Series[bool]:
         has_coord = df[list(COORD_COLUMNS)].notna().any(axis=1)
         return ~has_coord | df["coord_units"].notna()
+
+    @pa.dataframe_check(name="x_and_y_together")
+    @classmethod
+    def _position_complete(cls, df: pd.DataFrame) -> Series[bool]:
+        # A position with x but not y (or y but not x) is a gap in the data, not a point.
+        return df["coord_x"].isna() == df["coord_y"].isna()
+
+    @pa.dataframe_check(name="one_unit_per_property")
+    @classmethod
+    def _one_unit(cls, df: pd.DataFrame) -> Series[bool]:
+        # One property in two units cannot be compared, mapped or gridded: a mistake.
+        return _agrees_with_first(df["property_unit"], df["property_name"])
+
+    @pa.dataframe_check(name="one_coordinate_unit")
+    @classmethod
+    def _one_coord_unit(cls, df: pd.DataFrame) -> Series[bool]:
+        return _agrees_with_first(df["coord_units"], None)
+
+
+def _agrees_with_first(values: pd.Series, groups: pd.Series | None) -> pd.Series:
+    """Whether each value equals the first non-missing value of its group (missing passes)."""
+    try:
+        codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+    except (TypeError, UnicodeEncodeError):  # not text at all: the text check reports it
+        return pd.Series(True, index=values.index)
+    if len(uniques) <= 1:
+        return pd.Series(True, index=values.index)
+    keyed = pd.Series(np.where(codes >= 0, codes, np.nan), index=values.index)
+    first = keyed.groupby(
+        groups.to_numpy(dtype=object) if groups is not None else np.zeros(len(keyed))
+    ).transform("first")
+    return keyed.isna() | (keyed == first)
 
 
 def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:
@@ -260,7 +313,7 @@ class AnnotationFrameModel(pa.DataFrameModel):
 
 def is_uuid(value: Any) -> bool:
     """Whether ``value`` is a string in the canonical 8-4-4-4-12 hex UUID form."""
-    return isinstance(value, str) and _UUID_RE.match(value) is not None
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
 
 
 def is_finite_number(value: Any) -> bool:

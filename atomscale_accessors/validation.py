@@ -30,6 +30,12 @@ log = logging.getLogger("atomscale_accessors")
 #: Example rows shown in an error message; the rest are only in ``failure_cases``.
 MAX_EXAMPLES = 10
 _FAILURE_COLUMNS = ["index", "column", "check", "failure_case"]
+_FRAME_CHECK_COLUMNS = {
+    "coord_units_given_with_coordinates": "coord_units",
+    "x_and_y_together": "coord_x, coord_y",
+    "one_unit_per_property": "property_unit",
+    "one_coordinate_unit": "coord_units",
+}
 
 
 class ValidationReport:
@@ -110,7 +116,7 @@ def validate_records(
                 positional[column] = positional[column].astype(object)
         schema.validate(positional, lazy=True, inplace=True)
     except pandera.errors.SchemaErrors as exc:
-        table = _failure_table(exc.failure_cases, records)
+        table = _with_unencodable_rows(_failure_table(exc.failure_cases, records), records)
     if prior is not None:
         both = prior.failure_cases if table is None else pd.concat([prior.failure_cases, table])
         both = both.reset_index(drop=True)
@@ -139,11 +145,17 @@ def _failure_table(cases: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
             "failure_case": pd.Series(cases["failure_case"].tolist(), dtype=object),
         }
     )
-    # A frame-wide check is reported once per column by pandera; once per row is enough.
-    wide = table["check"] == "coord_units_given_with_coordinates"
-    table.loc[wide, "column"] = "coord_units"
-    table.loc[wide, "failure_case"] = None
+    # A frame-wide check is reported once per column by pandera; once per row, under the
+    # column it is about, is enough.
+    table["_pos"] = positions.to_numpy()
+    for check, column in _FRAME_CHECK_COLUMNS.items():
+        wide = table["check"] == check
+        if wide.any():
+            table.loc[wide, "column"] = column
+            table.loc[wide, "failure_case"] = None
     table = table.drop_duplicates(subset=["index", "column", "check"], ignore_index=True)
+    _explain_units(table, records)
+    table = table.drop(columns="_pos")
     # A failed uniqueness check lists each member column of each duplicate row; one line
     # per duplicate row says the same more plainly.
     uniq = table["check"] == "unique_position"
@@ -157,6 +169,54 @@ def _failure_table(cases: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
         )
         table = pd.concat([table[~uniq], dups], ignore_index=True)
     return table
+
+
+def _explain_units(table: pd.DataFrame, records: pd.DataFrame) -> None:
+    """Say which unit clashes with which, on rows failing a one-unit rule."""
+    for check, column, group in (
+        ("one_unit_per_property", "property_unit", "property_name"),
+        ("one_coordinate_unit", "coord_units", None),
+    ):
+        rows = table.index[table["check"] == check]
+        if not len(rows):
+            continue
+        units = records[column].to_numpy(dtype=object)
+        groups = records[group].to_numpy(dtype=object) if group else np.zeros(len(records))
+        first: dict[Any, Any] = {}
+        for g, u in zip(groups.tolist(), units.tolist(), strict=True):
+            if u is not None and u == u:
+                first.setdefault(g, u)
+        for row in rows:
+            pos = int(table.at[row, "_pos"])
+            what = f" for {groups[pos]!r}" if group else ""
+            table.at[row, "failure_case"] = (
+                f"{units[pos]!r}{what}, where other rows have {first.get(groups[pos])!r}"
+            )
+
+
+def _with_unencodable_rows(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    """Replace pandera's report of text it could not print (a lone surrogate makes its
+    error formatter fail) with one row per offending cell."""
+    broken = table["index"].isna() & table["failure_case"].map(
+        lambda case: isinstance(case, str) and case.startswith("UnicodeEncodeError")
+    )
+    if not broken.any():
+        return table
+    rows = []
+    for column in table.loc[broken, "column"].unique():
+        for label, value in zip(records.index, records[column].tolist(), strict=True):
+            if isinstance(value, str) and not _encodes(value):
+                rows.append((label, column, "text", ascii(value)))
+    fixed = pd.DataFrame(rows, columns=_FAILURE_COLUMNS)
+    return pd.concat([table[~broken], fixed], ignore_index=True)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_name(check: str) -> str:
