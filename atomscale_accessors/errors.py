@@ -27,7 +27,22 @@ __all__ = [
 
 
 class AtomscaleError(Exception):
-    """Root of every error raised by ``atomscale_accessors``."""
+    """Root of every error raised by ``atomscale_accessors``.
+
+    Errors pickle with their attributes (they travel back from dask workers).
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds from ``args`` alone, which misses keyword-only arguments.
+        state = self.__dict__.copy()
+        return (_rebuild, (type(self), self.args, state))
+
+
+def _rebuild(cls: type[AtomscaleError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(AtomscaleError, ValueError):

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from itertools import chain
 from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any, Literal
@@ -33,6 +32,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from .client import Client, check_uuid, resolve_client
 from .errors import (
@@ -42,8 +42,19 @@ from .errors import (
     TransportError,
     UploadError,
 )
-from .frames import annotation_frame, created_frame, empty_annotation_frame
-from .schemas import COORD_COLUMNS, POSITION_KEY, RECORD_COLUMNS, encode_metadata
+from .frames import (
+    REPEATED_TEXT_COLUMNS,
+    annotation_frame,
+    created_frame,
+    empty_annotation_frame,
+)
+from .schemas import (
+    ANNOTATION_COLUMNS,
+    COORD_COLUMNS,
+    POSITION_KEY,
+    RECORD_COLUMNS,
+    encode_metadata,
+)
 from .validation import validate_records
 
 __all__ = [
@@ -333,10 +344,48 @@ class _Answer:
             {column: values[positions] for column, values in self.keys.items()},
         )
 
-    def without(self, ids: set[str]) -> _Answer:
+    def without(self, ids: _IdSet) -> _Answer:
         """The annotations whose id is not in ``ids``."""
-        keep = np.fromiter((i not in ids for i in self.ids), dtype=bool, count=len(self.ids))
+        keep = ~ids.contains(self.ids)
         return self if keep.all() else self.take(np.flatnonzero(keep))
+
+
+class _IdSet:
+    """A set of annotation ids held as 64-bit hashes: an upload of millions of annotations
+    remembers every id it was given, and a set of strings would cost ~100 bytes each.
+
+    Two different ids share a hash with odds of about n**2 / 2**65 (one in a million for
+    four million ids); the cost of that is one record sent again after a failure.
+    """
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._parts: list[np.ndarray] = []
+        self._sorted = np.empty(0, dtype=np.int64)
+        self.add(list(ids))
+
+    @staticmethod
+    def _hashes(ids: list[str]) -> np.ndarray:
+        return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
+
+    def add(self, ids: list[str]) -> None:
+        if ids:
+            self._parts.append(self._hashes(ids))
+
+    def __or__(self, other: _IdSet) -> _IdSet:
+        union = _IdSet()
+        union._parts = [*self._parts, *other._parts]
+        return union
+
+    def contains(self, ids: list[str]) -> np.ndarray:
+        """For each id, whether it is in the set."""
+        if self._parts:
+            self._sorted = np.unique(np.concatenate([self._sorted, *self._parts]))
+            self._parts = []
+        if not len(ids) or not len(self._sorted):
+            return np.zeros(len(ids), dtype=bool)
+        hashes = self._hashes(ids)
+        at = np.searchsorted(self._sorted, hashes).clip(max=len(self._sorted) - 1)
+        return self._sorted[at] == hashes
 
 
 def _key_dtype(column: str) -> str:
@@ -409,18 +458,11 @@ def _same_content(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) ->
 
 # -- the upload ----------------------------------------------------------------------------
 @dataclass
-class _Created:
-    """Records the server created, with what the answer added to them."""
-
-    records: pd.DataFrame
-    positions: np.ndarray
-    answer: _Answer
-
-
-@dataclass
 class _Outcome:
-    created: list[_Created] = field(default_factory=list)
-    updated: list[tuple[pd.DataFrame, np.ndarray]] = field(default_factory=list)
+    # Annotation frames (as dicts of columns) of what was created or updated, with the
+    # input positions of their rows; built chunk by chunk in compact dtypes, so that only
+    # the result is held, and as dicts so that joining can free each column as it goes.
+    done: list[tuple[dict[str, pd.Series], np.ndarray]] = field(default_factory=list)
     not_created: list[Chunk] = field(default_factory=list)
     not_updated: list[Chunk] = field(default_factory=list)
     unknown: list[Chunk] = field(default_factory=list)
@@ -429,13 +471,10 @@ class _Outcome:
 
     @property
     def n_done(self) -> int:
-        return sum(len(part.records) for part in self.created) + sum(
-            len(frame) for frame, _ in self.updated
-        )
+        return sum(len(where) for _, where in self.done)
 
     def merge(self, other: _Outcome) -> None:
-        self.created += other.created
-        self.updated += other.updated
+        self.done += other.done
         self.not_created += other.not_created
         self.not_updated += other.not_updated
         self.unknown += other.unknown
@@ -451,8 +490,11 @@ class _Uploader:
         self.sample_id = sample_id
         self.policy = client.retry
         self.bulk_path = f"physical_samples/{sample_id}/annotations/bulk"
-        self.before_ids: set[str] = set()
-        self.claimed: set[str] = set()
+        self.before_ids = _IdSet()
+        # Ids of created annotations: from 2xx answers (many), and taken by the checks
+        # after a failure (few, so a plain set each 2xx answer is compared with).
+        self.accepted = _IdSet()
+        self.checked: set[str] = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.timed_out = False
@@ -488,7 +530,7 @@ class _Uploader:
         except Exception as exc:  # a bug or an unforeseen answer: account, stop, report
             self.stop.set()
             settled = np.concatenate(
-                [part.positions for part in outcome.created]
+                [where for _, where in outcome.done]
                 + [c.positions for c in outcome.not_created + outcome.unknown]
                 + [np.empty(0, dtype=np.int64)]
             )
@@ -642,22 +684,29 @@ class _Uploader:
         matched = answer.take(paired[found])
         with self.lock:
             taken = np.fromiter(
-                (i in self.claimed for i in matched.ids), dtype=bool, count=len(matched)
+                (i in self.checked for i in matched.ids), dtype=bool, count=len(matched)
             )
-            self.claimed.update(matched.ids)
+            self.accepted.add(matched.ids)
         rows = np.flatnonzero(found)
         keep = rows[~taken]
         if len(keep):
             take = np.zeros(len(chunk), dtype=bool)
             take[keep] = True
-            outcome.created.append(
-                _Created(
-                    chunk.records[take], chunk.positions[take], matched.take(np.flatnonzero(~taken))
-                )
-            )
+            self._created(chunk.take(take), matched.take(np.flatnonzero(~taken)), outcome)
         redo = np.zeros(len(chunk), dtype=bool)
         redo[rows[taken]] = True
         return chunk.take(redo)
+
+    def _created(self, chunk: Chunk, answer: _Answer, outcome: _Outcome) -> None:
+        """Keep the annotation frame of created records; the answer's text is dropped."""
+        frame = created_frame(
+            chunk.records,
+            ids=answer.ids,
+            last_updated=answer.last_updated,
+            versions=answer.versions,
+            sample_id=self.sample_id,
+        )
+        outcome.done.append((dict(frame.items()), chunk.positions))
 
     def _reconcile(self, chunk: Chunk, outcome: _Outcome, cause: BaseException) -> Chunk | None:
         """After an ambiguous failure: keep what landed, return what must be sent again.
@@ -698,13 +747,13 @@ class _Uploader:
             return None
         # Match and claim in one step, so two checks never take the same annotation.
         with self.lock:
-            candidates = listed.without(self.before_ids | self.claimed)
+            candidates = listed.without(self.before_ids | self.accepted | _IdSet(self.checked))
             paired, _ = _match(chunk.records, candidates)
             found = paired >= 0
             matched = candidates.take(paired[found])
-            self.claimed.update(matched.ids)
+            self.checked.update(matched.ids)
         if found.any():
-            outcome.created.append(_Created(chunk.records[found], chunk.positions[found], matched))
+            self._created(chunk.take(found), matched, outcome)
         log.info(
             "chunk %d: %d of %d annotations were stored; %d to send again",
             chunk.number,
@@ -847,7 +896,7 @@ def upload_records(
         ignore=set(ignore_ids),
     )
     # Reconciliation must not take stored annotations for new ones, ignored or not.
-    uploader.before_ids = set(existing.ids) | set(ignore_ids)
+    uploader.before_ids = _IdSet([*existing.ids, *ignore_ids])
     if if_exists == "fail" and len(existing):
         # Decide before anything is sent: look at every block first.
         if source is not None:
@@ -1076,9 +1125,8 @@ def _apply_updates(
         if (~done).any():
             outcome.not_updated.append(Chunk(-1, records[~done], positions[~done]))
         if done.any():
-            outcome.updated.append(
-                (annotation_frame(answers, index=records.index[done]), positions[done])
-            )
+            updated = annotation_frame(answers, index=records.index[done])
+            outcome.done.append((dict(updated.items()), positions[done]))
             bar.advance(int(done.sum()))
 
 
@@ -1164,7 +1212,7 @@ def _check_late_commits(uploader: _Uploader, outcome: _Outcome) -> None:
 
     Bulk create cannot be undone through the API, so this can only be reported.
     """
-    if not outcome.created:
+    if not outcome.done:
         return
     try:
         listed = _Answer.decode(uploader.list_existing())
@@ -1172,8 +1220,8 @@ def _check_late_commits(uploader: _Uploader, outcome: _Outcome) -> None:
         log.warning("could not check for late commits after a timeout (%s)", _describe(exc))
         return
     with uploader.lock:
-        extra = listed.without(uploader.before_ids | uploader.claimed)
-    records = pd.concat([part.records for part in outcome.created])
+        extra = listed.without(uploader.before_ids | uploader.accepted | _IdSet(uploader.checked))
+    records = pd.concat([pd.DataFrame(columns) for columns, _ in outcome.done])
     _, late = _match(records, extra)
     if late.any():
         ids = [i for i, hit in zip(extra.ids, late.tolist(), strict=True) if hit]
@@ -1186,26 +1234,23 @@ def _check_late_commits(uploader: _Uploader, outcome: _Outcome) -> None:
 
 
 def _finish(outcome: _Outcome, sample_id: str, whole: pd.DataFrame | None) -> pd.DataFrame:
-    created = _result_frame(outcome, sample_id)
-    if (
-        outcome.error is None
-        and not outcome.not_created
-        and not outcome.not_updated
-        and not outcome.unknown
-    ):
-        return created
-    if whole is not None:
+    failed = bool(
+        outcome.error is not None or outcome.not_created or outcome.not_updated or outcome.unknown
+    )
+    if failed and whole is not None:
         # Every input record is accounted for: what is in no other group was not created
         # (or, with if_exists="skip"/"update", was stored before).
         settled = np.concatenate(
-            [part.positions for part in outcome.created]
-            + [where for _, where in outcome.updated]
+            [where for _, where in outcome.done]
             + [c.positions for c in outcome.not_updated + outcome.unknown]
             + outcome.skipped
             + [np.empty(0, dtype=np.int64)]
         )
         rest = np.setdiff1d(np.arange(len(whole)), settled)
         outcome.not_created = [Chunk(-1, whole.iloc[rest], rest)]
+    created = _result_frame(outcome, sample_id)
+    if not failed:
+        return created
     not_created = _ordered_records(outcome.not_created)
     not_updated = _ordered_records(outcome.not_updated)
     unknown = _ordered_records(outcome.unknown)
@@ -1233,32 +1278,44 @@ def _finish(outcome: _Outcome, sample_id: str, whole: pd.DataFrame | None) -> pd
 def _result_frame(outcome: _Outcome, sample_id: str) -> pd.DataFrame:
     """One annotation frame of everything created (and updated), in input order.
 
-    Built once at the end rather than per chunk: most of its cost is per column, not per row.
+    Joined column by column, each column's pieces let go once joined, so the peak is the
+    result and one column's pieces, not twice the result.
     """
-    frames, positions = [], []
-    if outcome.created:
-        parts = outcome.created
-        records = parts[0].records if len(parts) == 1 else pd.concat([p.records for p in parts])
-        frames.append(
-            created_frame(
-                records,
-                ids=list(chain.from_iterable(p.answer.ids for p in parts)),
-                last_updated=list(chain.from_iterable(p.answer.last_updated for p in parts)),
-                versions=list(chain.from_iterable(p.answer.versions for p in parts)),
-                sample_id=sample_id,
-            )
-        )
-        positions.extend(p.positions for p in parts)
-    for frame, where in outcome.updated:
-        frames.append(frame)
-        positions.append(where)
-    if not frames:
+    parts = outcome.done
+    if not parts:
         return empty_annotation_frame()
-    frame = frames[0] if len(frames) == 1 else pd.concat(frames)
-    order = np.argsort(np.concatenate(positions), kind="stable")
-    if (order[1:] > order[:-1]).all():
-        return frame
-    return frame.iloc[order]
+    # Chunks finish in any order but each covers consecutive records: sorted by their
+    # first record, the pieces usually join in input order with no reordering copy.
+    parts.sort(key=lambda part: int(part[1][0]) if len(part[1]) else -1)
+    positions = np.concatenate([where for _, where in parts])
+    order = np.argsort(positions, kind="stable")
+    ordered = bool((order[1:] > order[:-1]).all())
+    frames = [columns for columns, _ in parts]
+    parts.clear()
+    indexes = [next(iter(columns.values())).index for columns in frames]
+    index = indexes[0].append(indexes[1:]) if len(indexes) > 1 else indexes[0]
+    del indexes
+    columns = {}
+    for name in ANNOTATION_COLUMNS:
+        pieces = [frame.pop(name) for frame in frames]
+        columns[name] = _joined(name, pieces, index, order, ordered)
+        del pieces
+    frame = pd.DataFrame(columns, index=index if ordered else index[order], copy=False)
+    return frame
+
+
+def _joined(
+    name: str, pieces: list[pd.Series], index: pd.Index, order: np.ndarray, ordered: bool
+) -> pd.Series:
+    if len(pieces) == 1:
+        column = pieces[0]
+    elif name in REPEATED_TEXT_COLUMNS:
+        # Categoricals stay categoricals when their categories differ (pd.concat would not).
+        column = pd.Series(union_categoricals([p.array for p in pieces], ignore_order=True))
+    else:
+        column = pd.concat(pieces, ignore_index=True)
+    values = column.array if ordered else column.array.take(order)
+    return pd.Series(values, index=index if ordered else index[order], name=name, copy=False)
 
 
 def _ordered_records(chunks: list[Chunk]) -> pd.DataFrame:

@@ -242,3 +242,23 @@ def test_fetch_uses_environment(env_client, atomscale_server):
     sid = atomscale_server.create_sample("s")
     assert len(fetch(sid)) == 0
     _ = requests  # the real library is used underneath, never replaced
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    import pandas as pd
+
+    from atomscale_accessors.errors import UploadError
+
+    error = ApiError(429, {"detail": "slow down"}, method="POST", path="/x", retry_after=1.5)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.status_code, copy.detail, copy.retry_after, str(copy)) == (
+        429,
+        {"detail": "slow down"},
+        1.5,
+        str(error),
+    )
+    upload = UploadError("stopped", created=pd.DataFrame(), not_created=pd.DataFrame({"a": [1]}))
+    assert pickle.loads(pickle.dumps(upload)).not_created["a"].tolist() == [1]
+    assert pickle.loads(pickle.dumps(TransportError("x", sent=False))).sent is False
