@@ -42,7 +42,7 @@ from .errors import AnnotationValidationError, ApiError, TransportError, UploadE
 from .frames import REPEATED_TEXT_COLUMNS, empty_annotation_frame
 from .records import RecordMapping, build_records, to_records, validated_records
 from .schemas import COORD_COLUMNS, POSITION_KEY, RECORD_COLUMNS
-from .upload import IF_EXISTS, IfExists, _Existing, _exists_error, upload_records
+from .upload import IF_EXISTS, IfExists, _Existing, _exists_error, upload_error, upload_records
 from .validation import failure_message, problem_message, validate_records
 
 __all__ = [
@@ -785,19 +785,9 @@ def _finish(results: Sequence[PartitionUpload], sample_id: str) -> pd.DataFrame:
     unknown = pd.concat([result.unknown for result in results])
     cause = failed[0].error
     assert cause is not None
-    lines = [
+    raise upload_error(
         f"the upload to sample {sample_id} stopped in {len(failed)} of {len(results)} "
         f"partitions: {cause}",
-        f"{len(created)} annotations were created or updated, {len(not_created)} were not "
-        "created"
-        + (f", {len(not_updated)} stored ones were not updated" if len(not_updated) else "")
-        + (f", and {len(unknown)} may or may not have been stored" if len(unknown) else "")
-        + ".",
-        "Re-run the same upload with if_exists='skip' to complete it without duplicates; "
-        ".created, .not_created, .not_updated and .unknown hold the records.",
-    ]
-    raise UploadError(
-        "\n".join(lines),
         created=created,
         not_created=not_created,
         not_updated=not_updated,

@@ -65,6 +65,7 @@ __all__ = [
     "Chunk",
     "EncodedRecords",
     "iter_chunks",
+    "upload_error",
     "upload_records",
 ]
 
@@ -1251,12 +1252,29 @@ def _finish(outcome: _Outcome, sample_id: str, whole: pd.DataFrame | None) -> pd
     created = _result_frame(outcome, sample_id)
     if not failed:
         return created
-    not_created = _ordered_records(outcome.not_created)
-    not_updated = _ordered_records(outcome.not_updated)
-    unknown = _ordered_records(outcome.unknown)
-    cause = outcome.error
+    raise upload_error(
+        f"the upload to sample {sample_id} stopped: {outcome.error}",
+        created=created,
+        not_created=_ordered_records(outcome.not_created),
+        not_updated=_ordered_records(outcome.not_updated),
+        unknown=_ordered_records(outcome.unknown),
+        cause=outcome.error,
+    ) from outcome.error
+
+
+def upload_error(
+    headline: str,
+    *,
+    created: pd.DataFrame,
+    not_created: pd.DataFrame,
+    not_updated: pd.DataFrame,
+    unknown: pd.DataFrame,
+    cause: BaseException | None,
+) -> UploadError:
+    """The :class:`UploadError` of an upload that stopped: what happened, the counts of
+    each group of records, and how to complete the upload."""
     lines = [
-        f"the upload to sample {sample_id} stopped: {cause}",
+        headline,
         f"{len(created)} annotations were created or updated, {len(not_created)} were not created"
         + (f", {len(not_updated)} stored ones were not updated" if len(not_updated) else "")
         + (f", and {len(unknown)} may or may not have been stored" if len(unknown) else "")
@@ -1265,14 +1283,14 @@ def _finish(outcome: _Outcome, sample_id: str, whole: pd.DataFrame | None) -> pd
         + (" (with if_exists='update' to also apply the updates)" if len(not_updated) else "")
         + "; .created, .not_created, .not_updated and .unknown hold the records.",
     ]
-    raise UploadError(
+    return UploadError(
         "\n".join(lines),
         created=created,
         not_created=not_created,
         not_updated=not_updated,
         unknown=unknown,
         cause=cause,
-    ) from cause
+    )
 
 
 def _result_frame(outcome: _Outcome, sample_id: str) -> pd.DataFrame:

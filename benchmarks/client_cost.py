@@ -24,9 +24,8 @@ import time
 
 import numpy as np
 import pandas as pd
-import requests
 import xarray as xr
-from _server import RunningServer, server_process
+from _common import RunningServer, naive_upload, server_process
 
 import atomscale_accessors
 
@@ -57,32 +56,8 @@ def library(
 
 def naive(ds: xr.Dataset, server: RunningServer) -> tuple[float, float, pd.DataFrame]:
     sample_id = server.create_sample("naive")
-    url = f"{server.endpoint}physical_samples/{sample_id}/annotations/bulk"
-    headers = {"X-API-KEY": server.api_key}
     cpu, wall = time.process_time(), time.perf_counter()
-    df = ds.to_dataframe().reset_index().dropna()
-    frames = []
-    session = requests.Session()
-    for start in range(0, len(df), CHUNK):
-        annotations = []
-        for row in df.iloc[start : start + CHUNK].itertuples():
-            annotations.append(
-                {
-                    "property_name": "thickness",
-                    "property_value": row.thickness,
-                    "property_unit": "nm",
-                    "coord_x": row.x,
-                    "coord_y": row.y,
-                    "coord_units": "mm",
-                    "coord_ref_frame": "sample_relative",
-                }
-            )
-        response = session.post(
-            url, json={"annotations": annotations}, headers=headers, timeout=300
-        )
-        response.raise_for_status()
-        frames.append(pd.DataFrame(response.json()))
-    result = pd.concat(frames, ignore_index=True)
+    result = naive_upload(ds, server.endpoint, server.api_key, sample_id, CHUNK)
     return time.process_time() - cpu, time.perf_counter() - wall, result
 
 

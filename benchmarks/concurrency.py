@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from _server import RunningServer
+from _common import RunningServer
 
 import atomscale_accessors
 

@@ -89,37 +89,12 @@ def run_library(side: int, chunk: int, endpoint: str, key: str, sample_id: str) 
 
 
 def run_naive(side: int, chunk: int, endpoint: str, key: str, sample_id: str) -> dict:
-    import pandas as pd
-    import requests
+    from _common import naive_upload
 
     ds = thickness_map(side, chunk)
-    url = f"{endpoint}physical_samples/{sample_id}/annotations/bulk"
-    headers = {"X-API-KEY": key}
     baseline = _status_kib("VmRSS")
     started = time.perf_counter()
-    df = ds.to_dataframe().reset_index().dropna()
-    frames = []
-    session = requests.Session()
-    for start in range(0, len(df), NAIVE_CHUNK):
-        annotations = []
-        for row in df.iloc[start : start + NAIVE_CHUNK].itertuples():
-            annotations.append(
-                {
-                    "property_name": "thickness",
-                    "property_value": row.thickness,
-                    "property_unit": "nm",
-                    "coord_x": row.x,
-                    "coord_y": row.y,
-                    "coord_units": "mm",
-                    "coord_ref_frame": "sample_relative",
-                }
-            )
-        response = session.post(
-            url, json={"annotations": annotations}, headers=headers, timeout=300
-        )
-        response.raise_for_status()
-        frames.append(pd.DataFrame(response.json()))
-    result = pd.concat(frames, ignore_index=True)
+    result = naive_upload(ds, endpoint, key, sample_id, NAIVE_CHUNK)
     wall = time.perf_counter() - started
     return {
         "rows": len(result),
@@ -140,7 +115,7 @@ def _child(argv: list[str]) -> int:
 # -- the driver ----------------------------------------------------------------------------
 def measure(variant: str, side: int, chunk: int) -> dict:
     """Run one variant against a fresh server, in a fresh process."""
-    from _server import server_process
+    from _common import server_process
 
     with server_process() as server:
         sample_id = server.create_sample(f"{variant}-{side}")

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from _server import server_process
+from _common import server_process
 
 TARGET = 50_000
 

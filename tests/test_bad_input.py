@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import THICKNESS_MAPPING
 
 import atomscale_accessors
 from atomscale_accessors import Client, fetch
@@ -35,14 +36,7 @@ from atomscale_accessors.errors import (
 from atomscale_accessors.server import LocalServer
 
 LABELS = pd.Index([f"p{i}" for i in range(5)], name="point_id")
-MAPPING = {
-    "x": "x_mm",
-    "y": "y_mm",
-    "value": "thk",
-    "property_name": "thickness",
-    "property_unit": "nm",
-    "coord_units": "mm",
-}
+MAPPING = THICKNESS_MAPPING
 GOOD_UUID = "0b0e6b1c-3f4e-4a53-9d55-4c1f3f0f7a10"
 # Any one of these says that a text is too long.
 TOO_LONG = ("1024", "too long", "longer than", "length")

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import THICKNESS_MAPPING
 
 from atomscale_accessors import Client, RetryPolicy
 from atomscale_accessors.errors import AnnotationExistsError, UploadError
@@ -32,14 +33,7 @@ from atomscale_accessors.server import LocalServer
 NX, NY = 6, 4  # 24 points
 CHUNK = 4
 PRESTORED = (1, 8, 14, 22)  # rows stored before the upload in the skip and update modes
-MAPPING = {
-    "x": "x_mm",
-    "y": "y_mm",
-    "value": "thk",
-    "property_name": "thickness",
-    "property_unit": "nm",
-    "coord_units": "mm",
-}
+MAPPING = THICKNESS_MAPPING
 DEFAULT_LIMITS = {"max_bulk_annotations": 50_000, "max_body_bytes": 64 * 2**20}
 
 FAST = RetryPolicy(max_attempts=4, backoff=0.01, max_wait=0.5, settle=0.05)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from conftest import THICKNESS_MAPPING
 
 from atomscale_accessors import Client, RetryPolicy, fetch
 from atomscale_accessors.errors import (
@@ -40,14 +41,7 @@ from atomscale_accessors.server.store import Store
 KEY = "sk-test-" + secrets.token_hex(20)
 WRONG_KEY = "sk-wrong-" + secrets.token_hex(20)
 FAST = RetryPolicy(max_attempts=3, backoff=0.01, max_wait=0.2, settle=0.05)
-MAPPING = {
-    "x": "x_mm",
-    "y": "y_mm",
-    "value": "thk",
-    "property_name": "thickness",
-    "property_unit": "nm",
-    "coord_units": "mm",
-}
+MAPPING = THICKNESS_MAPPING
 LOGGERS = ("atomscale_accessors", "urllib3", "requests", "uvicorn", "uvicorn.error")
 
 

@@ -1,4 +1,4 @@
-"""Start the local server in a separate process, for benchmarks that measure the client.
+"""What the benchmarks share: the local server in a separate process, and the naive upload.
 
 The server runs in its own process so that the client process's CPU time and memory are
 the client's alone.
@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -88,3 +89,36 @@ def _wait_ready(process: subprocess.Popen[str]) -> RunningServer:
         except requests.ConnectionError:
             time.sleep(0.05)
     raise RuntimeError("the server does not answer")
+
+
+def naive_upload(ds: Any, endpoint: str, api_key: str, sample_id: str, chunk: int) -> Any:
+    """Upload a ``thickness(y, x)`` map as the API documentation suggests writing by hand:
+    ``to_dataframe()`` of the whole map, one dict per point, ``requests.post(json=...)``
+    per chunk and ``pd.DataFrame(response.json())`` per answer."""
+    import pandas as pd
+
+    url = f"{endpoint}physical_samples/{sample_id}/annotations/bulk"
+    headers = {"X-API-KEY": api_key}
+    df = ds.to_dataframe().reset_index().dropna()
+    frames = []
+    session = requests.Session()
+    for start in range(0, len(df), chunk):
+        annotations = []
+        for row in df.iloc[start : start + chunk].itertuples():
+            annotations.append(
+                {
+                    "property_name": "thickness",
+                    "property_value": row.thickness,
+                    "property_unit": "nm",
+                    "coord_x": row.x,
+                    "coord_y": row.y,
+                    "coord_units": "mm",
+                    "coord_ref_frame": "sample_relative",
+                }
+            )
+        response = session.post(
+            url, json={"annotations": annotations}, headers=headers, timeout=300
+        )
+        response.raise_for_status()
+        frames.append(pd.DataFrame(response.json()))
+    return pd.concat(frames, ignore_index=True)
