@@ -276,7 +276,7 @@ def test_a_failed_partition_is_accounted_for(on_cluster, server, api, sid):
     assert isinstance(exc.cause, ApiError)
     assert exc.cause.status_code == 400
     assert len(exc.created) + len(exc.not_created) == N
-    assert len(exc.not_created) >= CHUNK
+    assert len(exc.not_created) >= 1  # the refused request may be a short last chunk
     assert server.annotation_count(sid) == len(exc.created)
     assert sorted([*exc.created.index, *exc.not_created.index]) == sorted(df.index)
     # A re-run with skip completes it, exactly once.
