@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -91,7 +90,6 @@ ANNOTATION_COLUMNS: tuple[str, ...] = (
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
-UUID_PATTERN = _UUID_RE.pattern
 #: Longest string accepted in a text field; longer ones are almost always a mistake
 #: (a whole file read into a cell) and would bloat every request they are part of.
 MAX_TEXT_LENGTH = 1024
@@ -286,40 +284,45 @@ def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:
 
 
 class AnnotationFrameModel(pa.DataFrameModel):
-    """Annotations as stored on the platform (what ``fetch`` and ``upload`` return)."""
+    """Annotations as stored on the platform (what ``fetch`` and ``upload`` return).
 
-    annotation_id: Series[str] = pa.Field(nullable=False, str_matches=UUID_PATTERN)
-    data_id: Series[str] = pa.Field(nullable=True)
-    char_source_type: Series[str] = pa.Field(nullable=True)
-    property_name: Series[str] = pa.Field(nullable=False)
+    The columns of the official SDK's frames, then ``physical_sample_id`` and ``version``;
+    the text columns that repeat a few values are categoricals (see
+    :mod:`atomscale_accessors.frames`).
+    """
+
+    annotation_id: Series[str] = pa.Field(nullable=False, unique=True)
+    data_id: Series[pd.CategoricalDtype] = pa.Field(nullable=True)
+    char_source_type: Series[pd.CategoricalDtype] = pa.Field(nullable=True)
+    property_name: Series[pd.CategoricalDtype] = pa.Field(nullable=False)
     property_value: Series[float] = pa.Field(nullable=True)
-    property_unit: Series[str] = pa.Field(nullable=True)
+    property_unit: Series[pd.CategoricalDtype] = pa.Field(nullable=True)
     coord_x: Series[float] = pa.Field(nullable=True)
     coord_y: Series[float] = pa.Field(nullable=True)
     coord_z: Series[float] = pa.Field(nullable=True)
-    coord_ref_frame: Series[str] = pa.Field(nullable=True)
-    coord_units: Series[str] = pa.Field(nullable=True)
+    coord_ref_frame: Series[pd.CategoricalDtype] = pa.Field(nullable=True)
+    coord_units: Series[pd.CategoricalDtype] = pa.Field(nullable=True)
     metadata: Series[object] = pa.Field(nullable=True)
-    last_updated: Series[pd.DatetimeTZDtype] = pa.Field(
-        nullable=True, dtype_kwargs={"unit": "ns", "tz": "UTC"}
-    )
-    physical_sample_id: Series[str] = pa.Field(nullable=True)
-    version: Series[str] = pa.Field(nullable=True)
+    last_updated: Series[Any] = pa.Field(nullable=True)
+    physical_sample_id: Series[pd.CategoricalDtype] = pa.Field(nullable=True)
+    version: Series[pd.CategoricalDtype] = pa.Field(nullable=True)
 
     class Config:
-        strict = False
-        ordered = False
+        strict = True
+        ordered = True
+
+    @pa.check("annotation_id", name="uuid")
+    @classmethod
+    def _id_uuid(cls, series: Series[str]) -> Series[bool]:
+        return _per_distinct(series, is_uuid)
+
+    @pa.check("last_updated", name="utc_timestamps")
+    @classmethod
+    def _utc(cls, series: Series[Any]) -> bool:
+        dtype = series.dtype
+        return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC"
 
 
 def is_uuid(value: Any) -> bool:
     """Whether ``value`` is a string in the canonical 8-4-4-4-12 hex UUID form."""
     return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
-
-
-def is_finite_number(value: Any) -> bool:
-    """Whether ``value`` is a real number (not bool) that is finite."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int | np.integer):
-        return True
-    return isinstance(value, float | np.floating) and math.isfinite(value)

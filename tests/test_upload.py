@@ -473,3 +473,14 @@ def test_plain_http_never_goes_through_an_environment_proxy(
         )
         with pytest.raises(TimeoutError):
             trap.accept()  # nothing connected to the proxy
+
+
+def test_results_and_fetches_match_the_annotation_frame_model(client, sample_id):
+    from atomscale_accessors.schemas import AnnotationFrameModel
+
+    created = thickness_frame(12).atomscale.upload(
+        sample_id, client=client, **THICKNESS_MAPPING, chunk_size=5, metadata={"run": 1}
+    )
+    AnnotationFrameModel.validate(created)
+    AnnotationFrameModel.validate(fetch(sample_id, client=client))
+    AnnotationFrameModel.validate(fetch(sample_id, client=client, property_name="none"))
