@@ -1249,7 +1249,7 @@ def _finish(outcome: _Outcome, sample_id: str, whole: pd.DataFrame | None) -> pd
         )
         rest = np.setdiff1d(np.arange(len(whole)), settled)
         outcome.not_created = [Chunk(-1, whole.iloc[rest], rest)]
-    created = _result_frame(outcome, sample_id)
+    created = _result_frame(outcome)
     if not failed:
         return created
     raise upload_error(
@@ -1293,7 +1293,7 @@ def upload_error(
     )
 
 
-def _result_frame(outcome: _Outcome, sample_id: str) -> pd.DataFrame:
+def _result_frame(outcome: _Outcome) -> pd.DataFrame:
     """One annotation frame of everything created (and updated), in input order.
 
     Joined column by column, each column's pieces let go once joined, so the peak is the
@@ -1305,35 +1305,32 @@ def _result_frame(outcome: _Outcome, sample_id: str) -> pd.DataFrame:
     # Chunks finish in any order but each covers consecutive records: sorted by their
     # first record, the pieces usually join in input order with no reordering copy.
     parts.sort(key=lambda part: int(part[1][0]) if len(part[1]) else -1)
-    positions = np.concatenate([where for _, where in parts])
-    order = np.argsort(positions, kind="stable")
-    ordered = bool((order[1:] > order[:-1]).all())
+    order = np.argsort(np.concatenate([where for _, where in parts]), kind="stable")
+    if (order[1:] > order[:-1]).all():
+        order = None
     frames = [columns for columns, _ in parts]
     parts.clear()
     indexes = [next(iter(columns.values())).index for columns in frames]
     index = indexes[0].append(indexes[1:]) if len(indexes) > 1 else indexes[0]
-    del indexes
+    if order is not None:
+        index = index[order]
     columns = {}
     for name in ANNOTATION_COLUMNS:
-        pieces = [frame.pop(name) for frame in frames]
-        columns[name] = _joined(name, pieces, index, order, ordered)
-        del pieces
-    frame = pd.DataFrame(columns, index=index if ordered else index[order], copy=False)
-    return frame
+        values = _joined(name, [frame.pop(name) for frame in frames])
+        columns[name] = pd.Series(
+            values if order is None else values.take(order), index=index, name=name, copy=False
+        )
+    return pd.DataFrame(columns, index=index, copy=False)
 
 
-def _joined(
-    name: str, pieces: list[pd.Series], index: pd.Index, order: np.ndarray, ordered: bool
-) -> pd.Series:
+def _joined(name: str, pieces: list[pd.Series]) -> Any:
+    """The pieces of one column as one array."""
     if len(pieces) == 1:
-        column = pieces[0]
-    elif name in REPEATED_TEXT_COLUMNS:
+        return pieces[0].array
+    if name in REPEATED_TEXT_COLUMNS:
         # Categoricals stay categoricals when their categories differ (pd.concat would not).
-        column = pd.Series(union_categoricals([p.array for p in pieces], ignore_order=True))
-    else:
-        column = pd.concat(pieces, ignore_index=True)
-    values = column.array if ordered else column.array.take(order)
-    return pd.Series(values, index=index if ordered else index[order], name=name, copy=False)
+        return union_categoricals([p.array for p in pieces], ignore_order=True)
+    return pd.concat(pieces, ignore_index=True).array
 
 
 def _ordered_records(chunks: list[Chunk]) -> pd.DataFrame:
