@@ -684,8 +684,10 @@ class _Uploader:
                 )
         matched = answer.take(paired[found])
         with self.lock:
-            taken = np.fromiter(
-                (i in self.checked for i in matched.ids), dtype=bool, count=len(matched)
+            taken = (
+                np.fromiter((i in self.checked for i in matched.ids), bool, count=len(matched))
+                if self.checked  # empty unless a failure was checked: no loop over rows then
+                else np.zeros(len(matched), dtype=bool)
             )
             self.accepted.add(matched.ids)
         rows = np.flatnonzero(found)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import atomscale_accessors
 from atomscale_accessors import Client
+from atomscale_accessors.server import LocalServer
+
+
+def module_server(**options) -> Iterator[LocalServer]:
+    """A local server shared by a module's tests (each test makes its own sample): for
+    modules with hundreds of cases, where a server per test would dominate the time."""
+    server = LocalServer(**options)
+    with server:
+        yield server
+    server.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import THICKNESS_MAPPING
+from conftest import THICKNESS_MAPPING, module_server
 
 import atomscale_accessors
 from atomscale_accessors import Client, fetch
@@ -598,18 +598,10 @@ ARRAY_CASES: dict[str, Bad] = {
 }
 
 
-def cases(kind: str, names: list[str]) -> list[Any]:
-    """One parameter per case, named after it."""
-    return [pytest.param(name, id=name) for name in names]
-
-
 # -- fixtures and checks ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server() -> Iterator[LocalServer]:
-    srv = LocalServer()
-    with srv:
-        yield srv
-    srv.close()
+    yield from module_server()
 
 
 @pytest.fixture
@@ -685,17 +677,17 @@ def run_case(case: Bad, fresh: tuple[LocalServer, Client, str]) -> None:
     assert_unchanged(obj, reference)
 
 
-@pytest.mark.parametrize("name", cases("frame", list(FRAME_CASES)))
+@pytest.mark.parametrize("name", list(FRAME_CASES))
 def test_dataframe(name, fresh):
     run_case(FRAME_CASES[name], fresh)
 
 
-@pytest.mark.parametrize("name", cases("map", list(MAP_CASES)))
+@pytest.mark.parametrize("name", list(MAP_CASES))
 def test_dataset(name, fresh):
     run_case(MAP_CASES[name], fresh)
 
 
-@pytest.mark.parametrize("name", cases("array", list(ARRAY_CASES)))
+@pytest.mark.parametrize("name", list(ARRAY_CASES))
 def test_dataarray(name, fresh):
     run_case(ARRAY_CASES[name], fresh)
 
@@ -725,7 +717,7 @@ ENTRY_POINTS: dict[str, Callable[[Any, Client], Any]] = {
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-@pytest.mark.parametrize("bad", cases("id", list(BAD_IDS)))
+@pytest.mark.parametrize("bad", list(BAD_IDS))
 def test_malformed_sample_id(bad, entry, fresh):
     server, client, _ = fresh
     value = BAD_IDS[bad]

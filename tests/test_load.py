@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import module_server
 
 from atomscale_accessors import Client
 from atomscale_accessors.server import LocalServer
@@ -74,10 +75,7 @@ def run(job: Job, client: Client) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LocalServer]:
-    srv = LocalServer()
-    with srv:
-        yield srv
-    srv.close()
+    yield from module_server()
 
 
 def test_eight_concurrent_uploaders(server, capsys):

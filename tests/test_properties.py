@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import module_server
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -325,10 +326,7 @@ def test_coordinates_in_another_unit_are_converted(ds, conversion):
 # -- upload then fetch --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server() -> Iterator[LocalServer]:
-    srv = LocalServer()
-    with srv:
-        yield srv
-    srv.close()
+    yield from module_server()
 
 
 @pytest.fixture(scope="module")

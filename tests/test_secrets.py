@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import THICKNESS_MAPPING
+from conftest import THICKNESS_MAPPING, module_server
 
 from atomscale_accessors import Client, RetryPolicy, fetch
 from atomscale_accessors.errors import (
@@ -85,10 +85,7 @@ def everything_about(err: BaseException) -> str:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LocalServer]:
-    srv = LocalServer(api_key=KEY)
-    with srv:
-        yield srv
-    srv.close()
+    yield from module_server(api_key=KEY)
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ is parameterised, so names, units and metadata are stored literally whatever the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -347,17 +348,8 @@ class Store:
                     mask,
                 )
             )
-        with self._lock:
-            conn = self._connection()
-            if not self._sample_exists(conn, sample_id):
-                raise SampleNotFound(sample_id)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_INSERT, rows)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._writing(sample_id) as conn:
+            conn.executemany(_INSERT, rows)
         return [_annotation_dict((*row, 1), raw_metadata=True) for row in rows]
 
     def list_annotations(
@@ -439,21 +431,27 @@ class Store:
             f"UPDATE annotations SET {', '.join(assignments)}"
             " WHERE id = ? AND physical_sample_id = ?"
         )
+        with self._writing(sample_id) as conn:
+            cursor = conn.execute(sql, params)
+            if cursor.rowcount != 1:
+                raise AnnotationNotFound(annotation_id)
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (annotation_id,)).fetchone()
+        return _annotation_dict(row)
+
+    @contextlib.contextmanager
+    def _writing(self, sample_id: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction on a sample that must exist: committed whole, or not at all."""
         with self._lock:
             conn = self._connection()
             if not self._sample_exists(conn, sample_id):
                 raise SampleNotFound(sample_id)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                cursor = conn.execute(sql, params)
-                if cursor.rowcount != 1:
-                    raise AnnotationNotFound(annotation_id)
-                row = conn.execute(f"{_SELECT} WHERE id = ?", (annotation_id,)).fetchone()
+                yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        return _annotation_dict(row)
 
     def annotation_count(self, sample_id: str | None = None) -> int:
         """Rows stored for one sample, or in all."""
