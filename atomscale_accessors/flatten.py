@@ -362,10 +362,16 @@ def upload_map(
     if not plan.chunked:
         records = _flatten_whole(plan)
         return upload_records(records, sample_id, dropna=dropna, allow_duplicates=allow, **send)
-    _validate_blocks(plan, block_rows, dropna=dropna, allow_duplicates=allow)
+    n_records = _validate_blocks(plan, block_rows, dropna=dropna, allow_duplicates=allow)
     # Flattening never yields a NaN value, so the blocks of pass 2 need no dropna.
     # A factory, not one generator: the upload may need a second look at every block.
-    return upload_records(lambda: _iter_blocks(plan, block_rows), sample_id, validated=True, **send)
+    return upload_records(
+        lambda: _iter_blocks(plan, block_rows),
+        sample_id,
+        validated=True,
+        total=n_records,
+        **send,
+    )
 
 
 def map_structure_schema(
@@ -440,6 +446,7 @@ class _Plan:
     coord_ref_frame: Any
     metadata: dict[str, Any] | None
     labels: dict[Hashable, np.ndarray] = field(default_factory=dict)
+    levels: dict[Hashable, pd.Index | None] = field(default_factory=dict)
 
     @property
     def chunked(self) -> bool:
@@ -452,6 +459,13 @@ class _Plan:
                 np.asarray(index) if index is not None else np.arange(self.ds.sizes[dim])
             )
         return self.labels[dim]
+
+    def dim_level(self, dim: Hashable) -> pd.Index | None:
+        """The labels of a dimension as a MultiIndex level: None when they repeat or miss."""
+        if dim not in self.levels:
+            level = pd.Index(self.dim_labels(dim))
+            self.levels[dim] = level if level.is_unique and not level.hasnans else None
+        return self.levels[dim]
 
 
 class _Problems:
@@ -1009,8 +1023,9 @@ def _iter_blocks(plan: _Plan, block_rows: int | None) -> Iterator[pd.DataFrame]:
 
 def _validate_blocks(
     plan: _Plan, block_rows: int | None, *, dropna: bool, allow_duplicates: bool
-) -> None:
-    """Pass 1 of a streamed upload: validate every block, keep only the failures."""
+) -> int:
+    """Pass 1 of a streamed upload: validate every block, keep only the failures; return
+    how many records the blocks hold."""
     failures: list[pd.DataFrame] = []
     n_rows = 0
     for block in _iter_blocks(plan, block_rows):
@@ -1022,6 +1037,7 @@ def _validate_blocks(
     if failures:
         table = pd.concat(failures, ignore_index=True)
         raise AnnotationValidationError(failure_message(table, n_rows), table)
+    return n_rows
 
 
 def _transposed(plan: _Plan, prop: _Property) -> xr.DataArray:
@@ -1202,10 +1218,14 @@ def _cell_labels(
 
 
 def _index(plan: _Plan, positions: list[np.ndarray]) -> pd.Index:
-    arrays = [plan.dim_labels(d)[p] for d, p in zip(plan.spatial_dims, positions, strict=True)]
     names = [str(d) if not isinstance(d, str) else d for d in plan.spatial_dims]
-    if len(arrays) == 1:
-        return pd.Index(arrays[0], name=names[0])
+    if len(positions) == 1:
+        return pd.Index(plan.dim_labels(plan.spatial_dims[0])[positions[0]], name=names[0])
+    levels = [plan.dim_level(d) for d in plan.spatial_dims]
+    if all(level is not None for level in levels):
+        # The positions are the codes into each dimension's labels: nothing to hash.
+        return pd.MultiIndex(levels=levels, codes=positions, names=names, verify_integrity=False)
+    arrays = [plan.dim_labels(d)[p] for d, p in zip(plan.spatial_dims, positions, strict=True)]
     return pd.MultiIndex.from_arrays(arrays, names=names)
 
 

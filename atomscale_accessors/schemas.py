@@ -30,6 +30,7 @@ __all__ = [
     "RECORD_STRING_COLUMNS",
     "AnnotationFrameModel",
     "RecordsModel",
+    "compact_records",
     "records_schema",
 ]
 
@@ -106,6 +107,11 @@ def _finite(series: pd.Series) -> pd.Series:
 def _per_distinct(series: pd.Series, test: Callable[[Any], bool]) -> pd.Series:
     """``test`` of every value, run once per distinct value: record columns repeat a few
     values over millions of rows. Missing values pass (nullability is its own check)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        codes = series.cat.codes.to_numpy()
+        categories = series.cat.categories.to_numpy(dtype=object)
+        good = np.fromiter((test(c) for c in categories), dtype=bool, count=len(categories))
+        return pd.Series(np.append(good, True)[codes], index=series.index)  # -1: missing
     values = series.to_numpy(dtype=object)
     try:
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
@@ -164,21 +170,23 @@ class RecordsModel(pa.DataFrameModel):
 
     One row per annotation; the index holds the labels of the input rows. Coordinates,
     units, technique, data id and metadata may be missing; a value may not. Text columns
-    are object columns checked by custom checks that test each distinct value once
-    (pandera's own ``str`` dtype and length checks test every element in Python, several
-    times slower on a million rows). Text is at most ``MAX_TEXT_LENGTH`` characters.
+    may be object, string or categorical columns: their values are checked by custom
+    checks that test each distinct value once (pandera's own ``str`` dtype and length
+    checks test every element in Python, several times slower on a million rows), and
+    :func:`compact_records` makes them categoricals, on which every check runs on the
+    categories. Text is at most ``MAX_TEXT_LENGTH`` characters.
     """
 
-    property_name: Series[object] = pa.Field(nullable=False)
+    property_name: Series[Any] = pa.Field(nullable=False)
     property_value: Series[float] = pa.Field(nullable=False)
-    property_unit: Series[object] = pa.Field(nullable=True)
-    char_source_type: Series[object] = pa.Field(nullable=True)
-    coord_ref_frame: Series[object] = pa.Field(nullable=False, isin=list(COORD_REF_FRAMES))
-    coord_units: Series[object] = pa.Field(nullable=True)
+    property_unit: Series[Any] = pa.Field(nullable=True)
+    char_source_type: Series[Any] = pa.Field(nullable=True)
+    coord_ref_frame: Series[Any] = pa.Field(nullable=False, isin=list(COORD_REF_FRAMES))
+    coord_units: Series[Any] = pa.Field(nullable=True)
     coord_x: Series[float] = pa.Field(nullable=True)
     coord_y: Series[float] = pa.Field(nullable=True)
     coord_z: Series[float] = pa.Field(nullable=True)
-    data_id: Series[object] = pa.Field(nullable=True)
+    data_id: Series[Any] = pa.Field(nullable=True)
     metadata: Series[object] = pa.Field(nullable=True)
 
     class Config:
@@ -199,24 +207,24 @@ class RecordsModel(pa.DataFrameModel):
 
     @pa.check("property_name", "property_unit", "char_source_type", "coord_units", name="text")
     @classmethod
-    def _text(cls, series: Series[object]) -> Series[bool]:
+    def _text(cls, series: Series[Any]) -> Series[bool]:
         return _per_distinct(series, _is_text)
 
     @pa.check("property_name", name=f"length_1_to_{MAX_TEXT_LENGTH}")
     @classmethod
-    def _name_length(cls, series: Series[object]) -> Series[bool]:
+    def _name_length(cls, series: Series[Any]) -> Series[bool]:
         return _per_distinct(series, _length_within(1, MAX_TEXT_LENGTH))
 
     @pa.check(
         "property_unit", "char_source_type", "coord_units", name=f"length_at_most_{MAX_TEXT_LENGTH}"
     )
     @classmethod
-    def _text_length(cls, series: Series[object]) -> Series[bool]:
+    def _text_length(cls, series: Series[Any]) -> Series[bool]:
         return _per_distinct(series, _length_within(0, MAX_TEXT_LENGTH))
 
     @pa.check("data_id", name="uuid")
     @classmethod
-    def _data_id_uuid(cls, series: Series[object]) -> Series[bool]:
+    def _data_id_uuid(cls, series: Series[Any]) -> Series[bool]:
         return _per_distinct(series, is_uuid)
 
     @pa.check("metadata", name="json_object", element_wise=True)
@@ -251,16 +259,77 @@ class RecordsModel(pa.DataFrameModel):
 def _agrees_with_first(values: pd.Series, groups: pd.Series | None) -> pd.Series:
     """Whether each value equals the first non-missing value of its group (missing passes)."""
     try:
-        codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+        codes, uniques = _codes(values)
     except (TypeError, UnicodeEncodeError):  # not text at all: the text check reports it
         return pd.Series(True, index=values.index)
-    if len(uniques) <= 1:
+    used = codes[codes >= 0]
+    if len(uniques) <= 1 or not len(used) or (used == used[0]).all():
         return pd.Series(True, index=values.index)
     keyed = pd.Series(np.where(codes >= 0, codes, np.nan), index=values.index)
-    first = keyed.groupby(
-        groups.to_numpy(dtype=object) if groups is not None else np.zeros(len(keyed))
-    ).transform("first")
+    if groups is None:
+        first = keyed.groupby(np.zeros(len(keyed))).transform("first")
+    else:
+        try:
+            group_codes = _codes(groups)[0]
+        except (TypeError, UnicodeEncodeError):  # the text check reports the names
+            return pd.Series(True, index=values.index)
+        first = keyed.groupby(np.where(group_codes >= 0, group_codes, np.nan)).transform("first")
     return keyed.isna() | (keyed == first)
+
+
+def _codes(values: pd.Series) -> tuple[np.ndarray, Any]:
+    """Codes of a column's distinct values (-1 where missing), and the values."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.codes.to_numpy(), values.cat.categories
+    return pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+
+
+def compact_records(records: pd.DataFrame) -> pd.DataFrame:
+    """Records with their text columns as categoricals (one pass over each column).
+
+    Record text columns repeat a few values over every row. As categoricals, validation,
+    encoding and the result frame work on the few values instead of the million rows. A
+    column whose values cannot be categories (unhashable, or text that cannot be encoded)
+    is left as it is, for validation to report.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from atomscale_accessors.schemas import compact_records
+    >>> rec = pd.DataFrame({"property_name": ["thickness"] * 3, "property_value": [1.0, 2.0, 3.0]})
+    >>> compact_records(rec).dtypes.astype(str).tolist()
+    ['category', 'float64']
+    """
+    columns = {}
+    for column in RECORD_STRING_COLUMNS:
+        if column in records and not isinstance(records[column].dtype, pd.CategoricalDtype):
+            compact = _categorical(records[column])
+            if compact is not None:
+                columns[column] = compact
+    return records.assign(**columns) if columns else records
+
+
+def _categorical(series: pd.Series) -> pd.Series | None:
+    n = len(series)
+    if series.dtype == object and n:
+        values = series.to_numpy()
+        first = values[0]
+        try:
+            same = bool((values == first).all()) if isinstance(first, str) else False
+            empty = first is None and bool((values == None).all())  # noqa: E711 - elementwise
+        except (TypeError, ValueError):  # arrays in cells: not text, validation says so
+            return None
+        if same or empty:
+            categories = [first] if same else []
+            codes = np.full(n, 0 if same else -1, dtype=np.int8)
+            return pd.Series(
+                pd.Categorical.from_codes(codes, pd.Index(categories, dtype=object)),
+                index=series.index,
+            )
+    try:
+        return series.astype("category")
+    except (TypeError, UnicodeEncodeError):
+        return None
 
 
 def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:

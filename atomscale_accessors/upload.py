@@ -17,6 +17,7 @@ what was created, what was not, and what could not be established.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -32,7 +33,6 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 import pandas as pd
-from pandas.api.types import union_categoricals
 
 from .client import Client, check_uuid, resolve_client
 from .errors import (
@@ -43,16 +43,20 @@ from .errors import (
     UploadError,
 )
 from .frames import (
+    FLOAT_COLUMNS,
     REPEATED_TEXT_COLUMNS,
+    FrameBuilder,
     annotation_frame,
-    created_frame,
-    empty_annotation_frame,
+    metadata_copies,
+    parse_times,
+    text_codes,
 )
 from .schemas import (
-    ANNOTATION_COLUMNS,
     COORD_COLUMNS,
     POSITION_KEY,
     RECORD_COLUMNS,
+    RECORD_STRING_COLUMNS,
+    compact_records,
     encode_metadata,
 )
 from .validation import validate_records
@@ -90,6 +94,100 @@ _ENCODER = msgspec.json.Encoder()
 _MAX_NAMED_LISTINGS = 4
 
 
+# -- records as arrays ---------------------------------------------------------------------
+class _Columns:
+    """Records as arrays: floats as float64 (NaN where unset), text as codes into the
+    column's distinct values (-1 where unset), metadata as objects. Taking rows makes
+    views (slices) or small copies, never a DataFrame."""
+
+    __slots__ = ("codes", "floats", "metadata", "n", "values")
+
+    def __init__(
+        self,
+        n: int,
+        floats: dict[str, np.ndarray],
+        codes: dict[str, np.ndarray],
+        values: dict[str, np.ndarray],
+        metadata: np.ndarray,
+    ) -> None:
+        self.n = n
+        self.floats = floats
+        self.codes = codes
+        self.values = values
+        self.metadata = metadata
+
+    @classmethod
+    def of(cls, records: pd.DataFrame) -> _Columns:
+        """The arrays of validated records (text columns made categoricals if they are not)."""
+        records = compact_records(records)
+        floats = {}
+        for column in _FLOAT_ORDER:
+            series = records[column]
+            floats[column] = (
+                series.to_numpy()
+                if series.dtype == np.float64
+                else series.to_numpy(dtype="float64", na_value=np.nan)
+            )
+        codes, values = {}, {}
+        for column in RECORD_STRING_COLUMNS:
+            series = records[column]
+            if isinstance(series.dtype, pd.CategoricalDtype):
+                codes[column] = series.cat.codes.to_numpy()
+                values[column] = series.cat.categories.to_numpy(dtype=object)
+            else:  # not categories (validation refuses such records): hashed as they are
+                codes[column], uniques = pd.factorize(series.to_numpy(dtype=object))
+                values[column] = np.asarray(uniques, dtype=object)
+        metadata = records["metadata"].to_numpy(dtype=object)
+        return cls(len(records), floats, codes, values, metadata)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, rows: slice | np.ndarray) -> _Columns:
+        n = len(range(self.n)[rows]) if isinstance(rows, slice) else None
+        metadata = self.metadata[rows]
+        return _Columns(
+            n if n is not None else len(metadata),
+            {c: v[rows] for c, v in self.floats.items()},
+            {c: v[rows] for c, v in self.codes.items()},
+            self.values,
+            metadata,
+        )
+
+    def text(self, column: str) -> np.ndarray:
+        """A text column as objects, None where unset."""
+        table = np.append(self.values[column], None)
+        return table[self.codes[column]]
+
+    def constant(self, column: str) -> tuple[bool, Any]:
+        """Whether a text column holds one value on every row (None: unset on every row),
+        and the value."""
+        codes = self.codes[column]
+        if not self.n:
+            return True, None
+        first = int(codes[0])
+        if not (codes == first).all():
+            return False, None
+        return True, (None if first < 0 else self.values[column][first])
+
+    def frame(self, index: pd.Index) -> pd.DataFrame:
+        """The records as a DataFrame (text columns categorical)."""
+        columns: dict[str, Any] = {}
+        for column in RECORD_COLUMNS:
+            if column in self.floats:
+                columns[column] = self.floats[column]
+            elif column == "metadata":
+                columns[column] = self.metadata
+            else:
+                columns[column] = pd.Categorical.from_codes(
+                    self.codes[column], pd.Index(self.values[column], dtype=object)
+                )
+        return pd.DataFrame(columns, index=index)
+
+
+_FLOAT_ORDER = ("property_value", *COORD_COLUMNS)
+
+
 # -- encoding ------------------------------------------------------------------------------
 class EncodedRecords:
     """Records as columns of JSON tokens, from which request bodies are joined.
@@ -97,8 +195,8 @@ class EncodedRecords:
     Floats are written with their shortest round-trip text (exact, as ``repr`` writes
     them), unset cells as ``null`` (NaN never reaches the JSON), text ASCII-escaped. A
     column unset on every row is left out; a column with one value on every row is encoded
-    once. A body is one ``str.join`` over the interleaved tokens: no per-record dict or
-    string is built.
+    once, and other text columns once per distinct value. A body is one ``str.join`` over
+    the interleaved tokens: no per-record dict or string is built.
 
     Examples
     --------
@@ -123,16 +221,17 @@ class EncodedRecords:
     '{"annotations":[{"property_name":"thickness","property_value":2.0,"property_unit":"nm","coord_ref_frame":"sample_relative","coord_units":"mm","coord_x":3.0,"coord_y":2.0,"metadata":{"site":7}}]}'
     """
 
-    def __init__(self, records: pd.DataFrame) -> None:
-        self.n = len(records)
+    def __init__(self, records: pd.DataFrame | _Columns) -> None:
+        columns = records if isinstance(records, _Columns) else _Columns.of(records)
+        self.n = len(columns)
         # Between varying columns: constant text (keys, constant fields). Row i's JSON is
         # glue[0] + tokens[0][i] + glue[1] + ... + tokens[-1][i] + glue[-1].
         self.glue: list[str] = []
-        self.tokens: list[np.ndarray] = []
+        self.tokens: list[list[str]] = []
         self.sizes = np.zeros(self.n, dtype=np.int64)  # bytes of each row's JSON
         pending = "{"
         for column in RECORD_COLUMNS:
-            tokens, lengths = _column_tokens(records[column], column)
+            tokens, lengths = _column_tokens(columns, column)
             if tokens is None:
                 continue
             key = f'"{column}":'
@@ -149,23 +248,27 @@ class EncodedRecords:
 
     def body(self, rows: slice) -> bytes:
         """The ``{"annotations": [...]}`` body of a range of rows."""
-        columns = [t[rows] for t in self.tokens]
         n = len(range(self.n)[rows])
-        grid = np.empty((n, 2 * len(columns) + 1), dtype=object)
-        for i, glue in enumerate(self.glue):
-            grid[:, 2 * i] = glue
-        for i, tokens in enumerate(columns):
-            grid[:, 2 * i + 1] = tokens
-        grid[: n - 1, -1] = self.glue[-1] + ","  # rows are separated by commas
-        return ('{"annotations":[' + "".join(grid.ravel().tolist()) + "]}").encode("ascii")
+        if not n:
+            return b'{"annotations":[]}'
+        # The pieces row by row, filled one column at a time by strided list assignment.
+        width = 2 * len(self.tokens) + 1
+        pieces = [""] * (n * width)
+        for i, glue in enumerate(self.glue[:-1]):
+            pieces[2 * i :: width] = [glue] * n
+        for i, tokens in enumerate(self.tokens):
+            pieces[2 * i + 1 :: width] = tokens[rows]
+        pieces[width - 1 :: width] = [self.glue[-1] + ","] * n  # rows are separated by commas
+        pieces[-1] = self.glue[-1]
+        return ('{"annotations":[' + "".join(pieces) + "]}").encode("ascii")
 
 
-def _column_tokens(series: pd.Series, column: str) -> tuple[str | np.ndarray | None, Any]:
+def _column_tokens(columns: _Columns, column: str) -> tuple[str | list[str] | None, Any]:
     """JSON tokens of a column and their lengths: (None, 0) when unset on every row, one
-    token when the same on every row, else an object array of tokens."""
-    n = len(series)
-    if column in _FLOATS:
-        values = series.to_numpy(dtype="float64", na_value=np.nan)
+    token when the same on every row, else a list of tokens."""
+    n = columns.n
+    if column in columns.floats:
+        values = columns.floats[column]
         if n == 0 or np.isnan(values).all():
             return None, 0
         text = _ENCODER.encode(values.tolist())[1:-1].decode()
@@ -173,27 +276,26 @@ def _column_tokens(series: pd.Series, column: str) -> tuple[str | np.ndarray | N
         commas = np.flatnonzero(np.frombuffer(text.encode("ascii"), dtype=np.uint8) == 44)
         ends = np.append(commas, len(text))
         lengths = np.diff(ends, prepend=-1) - 1
-        return np.array(text.split(","), dtype=object), lengths
-    values = series.to_numpy(dtype=object)
-    if n == 0:
-        return None, 0
-    first = values[0]
-    # Nearly every text column holds one value (or none) on every row: find that out with
-    # one C-level comparison before looking at rows one by one.
-    if (values == first).all():
-        if first is None or (isinstance(first, float) and first != first):
+        return text.split(","), lengths
+    if column == "metadata":
+        values = columns.metadata
+        missing = pd.isna(values)
+        if n == 0 or missing.all():
             return None, 0
-        if column != "metadata":
-            return encode_basestring_ascii(first), 0
-    missing = pd.isna(values)
-    if missing.all():
-        return None, 0
-    encode = encode_metadata if column == "metadata" else encode_basestring_ascii
-    tokens = np.array(
-        ["null" if gone else encode(v) for v, gone in zip(values, missing, strict=True)],
-        dtype=object,
-    )
-    return tokens, np.fromiter(map(len, tokens), dtype=np.int64, count=n)
+        if not missing.any() and (values == values[0]).all():  # one object (a map's metadata)
+            return encode_metadata(values[0]), 0
+        tokens = [
+            "null" if gone else encode_metadata(v) for v, gone in zip(values, missing, strict=True)
+        ]
+        return tokens, np.fromiter(map(len, tokens), dtype=np.int64, count=n)
+    same, value = columns.constant(column)
+    if same:
+        return (None, 0) if value is None else (encode_basestring_ascii(value), 0)
+    # Each distinct value encoded once; rows pick theirs (the last entry is "unset").
+    table = np.array([*map(encode_basestring_ascii, columns.values[column]), "null"], dtype=object)
+    sizes = np.fromiter(map(len, table), dtype=np.int64, count=len(table))
+    codes = columns.codes[column]
+    return table[codes].tolist(), sizes[codes]
 
 
 _BODY_OVERHEAD = len('{"annotations":[]}')
@@ -202,25 +304,37 @@ _BODY_OVERHEAD = len('{"annotations":[]}')
 # -- chunking ------------------------------------------------------------------------------
 @dataclass
 class Chunk:
-    """A slice of records sent in one request (or in several, after a 413 split)."""
+    """Records sent in one request (or in several, after a 413 split): their arrays, their
+    labels, and their positions in the whole input."""
 
     number: int
-    records: pd.DataFrame
+    columns: _Columns = field(repr=False)
+    index: pd.Index = field(repr=False)
     positions: np.ndarray  # position of each record in the whole input, for ordering
     encoded: EncodedRecords | None = field(default=None, repr=False)
     rows: slice = field(default_factory=lambda: slice(None), repr=False)
 
+    @classmethod
+    def of(cls, records: pd.DataFrame, positions: np.ndarray, number: int = -1) -> Chunk:
+        """A chunk of records given as a DataFrame."""
+        return cls(number, _Columns.of(records), records.index, positions)
+
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.positions)
+
+    @property
+    def records(self) -> pd.DataFrame:
+        """The chunk's records as a DataFrame."""
+        return self.columns.frame(self.index)
 
     def body(self) -> bytes:
         if self.encoded is None:
-            self.encoded, self.rows = EncodedRecords(self.records), slice(None)
+            self.encoded, self.rows = EncodedRecords(self.columns), slice(None)
         return self.encoded.body(self.rows)
 
     def take(self, mask: np.ndarray) -> Chunk:
         # Re-encoded on demand: taking a subset is the rare path (faults, 413).
-        return Chunk(self.number, self.records[mask], self.positions[mask])
+        return Chunk(self.number, self.columns[mask], self.index[mask], self.positions[mask])
 
     def split(self) -> tuple[Chunk, Chunk]:
         half = len(self) // 2
@@ -242,25 +356,28 @@ def iter_chunks(
     """
     number = 0
     for records, positions in blocks:
-        for start in range(0, len(records), chunk_size):
-            piece = records.iloc[start : start + chunk_size]
+        columns = _Columns.of(records)
+        for start in range(0, len(columns), chunk_size):
+            stop = min(start + chunk_size, len(columns))
+            piece = columns[start:stop]
             encoded = EncodedRecords(piece)
             ends = np.cumsum(encoded.sizes + 1)
             begin = 0
             while begin < len(piece):
                 base = ends[begin - 1] if begin else 0
                 limit = base + max_chunk_bytes - _BODY_OVERHEAD
-                stop = int(np.searchsorted(ends, limit, side="right"))
-                stop = max(stop, begin + 1)  # a single record always fits (metadata is capped)
+                end = int(np.searchsorted(ends, limit, side="right"))
+                end = max(end, begin + 1)  # a single record always fits (metadata is capped)
                 yield Chunk(
                     number,
-                    piece.iloc[begin:stop],
-                    positions[start + begin : start + stop],
+                    piece[begin:end],
+                    records.index[start + begin : start + end],
+                    positions[start + begin : start + end],
                     encoded,
-                    slice(begin, stop),
+                    slice(begin, end),
                 )
                 number += 1
-                begin = stop
+                begin = end
 
 
 # -- answers and matching ------------------------------------------------------------------
@@ -351,6 +468,72 @@ class _Answer:
         return self if keep.all() else self.take(np.flatnonzero(keep))
 
 
+def _expected_answer(chunk: Chunk, raw: bytes) -> _Answer | None:
+    """The answer to a chunk, when it is the usual one: one annotation per record, in the
+    order sent, with every key field as sent. None when it is anything else.
+
+    The text key fields are checked while parsing (as literal values), and the floats
+    compared as arrays afterwards, so no key field becomes a column of Python objects.
+    """
+    columns = chunk.columns
+    kinds: list[Any] = []
+    for column in _TEXT_KEYS:
+        same, value = columns.constant(column)
+        if not same:
+            return None
+        kinds.append(value)
+    for column in COORD_COLUMNS:
+        values = columns.floats[column]
+        isnan = np.isnan(values)
+        if isnan.all():
+            kinds.append(None)
+        elif isnan.any():
+            return None
+        else:
+            kinds.append(float)
+    try:
+        items = _expected_decoder(tuple(kinds)).decode(raw)
+    except msgspec.DecodeError:  # ValidationError too: something else than expected
+        return None
+    if len(items) != len(chunk):
+        return None
+    for column, kind in [("property_value", float), *zip(COORD_COLUMNS, kinds[3:], strict=True)]:
+        if kind is float:
+            answered = np.fromiter(map(attrgetter(column), items), np.float64, len(items))
+            if not np.array_equal(answered, columns.floats[column]):
+                return None
+    return _Answer(
+        list(map(_GET_ID, items)), list(map(_GET_TIME, items)), list(map(_GET_VERSION, items)), {}
+    )
+
+
+_TEXT_KEYS = ("property_name", "coord_ref_frame", "coord_units")
+_GET_ID, _GET_TIME, _GET_VERSION = (
+    attrgetter("id"),
+    attrgetter("last_updated"),
+    attrgetter("version"),
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_decoder(kinds: tuple[Any, ...]) -> msgspec.json.Decoder:
+    """A decoder of bulk answers whose text key fields must equal given values (None:
+    null or absent) and whose coordinates must be numbers (``float``) or null (None)."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("id", str)]
+    for column, kind in zip((*_TEXT_KEYS, *COORD_COLUMNS), kinds, strict=True):
+        if kind is None:
+            fields.append((column, None, None))
+        else:
+            fields.append((column, float if kind is float else Literal[kind]))
+    fields += [
+        ("property_value", float),
+        ("last_updated", str | None, None),
+        ("version", str | int | float | None, None),
+    ]
+    expected = msgspec.defstruct("_Expected", fields, kw_only=True, gc=False)
+    return msgspec.json.Decoder(list[expected])  # type: ignore[valid-type]
+
+
 class _IdSet:
     """A set of annotation ids held as 64-bit hashes: an upload of millions of annotations
     remembers every id it was given, and a set of strings would cost ~100 bytes each.
@@ -393,16 +576,13 @@ def _key_dtype(column: str) -> str:
     return "float64" if column in _FLOATS else "object"
 
 
-def _record_keys(records: pd.DataFrame) -> dict[str, np.ndarray]:
+def _record_keys(records: pd.DataFrame | _Columns) -> dict[str, np.ndarray]:
     """The key columns of records as arrays, text nulls as None like in an answer."""
-    keys = {}
-    for column in _MATCH_KEY:
-        series = records[column]
-        if column in _FLOATS:
-            keys[column] = series.to_numpy(dtype="float64", na_value=np.nan)
-        else:
-            keys[column] = series.to_numpy(dtype=object, na_value=None)
-    return keys
+    columns = records if isinstance(records, _Columns) else _Columns.of(records)
+    return {
+        column: columns.floats[column] if column in _FLOATS else columns.text(column)
+        for column in _MATCH_KEY
+    }
 
 
 def _key_frame(
@@ -420,7 +600,7 @@ def _joinable(column: str, values: np.ndarray) -> np.ndarray:
     return values if column in _FLOATS else np.where(pd.isna(values), _NULL_TEXT, values)
 
 
-def _match(records: pd.DataFrame, answer: _Answer) -> tuple[np.ndarray, np.ndarray]:
+def _match(records: pd.DataFrame | _Columns, answer: _Answer) -> tuple[np.ndarray, np.ndarray]:
     """Pair records with answered annotations of the same content (position key and value).
 
     Returns, for each record, the position of its annotation in the answer (or -1), and for
@@ -460,10 +640,8 @@ def _same_content(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) ->
 # -- the upload ----------------------------------------------------------------------------
 @dataclass
 class _Outcome:
-    # Annotation frames (as dicts of columns) of what was created or updated, with the
-    # input positions of their rows; built chunk by chunk in compact dtypes, so that only
-    # the result is held, and as dicts so that joining can free each column as it goes.
-    done: list[tuple[dict[str, pd.Series], np.ndarray]] = field(default_factory=list)
+    # Input positions of the records created or updated (their rows are in the result).
+    done: list[np.ndarray] = field(default_factory=list)
     not_created: list[Chunk] = field(default_factory=list)
     not_updated: list[Chunk] = field(default_factory=list)
     unknown: list[Chunk] = field(default_factory=list)
@@ -472,7 +650,7 @@ class _Outcome:
 
     @property
     def n_done(self) -> int:
-        return sum(len(where) for _, where in self.done)
+        return sum(len(where) for where in self.done)
 
     def merge(self, other: _Outcome) -> None:
         self.done += other.done
@@ -486,9 +664,10 @@ class _Outcome:
 class _Uploader:
     """One upload: the sample, the client, what existed before, and what this run claimed."""
 
-    def __init__(self, client: Client, sample_id: str) -> None:
+    def __init__(self, client: Client, sample_id: str, result: FrameBuilder) -> None:
         self.client = client
         self.sample_id = sample_id
+        self.result = result
         self.policy = client.retry
         self.bulk_path = f"physical_samples/{sample_id}/annotations/bulk"
         self.before_ids = _IdSet()
@@ -531,7 +710,7 @@ class _Uploader:
         except Exception as exc:  # a bug or an unforeseen answer: account, stop, report
             self.stop.set()
             settled = np.concatenate(
-                [where for _, where in outcome.done]
+                outcome.done
                 + [c.positions for c in outcome.not_created + outcome.unknown]
                 + [np.empty(0, dtype=np.int64)]
             )
@@ -641,16 +820,48 @@ class _Uploader:
 
     def _accept_answer(self, chunk: Chunk, response: Any, outcome: _Outcome) -> Chunk:
         """Take a 2xx bulk answer; return records whose annotations another chunk claimed."""
-        try:
-            answer = _Answer.decode(response.content)
-        except ValueError as exc:
-            # The request took effect, but what was created cannot be read: never resend.
-            outcome.unknown.append(chunk)
-            outcome.error = ApiError(
-                response.status_code, f"unreadable bulk answer: {exc}", path="/" + self.bulk_path
+        answer = _expected_answer(chunk, response.content)
+        if answer is not None:  # the usual answer: every record paired, in order
+            matched, found = answer, np.ones(len(chunk), dtype=bool)
+        else:
+            try:
+                answer = _Answer.decode(response.content)
+            except ValueError as exc:
+                # The request took effect, but what was created cannot be read: never resend.
+                outcome.unknown.append(chunk)
+                outcome.error = ApiError(
+                    response.status_code,
+                    f"unreadable bulk answer: {exc}",
+                    path="/" + self.bulk_path,
+                )
+                return chunk.take(np.zeros(len(chunk), dtype=bool))
+            matched, found = self._pair(chunk, answer, response.status_code, outcome)
+        with self.lock:
+            taken = (
+                np.fromiter((i in self.checked for i in matched.ids), bool, count=len(matched))
+                if self.checked  # empty unless a failure was checked: no loop over rows then
+                else np.zeros(len(matched), dtype=bool)
             )
-            return chunk.take(np.zeros(len(chunk), dtype=bool))
-        paired, used = _match(chunk.records, answer)
+            self.accepted.add(matched.ids)
+        rows = np.flatnonzero(found)
+        if taken.any():
+            keep = np.zeros(len(chunk), dtype=bool)
+            keep[rows[~taken]] = True
+            self._created(chunk.take(keep), matched.take(np.flatnonzero(~taken)), outcome)
+        elif len(rows) == len(chunk):
+            self._created(chunk, matched, outcome)
+        elif len(rows):
+            self._created(chunk.take(found), matched, outcome)
+        redo = np.zeros(len(chunk), dtype=bool)
+        redo[rows[taken]] = True
+        return chunk.take(redo)
+
+    def _pair(
+        self, chunk: Chunk, answer: _Answer, status: int, outcome: _Outcome
+    ) -> tuple[_Answer, np.ndarray]:
+        """Pair an answer with the chunk's records by content: the paired annotations, in
+        record order, and which records have one."""
+        paired, used = _match(chunk.columns, answer)
         found = paired >= 0
         if not found.all():
             spare = np.flatnonzero(~used)
@@ -678,38 +889,29 @@ class _Uploader:
                 )
                 outcome.unknown.append(chunk.take(~found))
                 outcome.error = ApiError(
-                    response.status_code,
+                    status,
                     f"the bulk answer does not account for {len(missing)} records",
                     path="/" + self.bulk_path,
                 )
-        matched = answer.take(paired[found])
-        with self.lock:
-            taken = (
-                np.fromiter((i in self.checked for i in matched.ids), bool, count=len(matched))
-                if self.checked  # empty unless a failure was checked: no loop over rows then
-                else np.zeros(len(matched), dtype=bool)
-            )
-            self.accepted.add(matched.ids)
-        rows = np.flatnonzero(found)
-        keep = rows[~taken]
-        if len(keep):
-            take = np.zeros(len(chunk), dtype=bool)
-            take[keep] = True
-            self._created(chunk.take(take), matched.take(np.flatnonzero(~taken)), outcome)
-        redo = np.zeros(len(chunk), dtype=bool)
-        redo[rows[taken]] = True
-        return chunk.take(redo)
+        return answer.take(paired[found]), found
 
     def _created(self, chunk: Chunk, answer: _Answer, outcome: _Outcome) -> None:
-        """Keep the annotation frame of created records; the answer's text is dropped."""
-        frame = created_frame(
-            chunk.records,
+        """Write the created records' rows into the result: the records' own columns, and
+        from the answer only what the server added (id, time, version)."""
+        columns = chunk.columns
+        self.result.put(
+            chunk.positions,
+            floats=columns.floats,
+            texts={
+                **{c: (columns.codes[c], columns.values[c]) for c in RECORD_STRING_COLUMNS},
+                "version": text_codes(answer.versions),
+            },
             ids=answer.ids,
-            last_updated=answer.last_updated,
-            versions=answer.versions,
-            sample_id=self.sample_id,
+            times=parse_times(answer.last_updated),
+            metadata=metadata_copies(columns.metadata),
+            index=chunk.index,
         )
-        outcome.done.append((dict(frame.items()), chunk.positions))
+        outcome.done.append(chunk.positions)
 
     def _reconcile(self, chunk: Chunk, outcome: _Outcome, cause: BaseException) -> Chunk | None:
         """After an ambiguous failure: keep what landed, return what must be sent again.
@@ -732,11 +934,11 @@ class _Uploader:
                 self.timed_out = True
             time.sleep(settle)
         filters: dict[str, Any] = {}
-        names = chunk.records["property_name"].unique()
-        if len(names) == 1:
-            filters["property_name"] = names[0]
-        xs, ys = chunk.records["coord_x"], chunk.records["coord_y"]
-        if xs.notna().all() and ys.notna().all():
+        one, name = chunk.columns.constant("property_name")
+        if one:
+            filters["property_name"] = name
+        xs, ys = chunk.columns.floats["coord_x"], chunk.columns.floats["coord_y"]
+        if len(chunk) and not (np.isnan(xs).any() or np.isnan(ys).any()):
             filters["x_range"] = (float(xs.min()), float(xs.max()))
             filters["y_range"] = (float(ys.min()), float(ys.max()))
         try:
@@ -751,7 +953,7 @@ class _Uploader:
         # Match and claim in one step, so two checks never take the same annotation.
         with self.lock:
             candidates = listed.without(self.before_ids | self.accepted | _IdSet(self.checked))
-            paired, _ = _match(chunk.records, candidates)
+            paired, _ = _match(chunk.columns, candidates)
             found = paired >= 0
             matched = candidates.take(paired[found])
             self.checked.update(matched.ids)
@@ -801,6 +1003,7 @@ def upload_records(
     allow_duplicates: bool = False,
     validated: bool = False,
     ignore_ids: Collection[str] = (),
+    total: int | None = None,
 ) -> pd.DataFrame:
     """Upload canonical records to a sample, exactly once; return what was created.
 
@@ -840,6 +1043,9 @@ def upload_records(
         uploads in parts (dask partitions) passes the ids that existed before it started,
         with ``if_exists="skip"``: a part run twice then skips what its first run stored,
         and nothing else.
+    total : int, optional
+        How many records the blocks hold, when known: the result's columns are then
+        allocated once, at their final size.
 
     Returns
     -------
@@ -866,9 +1072,11 @@ def upload_records(
     if max_chunk_bytes < _MIN_CHUNK_BYTES:
         raise ValueError(f"max_chunk_bytes must be at least {_MIN_CHUNK_BYTES}")
 
-    total: int | None = None
     source: Callable[[], Iterable[pd.DataFrame]] | None = None
     if isinstance(records, pd.DataFrame):
+        # Text columns as categoricals once: validation, encoding and the result then work
+        # on each column's few distinct values.
+        records = compact_records(records)
         if not validated:
             records = validate_records(records, dropna=dropna, allow_duplicates=allow_duplicates)
         if len(records) == 0:
@@ -889,9 +1097,11 @@ def upload_records(
     if dry_run:
         return _dry_run(blocks, chunk_size, max_chunk_bytes)
 
-    uploader = _Uploader(resolve_client(client), sid)
-    names = whole["property_name"].unique().tolist() if total is not None else None
-    box = _bounding_box(whole) if total is not None else {}
+    held = isinstance(records, pd.DataFrame)
+    result = FrameBuilder(sid, total, whole.index if held else None)
+    uploader = _Uploader(resolve_client(client), sid, result)
+    names = whole["property_name"].unique().tolist() if held else None
+    box = _bounding_box(whole) if held else {}
     existing = _Existing.list(
         uploader,
         names if names is not None and len(names) <= _MAX_NAMED_LISTINGS else None,
@@ -904,7 +1114,7 @@ def upload_records(
         # Decide before anything is sent: look at every block first.
         if source is not None:
             _refuse_clashes(source(), existing)
-            blocks = source() if total is None else blocks
+            blocks = source() if not held else blocks
         else:
             log.warning("holding every block in memory to check for stored annotations first")
             blocks = list(blocks)
@@ -920,15 +1130,16 @@ def upload_records(
         # _select fills ``updates`` as the blocks stream past, so PATCH after the creates.
         if updates:
             _apply_updates(uploader, updates, max_workers, outcome, bar)
-        if uploader.timed_out:
-            _check_late_commits(uploader, outcome)
     except Exception as exc:  # anything unforeseen still ends with an account of the upload
         if outcome.error is None:
             outcome.error = exc
         log.exception("the upload stopped on an unexpected error")
     finally:
         bar.close()
-    return _finish(outcome, sid, whole if total is not None else None)
+    created = result.frame()
+    if uploader.timed_out:
+        _check_late_commits(uploader, created)
+    return _finish(outcome, sid, created, whole if held else None)
 
 
 def _positive_int(value: int | None, default: int, name: str) -> int:
@@ -1100,7 +1311,7 @@ def _apply_updates(
     """PATCH stored annotations whose value, unit or metadata differ from the input."""
     for records, positions, stored_objects in updates:
         if uploader.stop.is_set():
-            outcome.not_updated.append(Chunk(-1, records, positions))
+            outcome.not_updated.append(Chunk.of(records, positions))
             continue
         jobs = [
             (_changes(record, obj), obj)
@@ -1126,10 +1337,23 @@ def _apply_updates(
                 outcome.error = outcome.error or exc
                 uploader.stop.set()
         if (~done).any():
-            outcome.not_updated.append(Chunk(-1, records[~done], positions[~done]))
+            outcome.not_updated.append(Chunk.of(records[~done], positions[~done]))
         if done.any():
             updated = annotation_frame(answers, index=records.index[done])
-            outcome.done.append((dict(updated.items()), positions[done]))
+            uploader.result.put(
+                positions[done],
+                floats={c: updated[c].to_numpy() for c in FLOAT_COLUMNS},
+                texts={
+                    c: (updated[c].cat.codes.to_numpy(), updated[c].cat.categories)
+                    for c in REPEATED_TEXT_COLUMNS
+                    if c != "physical_sample_id"
+                },
+                ids=updated["annotation_id"].tolist(),
+                times=updated["last_updated"].array.asi8,
+                metadata=updated["metadata"].to_numpy(),
+                index=updated.index,
+            )
+            outcome.done.append(positions[done])
             bar.advance(int(done.sum()))
 
 
@@ -1210,12 +1434,12 @@ def _run(
             collect(done)
 
 
-def _check_late_commits(uploader: _Uploader, outcome: _Outcome) -> None:
+def _check_late_commits(uploader: _Uploader, created: pd.DataFrame) -> None:
     """Warn when a timed-out request committed after it was judged lost and resent.
 
     Bulk create cannot be undone through the API, so this can only be reported.
     """
-    if not outcome.done:
+    if not len(created):
         return
     try:
         listed = _Answer.decode(uploader.list_existing())
@@ -1224,8 +1448,7 @@ def _check_late_commits(uploader: _Uploader, outcome: _Outcome) -> None:
         return
     with uploader.lock:
         extra = listed.without(uploader.before_ids | uploader.accepted | _IdSet(uploader.checked))
-    records = pd.concat([pd.DataFrame(columns) for columns, _ in outcome.done])
-    _, late = _match(records, extra)
+    _, late = _match(created, extra)
     if late.any():
         ids = [i for i, hit in zip(extra.ids, late.tolist(), strict=True) if hit]
         log.warning(
@@ -1236,24 +1459,25 @@ def _check_late_commits(uploader: _Uploader, outcome: _Outcome) -> None:
         )
 
 
-def _finish(outcome: _Outcome, sample_id: str, whole: pd.DataFrame | None) -> pd.DataFrame:
+def _finish(
+    outcome: _Outcome, sample_id: str, created: pd.DataFrame, whole: pd.DataFrame | None
+) -> pd.DataFrame:
     failed = bool(
         outcome.error is not None or outcome.not_created or outcome.not_updated or outcome.unknown
     )
-    if failed and whole is not None:
+    if not failed:
+        return created
+    if whole is not None:
         # Every input record is accounted for: what is in no other group was not created
         # (or, with if_exists="skip"/"update", was stored before).
         settled = np.concatenate(
-            [where for _, where in outcome.done]
+            outcome.done
             + [c.positions for c in outcome.not_updated + outcome.unknown]
             + outcome.skipped
             + [np.empty(0, dtype=np.int64)]
         )
         rest = np.setdiff1d(np.arange(len(whole)), settled)
-        outcome.not_created = [Chunk(-1, whole.iloc[rest], rest)]
-    created = _result_frame(outcome)
-    if not failed:
-        return created
+        outcome.not_created = [Chunk.of(whole.iloc[rest], rest)]
     raise upload_error(
         f"the upload to sample {sample_id} stopped: {outcome.error}",
         created=created,
@@ -1293,46 +1517,6 @@ def upload_error(
         unknown=unknown,
         cause=cause,
     )
-
-
-def _result_frame(outcome: _Outcome) -> pd.DataFrame:
-    """One annotation frame of everything created (and updated), in input order.
-
-    Joined column by column, each column's pieces let go once joined, so the peak is the
-    result and one column's pieces, not twice the result.
-    """
-    parts = outcome.done
-    if not parts:
-        return empty_annotation_frame()
-    # Chunks finish in any order but each covers consecutive records: sorted by their
-    # first record, the pieces usually join in input order with no reordering copy.
-    parts.sort(key=lambda part: int(part[1][0]) if len(part[1]) else -1)
-    order = np.argsort(np.concatenate([where for _, where in parts]), kind="stable")
-    if (order[1:] > order[:-1]).all():
-        order = None
-    frames = [columns for columns, _ in parts]
-    parts.clear()
-    indexes = [next(iter(columns.values())).index for columns in frames]
-    index = indexes[0].append(indexes[1:]) if len(indexes) > 1 else indexes[0]
-    if order is not None:
-        index = index[order]
-    columns = {}
-    for name in ANNOTATION_COLUMNS:
-        values = _joined(name, [frame.pop(name) for frame in frames])
-        columns[name] = pd.Series(
-            values if order is None else values.take(order), index=index, name=name, copy=False
-        )
-    return pd.DataFrame(columns, index=index, copy=False)
-
-
-def _joined(name: str, pieces: list[pd.Series]) -> Any:
-    """The pieces of one column as one array."""
-    if len(pieces) == 1:
-        return pieces[0].array
-    if name in REPEATED_TEXT_COLUMNS:
-        # Categoricals stay categoricals when their categories differ (pd.concat would not).
-        return union_categoricals([p.array for p in pieces], ignore_order=True)
-    return pd.concat(pieces, ignore_index=True).array
 
 
 def _ordered_records(chunks: list[Chunk]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import pandas as pd
 import pandera.errors
 
 from .errors import AnnotationValidationError
-from .schemas import POSITION_KEY, RECORD_STRING_COLUMNS, records_schema
+from .schemas import POSITION_KEY, compact_records, records_schema
 
 __all__ = [
     "MAX_EXAMPLES",
@@ -110,10 +110,8 @@ def validate_records(
     try:
         # Positional index while validating: pandera's unique check and failure table want
         # plain labels, and user indexes may repeat (wide input) or be a MultiIndex.
-        positional = records.reset_index(drop=True)
-        for column in RECORD_STRING_COLUMNS:
-            if column in positional and positional[column].dtype != object:
-                positional[column] = positional[column].astype(object)
+        # Text columns as categoricals: every check then runs on the few distinct values.
+        positional = compact_records(records.reset_index(drop=True))
         schema.validate(positional, lazy=True, inplace=True)
     except pandera.errors.SchemaErrors as exc:
         table = _with_unencodable_rows(_failure_table(exc.failure_cases, records), records)
