@@ -14,8 +14,10 @@ by them.)
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -219,11 +221,9 @@ def parse_times(values: list[Any]) -> np.ndarray:
     """ISO 8601 timestamps (naive ones read as UTC) as int64 in the frames' unit, NaT for
     None. Each distinct text is parsed once: a bulk answer repeats one or a few times."""
     if len(values) and values.count(values[0]) == len(values):  # one time: no hashing
-        parsed = _column("last_updated", [values[0]], pd.RangeIndex(1))
-        return np.full(len(values), parsed.array.asi8[0], dtype=np.int64)
+        return np.full(len(values), _ticks([values[0]])[0], dtype=np.int64)
     distinct = dict.fromkeys(values)
-    parsed = _column("last_updated", list(distinct), pd.RangeIndex(len(distinct)))
-    ticks = parsed.array.asi8 if len(distinct) else np.empty(0, dtype=np.int64)
+    ticks = _ticks(list(distinct))
     lookup = dict(zip(distinct, ticks.tolist(), strict=True))
     return np.fromiter(map(lookup.__getitem__, values), dtype=np.int64, count=len(values))
 
@@ -242,6 +242,29 @@ def text_codes(values: list[Any]) -> tuple[np.ndarray, list[Any]]:
         np.fromiter(map(lookup.__getitem__, values), dtype=np.int32, count=len(values)),
         list(distinct),
     )
+
+
+def _ticks(texts: list[Any]) -> np.ndarray:
+    """Timestamps as int64 ticks of the frames' unit; the usual form without pandas."""
+    if (
+        len(texts) == 1
+        and _TICKS_PER_MICROSECOND
+        and isinstance(texts[0], str)
+        and _PLAIN_TIME.fullmatch(texts[0])
+    ):
+        moment = datetime.fromisoformat(texts[0])
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)  # naive times are UTC
+        micros = (moment - _EPOCH) // timedelta(microseconds=1)
+        return np.array([micros * _TICKS_PER_MICROSECOND], dtype=np.int64)
+    parsed = _column("last_updated", texts, pd.RangeIndex(len(texts)))
+    return parsed.array.asi8 if len(texts) else np.empty(0, dtype=np.int64)
+
+
+# ISO 8601 with at most microseconds, which datetime reads exactly as pandas does.
+_PLAIN_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)?", re.ASCII)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TICKS_PER_MICROSECOND = {"us": 1, "ns": 1000}.get(_TIME_UNIT, 0)
 
 
 class FrameBuilder:
@@ -416,6 +439,14 @@ class FrameBuilder:
                 self._id_objects[held] = [bytes(r).decode("ascii") for r in self._id_bytes[held]]
             self._id_as_bytes, self._id_bytes = False, np.empty((0, 0), dtype=np.uint8)
         self._id_objects[positions] = np.asarray(ids, dtype=object)
+
+    def ids_at(self, positions: np.ndarray) -> list[str]:
+        """The ids written at input positions."""
+        with self._lock:
+            if not self._id_as_bytes:
+                return self._id_objects[positions].tolist()
+            rows = np.ascontiguousarray(self._id_bytes[positions])
+            return [bytes(row).decode("ascii") for row in rows]
 
     def frame(self) -> pd.DataFrame:
         """The annotation frame of every row written, in input order."""

@@ -228,7 +228,9 @@ class EncodedRecords:
         # glue[0] + tokens[0][i] + glue[1] + ... + tokens[-1][i] + glue[-1].
         self.glue: list[str] = []
         self.tokens: list[list[str]] = []
-        self.sizes = np.zeros(self.n, dtype=np.int64)  # bytes of each row's JSON
+        # Each varying column's token lengths, or (floats) the joined text they come from.
+        self._lengths: list[np.ndarray | str] = []
+        self.total = 0  # bytes of all rows' JSON
         pending = "{"
         for column in RECORD_COLUMNS:
             tokens, lengths = _column_tokens(columns, column)
@@ -241,10 +243,25 @@ class EncodedRecords:
                 continue
             self.glue.append(pending)
             self.tokens.append(tokens)
-            self.sizes += lengths
+            self._lengths.append(lengths)
+            self.total += (
+                len(lengths) - (self.n - 1) if isinstance(lengths, str) else int(lengths.sum())
+            )
             pending = ""
         self.glue.append(pending + "}")
-        self.sizes += sum(len(g) for g in self.glue)
+        self.total += self.n * sum(len(g) for g in self.glue)
+
+    @functools.cached_property
+    def sizes(self) -> np.ndarray:
+        """Bytes of each row's JSON."""
+        sizes = np.full(self.n, sum(len(g) for g in self.glue), dtype=np.int64)
+        for lengths in self._lengths:
+            if isinstance(lengths, str):
+                # Token lengths from where the commas are, without measuring each token.
+                commas = np.flatnonzero(np.frombuffer(lengths.encode(), dtype=np.uint8) == 44)
+                lengths = np.diff(np.append(commas, len(lengths)), prepend=-1) - 1
+            sizes += lengths
+        return sizes
 
     def body(self, rows: slice) -> bytes:
         """The ``{"annotations": [...]}`` body of a range of rows."""
@@ -265,18 +282,23 @@ class EncodedRecords:
 
 def _column_tokens(columns: _Columns, column: str) -> tuple[str | list[str] | None, Any]:
     """JSON tokens of a column and their lengths: (None, 0) when unset on every row, one
-    token when the same on every row, else a list of tokens."""
+    token when the same on every row, else a list of tokens (with, for floats, their
+    comma-joined text in place of the lengths)."""
     n = columns.n
     if column in columns.floats:
         values = columns.floats[column]
         if n == 0 or np.isnan(values).all():
             return None, 0
+        if column in COORD_COLUMNS:
+            # Grid coordinates repeat: encode each distinct one once. (Distinct by bits,
+            # so that -0.0 and 0.0 stay apart.)
+            codes, bits = pd.factorize(values.view(np.int64))
+            if len(bits) <= n // 2:
+                table = np.array(_float_tokens(bits.view(np.float64)), dtype=object)
+                sizes = np.fromiter(map(len, table), dtype=np.int64, count=len(table))
+                return table[codes].tolist(), sizes[codes]
         text = _ENCODER.encode(values.tolist())[1:-1].decode()
-        # Token lengths from where the commas are, without measuring each token.
-        commas = np.flatnonzero(np.frombuffer(text.encode("ascii"), dtype=np.uint8) == 44)
-        ends = np.append(commas, len(text))
-        lengths = np.diff(ends, prepend=-1) - 1
-        return text.split(","), lengths
+        return text.split(","), text
     if column == "metadata":
         values = columns.metadata
         missing = pd.isna(values)
@@ -296,6 +318,11 @@ def _column_tokens(columns: _Columns, column: str) -> tuple[str | list[str] | No
     sizes = np.fromiter(map(len, table), dtype=np.int64, count=len(table))
     codes = columns.codes[column]
     return table[codes].tolist(), sizes[codes]
+
+
+def _float_tokens(values: np.ndarray) -> list[str]:
+    """Shortest round-trip JSON text of each float (NaN as null)."""
+    return _ENCODER.encode(values.tolist())[1:-1].decode().split(",")
 
 
 _BODY_OVERHEAD = len('{"annotations":[]}')
@@ -361,6 +388,17 @@ def iter_chunks(
             stop = min(start + chunk_size, len(columns))
             piece = columns[start:stop]
             encoded = EncodedRecords(piece)
+            if encoded.total + len(piece) - 1 <= max_chunk_bytes - _BODY_OVERHEAD:
+                yield Chunk(
+                    number,
+                    piece,
+                    records.index[start:stop],
+                    positions[start:stop],
+                    encoded,
+                    slice(0, len(piece)),
+                )
+                number += 1
+                continue
             ends = np.cumsum(encoded.sizes + 1)
             begin = 0
             while begin < len(piece):
@@ -468,19 +506,26 @@ class _Answer:
         return self if keep.all() else self.take(np.flatnonzero(keep))
 
 
-def _expected_answer(chunk: Chunk, raw: bytes) -> _Answer | None:
+def _expected_answer(
+    chunk: Chunk, raw: bytes, *, peek: bool = True
+) -> tuple[_Answer | None, bool | None]:
     """The answer to a chunk, when it is the usual one: one annotation per record, in the
     order sent, with every key field as sent. None when it is anything else.
 
     The text key fields are checked while parsing (as literal values), and the floats
     compared as arrays afterwards, so no key field becomes a column of Python objects.
+    With ``peek``, the first annotation's time and version are taken as literal values
+    too: a bulk answer usually has one of each (one transaction), and then no row's time
+    or version is made into an object either. When that guess fails, the answer is
+    parsed again without it. Returns the answer (or None) and whether the guess held
+    (None: not tried).
     """
     columns = chunk.columns
     kinds: list[Any] = []
     for column in _TEXT_KEYS:
         same, value = columns.constant(column)
         if not same:
-            return None
+            return None, None
         kinds.append(value)
     for column in COORD_COLUMNS:
         values = columns.floats[column]
@@ -488,23 +533,58 @@ def _expected_answer(chunk: Chunk, raw: bytes) -> _Answer | None:
         if isnan.all():
             kinds.append(None)
         elif isnan.any():
-            return None
+            return None, None
         else:
             kinds.append(float)
-    try:
-        items = _expected_decoder(tuple(kinds)).decode(raw)
-    except msgspec.DecodeError:  # ValidationError too: something else than expected
-        return None
+    shared = (_first_text(raw, b'"last_updated":'), _first_text(raw, b'"version":'))
+    guessed = None
+    items = None
+    if peek and None not in shared:
+        try:
+            items = _expected_decoder(tuple(kinds), shared).decode(raw)
+            guessed = True
+        except msgspec.DecodeError:
+            guessed = False
+    if items is None:
+        shared = (None, None)
+        try:
+            items = _expected_decoder(tuple(kinds)).decode(raw)
+        except msgspec.DecodeError:  # ValidationError too: something else than expected
+            return None, guessed
     if len(items) != len(chunk):
-        return None
+        return None, guessed
     for column, kind in [("property_value", float), *zip(COORD_COLUMNS, kinds[3:], strict=True)]:
         if kind is float:
             answered = np.fromiter(map(attrgetter(column), items), np.float64, len(items))
             if not np.array_equal(answered, columns.floats[column]):
-                return None
-    return _Answer(
-        list(map(_GET_ID, items)), list(map(_GET_TIME, items)), list(map(_GET_VERSION, items)), {}
+                return None, guessed
+    time, version = shared
+    answer = _Answer(
+        list(map(_GET_ID, items)),
+        [time] * len(items) if time is not None else list(map(_GET_TIME, items)),
+        [version] * len(items) if version is not None else list(map(_GET_VERSION, items)),
+        {},
     )
+    return answer, guessed
+
+
+def _first_text(raw: bytes, key: bytes) -> str | None:
+    """The first string value of a key in a JSON text, found without parsing (it may be
+    a nested key: it is only a guess, checked by the parse that uses it)."""
+    at = raw.find(key, 0, 4096)
+    if at < 0:
+        return None
+    start = at + len(key)
+    if raw[start : start + 1] != b'"':
+        return None
+    end = raw.find(b'"', start + 1, start + 256)
+    value = raw[start + 1 : end]
+    if end < 0 or b"\\" in value:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 _TEXT_KEYS = ("property_name", "coord_ref_frame", "coord_units")
@@ -515,21 +595,34 @@ _GET_ID, _GET_TIME, _GET_VERSION = (
 )
 
 
-@functools.lru_cache(maxsize=64)
-def _expected_decoder(kinds: tuple[Any, ...]) -> msgspec.json.Decoder:
+def _expected_decoder(
+    kinds: tuple[Any, ...], shared: tuple[str, str] | None = None
+) -> msgspec.json.Decoder:
     """A decoder of bulk answers whose text key fields must equal given values (None:
-    null or absent) and whose coordinates must be numbers (``float``) or null (None)."""
+    null or absent) and whose coordinates must be numbers (``float``) or null (None);
+    with ``shared``, every time and version must be these."""
+    if shared is None:
+        return _cached_decoder(kinds)
+    return _build_decoder(kinds, shared)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_decoder(kinds: tuple[Any, ...]) -> msgspec.json.Decoder:
+    return _build_decoder(kinds, None)
+
+
+def _build_decoder(kinds: tuple[Any, ...], shared: tuple[str, str] | None) -> msgspec.json.Decoder:
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("id", str)]
     for column, kind in zip((*_TEXT_KEYS, *COORD_COLUMNS), kinds, strict=True):
         if kind is None:
             fields.append((column, None, None))
         else:
             fields.append((column, float if kind is float else Literal[kind]))
-    fields += [
-        ("property_value", float),
-        ("last_updated", str | None, None),
-        ("version", str | int | float | None, None),
-    ]
+    fields.append(("property_value", float))
+    if shared is None:
+        fields += [("last_updated", str | None, None), ("version", str | int | float | None, None)]
+    else:
+        fields += [("last_updated", Literal[shared[0]]), ("version", Literal[shared[1]])]
     expected = msgspec.defstruct("_Expected", fields, kw_only=True, gc=False)
     return msgspec.json.Decoder(list[expected])  # type: ignore[valid-type]
 
@@ -671,15 +764,19 @@ class _Uploader:
         self.policy = client.retry
         self.bulk_path = f"physical_samples/{sample_id}/annotations/bulk"
         self.before_ids = _IdSet()
-        # Ids of created annotations: from 2xx answers (many), and taken by the checks
-        # after a failure (few, so a plain set each 2xx answer is compared with).
+        # Ids of created annotations: from 2xx answers (many: hashed only when a check
+        # after a failure needs them, from the result, by the positions in ``unhashed``),
+        # and taken by those checks (few, so a plain set each 2xx answer is compared with).
         self.accepted = _IdSet()
+        self.unhashed: list[np.ndarray] = []
         self.checked: set[str] = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.timed_out = False
         # Learned from 413 answers, so later chunks are cut before they are refused.
         self.max_rows: int | None = None
+        # Whether answers have one time and version each (see _expected_answer).
+        self.peek = True
 
     # -- listing -------------------------------------------------------------------------
     def list_existing(self, **filters: Any) -> bytes:
@@ -693,6 +790,14 @@ class _Uploader:
                     raise
                 self.sleep(attempt, exc)
                 attempt += 1
+
+    def known_ids(self) -> _IdSet:
+        """Ids that are not new to this upload: stored before, or created by it. (Call
+        with the lock held.)"""
+        for positions in self.unhashed:
+            self.accepted.add(self.result.ids_at(positions))
+        self.unhashed.clear()
+        return self.before_ids | self.accepted | _IdSet(self.checked)
 
     def sleep(self, attempt: int, exc: BaseException) -> None:
         retry_after = getattr(exc, "retry_after", None)
@@ -820,7 +925,9 @@ class _Uploader:
 
     def _accept_answer(self, chunk: Chunk, response: Any, outcome: _Outcome) -> Chunk:
         """Take a 2xx bulk answer; return records whose annotations another chunk claimed."""
-        answer = _expected_answer(chunk, response.content)
+        answer, guessed = _expected_answer(chunk, response.content, peek=self.peek)
+        if guessed is False:  # answers with times or versions that differ: stop guessing
+            self.peek = False
         if answer is not None:  # the usual answer: every record paired, in order
             matched, found = answer, np.ones(len(chunk), dtype=bool)
         else:
@@ -836,22 +943,22 @@ class _Uploader:
                 )
                 return chunk.take(np.zeros(len(chunk), dtype=bool))
             matched, found = self._pair(chunk, answer, response.status_code, outcome)
-        with self.lock:
+        rows = np.flatnonzero(found)
+        with self.lock:  # checked, written and remembered in one step (see _reconcile)
             taken = (
                 np.fromiter((i in self.checked for i in matched.ids), bool, count=len(matched))
                 if self.checked  # empty unless a failure was checked: no loop over rows then
                 else np.zeros(len(matched), dtype=bool)
             )
-            self.accepted.add(matched.ids)
-        rows = np.flatnonzero(found)
-        if taken.any():
-            keep = np.zeros(len(chunk), dtype=bool)
-            keep[rows[~taken]] = True
-            self._created(chunk.take(keep), matched.take(np.flatnonzero(~taken)), outcome)
-        elif len(rows) == len(chunk):
-            self._created(chunk, matched, outcome)
-        elif len(rows):
-            self._created(chunk.take(found), matched, outcome)
+            if taken.any():
+                self.accepted.add(matched.ids)
+                keep = np.zeros(len(chunk), dtype=bool)
+                keep[rows[~taken]] = True
+                self._created(chunk.take(keep), matched.take(np.flatnonzero(~taken)), outcome)
+            elif len(rows):
+                mine = chunk if len(rows) == len(chunk) else chunk.take(found)
+                self._created(mine, matched, outcome)
+                self.unhashed.append(mine.positions)
         redo = np.zeros(len(chunk), dtype=bool)
         redo[rows[taken]] = True
         return chunk.take(redo)
@@ -952,7 +1059,7 @@ class _Uploader:
             return None
         # Match and claim in one step, so two checks never take the same annotation.
         with self.lock:
-            candidates = listed.without(self.before_ids | self.accepted | _IdSet(self.checked))
+            candidates = listed.without(self.known_ids())
             paired, _ = _match(chunk.columns, candidates)
             found = paired >= 0
             matched = candidates.take(paired[found])
@@ -1447,7 +1554,7 @@ def _check_late_commits(uploader: _Uploader, created: pd.DataFrame) -> None:
         log.warning("could not check for late commits after a timeout (%s)", _describe(exc))
         return
     with uploader.lock:
-        extra = listed.without(uploader.before_ids | uploader.accepted | _IdSet(uploader.checked))
+        extra = listed.without(uploader.known_ids())
     _, late = _match(created, extra)
     if late.any():
         ids = [i for i, hit in zip(extra.ids, late.tolist(), strict=True) if hit]
