@@ -84,10 +84,6 @@ _MAX_EXACT_INT = 2**53
 _GRID_MIN_FILL = 0.5
 _MAX_LISTED = 10
 _FAILURE_COLUMNS = ["index", "column", "check", "failure_case"]
-_TEXT_COLUMNS = frozenset(
-    {"property_name", "property_unit", "char_source_type", "coord_ref_frame", "coord_units"}
-    | {"data_id", "metadata"}
-)
 ExtraDims = Literal["error", "metadata"]
 
 
@@ -154,7 +150,8 @@ def flatten_map(
         property by property, each in the order of its cells. The index holds the cell's
         labels along the spatial dimensions (values of the dimension coordinate, else
         integer positions): a :class:`pandas.MultiIndex` for a grid, a flat index named
-        after the dimension for scattered points.
+        after the dimension for scattered points. Text columns, which repeat one value
+        per variable, are categoricals.
 
     Raises
     ------
@@ -1118,28 +1115,20 @@ def _block_records(
         meta = _constant(plan.metadata, n)
     nan = np.full(n, np.nan)
     columns = {
-        "property_name": _constant(prop.name, n),
+        "property_name": _repeated(prop.name, n),
         "property_value": flat[keep],
-        "property_unit": _constant(prop.unit, n),
-        "char_source_type": _constant(prop.char_source_type, n),
-        "coord_ref_frame": _constant(plan.coord_ref_frame, n),
-        "coord_units": _constant(plan.coord_units, n),
+        "property_unit": _repeated(prop.unit, n),
+        "char_source_type": _repeated(prop.char_source_type, n),
+        "coord_ref_frame": _repeated(plan.coord_ref_frame, n),
+        "coord_units": _repeated(plan.coord_units, n),
         "coord_x": coord_values.get("x", nan),
         "coord_y": coord_values.get("y", nan),
         "coord_z": coord_values.get("z", nan),
-        "data_id": _constant(prop.data_id, n),
+        "data_id": _repeated(prop.data_id, n),
         "metadata": meta,
     }
     frame = pd.DataFrame(
-        {
-            name: pd.Series(
-                columns[name],
-                dtype=object if name in _TEXT_COLUMNS else "float64",
-                copy=False,
-            )
-            for name in RECORD_COLUMNS
-        },
-        copy=False,
+        {name: pd.Series(columns[name], copy=False) for name in RECORD_COLUMNS}, copy=False
     )
     frame.index = index
     return frame, flat.size
@@ -1227,6 +1216,14 @@ def _index(plan: _Plan, positions: list[np.ndarray]) -> pd.Index:
         return pd.MultiIndex(levels=levels, codes=positions, names=names, verify_integrity=False)
     arrays = [plan.dim_labels(d)[p] for d, p in zip(plan.spatial_dims, positions, strict=True)]
     return pd.MultiIndex.from_arrays(arrays, names=names)
+
+
+def _repeated(value: Any, n: int) -> pd.Categorical:
+    """A text column with one value on every row (None: unset), as a categorical."""
+    codes = np.full(n, -1 if value is None else 0, dtype=np.int8)
+    return pd.Categorical.from_codes(
+        codes, pd.Index([] if value is None else [value], dtype=object)
+    )
 
 
 def _constant(value: Any, n: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import copy
 import json
 import re
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ __all__ = [
     "RecordsModel",
     "compact_records",
     "records_schema",
+    "repeated_positions",
 ]
 
 #: Columns of canonical records, in order: the body fields of the annotation API.
@@ -193,7 +194,6 @@ class RecordsModel(pa.DataFrameModel):
         strict = True
         ordered = True
         coerce = False
-        unique: ClassVar[list[str]] = list(POSITION_KEY)
 
     @pa.check("property_value", name="finite")
     @classmethod
@@ -231,6 +231,12 @@ class RecordsModel(pa.DataFrameModel):
     @classmethod
     def _metadata_json(cls, value: Any) -> bool:
         return _json_object(value)
+
+    @pa.dataframe_check(name="unique_position")
+    @classmethod
+    def _unique_position(cls, df: pd.DataFrame) -> Series[bool]:
+        # One annotation per property per position (records_schema can drop this rule).
+        return pd.Series(~repeated_positions(df), index=df.index)
 
     @pa.dataframe_check(name="coord_units_given_with_coordinates")
     @classmethod
@@ -348,8 +354,43 @@ def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:
     schema = RecordsModel.to_schema()
     if allow_duplicates:
         schema = copy.deepcopy(schema)  # to_schema() is cached: never change the shared one
-        schema.unique = None
+        schema.checks = [c for c in schema.checks if c.name != "unique_position"]
     return schema
+
+
+def repeated_positions(records: pd.DataFrame) -> np.ndarray:
+    """For each record, whether another record has the same property at the same position
+    (the columns of ``POSITION_KEY``; NaN equals NaN there, and -0.0 equals 0.0).
+
+    The key columns are mixed into one 64-bit hash per row, so one hashing pass over a
+    million rows finds the candidates; only rows whose hash repeats are compared exactly.
+    """
+    n = len(records)
+    mixed = np.zeros(n, dtype=np.uint64)
+    try:
+        for column in POSITION_KEY:
+            if column in COORD_COLUMNS:
+                values = records[column].to_numpy(dtype="float64", na_value=np.nan)
+                # One bit pattern per value: every NaN alike, and -0.0 + 0.0 is 0.0.
+                key = np.where(np.isnan(values), np.nan, values + 0.0).view(np.uint64)
+            else:
+                codes = _codes(records[column])[0]
+                if n and (codes == codes[0]).all():
+                    continue
+                key = codes.astype(np.int64).view(np.uint64)
+            mixed = (mixed ^ key) * _MIX
+            mixed ^= mixed >> np.uint64(29)
+    except (TypeError, UnicodeEncodeError):  # not text: the text checks report those rows
+        return np.zeros(n, dtype=bool)
+    candidates = np.flatnonzero(pd.Series(mixed).duplicated(keep=False).to_numpy())
+    repeated = np.zeros(n, dtype=bool)
+    if len(candidates):
+        subset = records.iloc[candidates][list(POSITION_KEY)]
+        repeated[candidates] = subset.duplicated(keep=False).to_numpy()
+    return repeated
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it loses no bits
 
 
 class AnnotationFrameModel(pa.DataFrameModel):

@@ -575,6 +575,8 @@ def _first_text(raw: bytes, key: bytes) -> str | None:
     if at < 0:
         return None
     start = at + len(key)
+    while raw[start : start + 1] in (b" ", b"\n", b"\r", b"\t"):
+        start += 1
     if raw[start : start + 1] != b'"':
         return None
     end = raw.find(b'"', start + 1, start + 256)

@@ -484,3 +484,21 @@ def test_results_and_fetches_match_the_annotation_frame_model(client, sample_id)
     AnnotationFrameModel.validate(created)
     AnnotationFrameModel.validate(fetch(sample_id, client=client))
     AnnotationFrameModel.validate(fetch(sample_id, client=client, property_name="none"))
+
+
+def test_answers_in_another_order_are_paired_by_content(client, atomscale_server, sample_id):
+    df = shuffled_frame(30)
+    atomscale_server.faults.reverse_bulk_answers = True
+    try:
+        created = df.atomscale.upload(
+            sample_id, client=client, chunk_size=7, progress=False, **THICKNESS_MAPPING
+        )
+    finally:
+        atomscale_server.faults.reverse_bulk_answers = False
+    assert created.index.equals(df.index)
+    stored = {a["id"]: a for a in atomscale_server.stored_annotations(sample_id)}
+    assert len(stored) == len(df) == created["annotation_id"].nunique()
+    for row in created.itertuples():
+        annotation = stored[row.annotation_id]
+        assert (annotation["coord_x"], annotation["coord_y"]) == (row.coord_x, row.coord_y)
+        assert annotation["property_value"] == row.property_value

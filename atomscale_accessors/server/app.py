@@ -207,7 +207,10 @@ def create_app(
             return early
 
         def work() -> bytes:
-            return _json.dumps(store.create_annotations(str(physical_sample_id), items))
+            created = store.create_annotations(str(physical_sample_id), items)
+            if faults.reverse_bulk_answers:
+                created.reverse()
+            return _json.dumps(created)
 
         payload = await _in_thread_404(work)
         return await after_commit(request, _json_response(payload))

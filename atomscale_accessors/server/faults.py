@@ -193,6 +193,12 @@ class Faults:
     rate_limit : float or None
         Requests per second before 429 (token bucket); ``None`` for no limit.
 
+    Attributes
+    ----------
+    reverse_bulk_answers : bool
+        Answer bulk creates with the created annotations in reverse order (the API does
+        not document the order), so that clients are seen to pair them by content.
+
     Examples
     --------
     >>> faults = Faults()
@@ -211,6 +217,7 @@ class Faults:
         self._latency = 0.0
         self._bucket: TokenBucket | None = None
         self._counts: dict[str, int] = dict.fromkeys(ROUTE_NAMES, 0)
+        self.reverse_bulk_answers = False
         self.set_latency(latency)
         self.set_rate_limit(rate_limit)
 
