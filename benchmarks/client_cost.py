@@ -45,10 +45,10 @@ def thickness_map(side: int, seed: int = 0) -> xr.Dataset:
 
 
 def library(
-    ds: xr.Dataset, server: RunningServer, workers: int
+    ds: xr.Dataset, server: RunningServer, workers: int, run: int = 1
 ) -> tuple[float, float, pd.DataFrame]:
     client = atomscale_accessors.Client(api_key=server.api_key, endpoint=server.endpoint)
-    sample_id = server.create_sample("library")
+    sample_id = server.create_sample(f"library {run}")
     cpu, wall = time.process_time(), time.perf_counter()
     created = ds.atomscale.upload(
         sample_id, client=client, chunk_size=CHUNK, max_workers=workers, progress=False
@@ -56,8 +56,8 @@ def library(
     return time.process_time() - cpu, time.perf_counter() - wall, created
 
 
-def naive(ds: xr.Dataset, server: RunningServer) -> tuple[float, float, pd.DataFrame]:
-    sample_id = server.create_sample("naive")
+def naive(ds: xr.Dataset, server: RunningServer, run: int = 1) -> tuple[float, float, pd.DataFrame]:
+    sample_id = server.create_sample(f"naive {run}")
     cpu, wall = time.process_time(), time.perf_counter()
     result = naive_upload(ds, server.endpoint, server.api_key, sample_id, CHUNK)
     return time.process_time() - cpu, time.perf_counter() - wall, result
@@ -78,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     exact = True
     with server_process() as server:
         for run in range(1, args.repeat + 1):
-            cpu, wall, created = library(ds, server, args.workers)
+            cpu, wall, created = library(ds, server, args.workers, run)
             same = np.array_equal(created["property_value"].to_numpy(), expected)
             exact &= same
             lib.append((cpu, wall))
             print(f"run {run} library: {cpu:6.2f} s CPU {wall:6.2f} s wall  (bit-exact: {same})")
             del created
             if not args.skip_naive:
-                cpu, wall, result = naive(ds, server)
+                cpu, wall, result = naive(ds, server, run)
                 base.append((cpu, wall))
                 print(f"run {run} naive:   {cpu:6.2f} s CPU {wall:6.2f} s wall")
                 del result
