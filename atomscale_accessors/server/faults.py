@@ -301,11 +301,13 @@ class Faults:
             self._injections.append(injection)
 
     def clear(self) -> None:
-        """Drop every queued injection, the global latency and the rate limit."""
+        """Drop every queued injection, the global latency and the rate limit, and answer
+        bulk creates in order again."""
         with self._lock:
             self._injections.clear()
             self._latency = 0.0
             self._bucket = None
+            self.reverse_bulk_answers = False
 
     def pending(self) -> list[Injection]:
         """Copies of the injections still queued, in order."""
