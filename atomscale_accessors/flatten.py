@@ -443,7 +443,7 @@ class _Plan:
     coord_ref_frame: Any
     metadata: dict[str, Any] | None
     labels: dict[Hashable, np.ndarray] = field(default_factory=dict)
-    levels: dict[Hashable, pd.Index | None] = field(default_factory=dict)
+    levels: dict[Hashable, tuple[pd.Index, np.ndarray] | None] = field(default_factory=dict)
 
     @property
     def chunked(self) -> bool:
@@ -457,11 +457,20 @@ class _Plan:
             )
         return self.labels[dim]
 
-    def dim_level(self, dim: Hashable) -> pd.Index | None:
-        """The labels of a dimension as a MultiIndex level: None when they repeat or miss."""
+    def dim_level(self, dim: Hashable) -> tuple[pd.Index, np.ndarray] | None:
+        """The labels of a dimension as a sorted MultiIndex level (as ``from_arrays``
+        makes it), with the code of each position; None when labels repeat or miss."""
         if dim not in self.levels:
-            level = pd.Index(self.dim_labels(dim))
-            self.levels[dim] = level if level.is_unique and not level.hasnans else None
+            labels = pd.Index(self.dim_labels(dim))
+            self.levels[dim] = None
+            if labels.is_unique and not labels.hasnans:
+                try:
+                    order = np.argsort(labels.to_numpy(), kind="stable")
+                except TypeError:  # labels that do not sort: left to from_arrays
+                    return None
+                codes = np.empty(len(order), dtype=np.int64)
+                codes[order] = np.arange(len(order))
+                self.levels[dim] = (labels[order], codes)
         return self.levels[dim]
 
 
@@ -1212,18 +1221,32 @@ def _index(plan: _Plan, positions: list[np.ndarray]) -> pd.Index:
         return pd.Index(plan.dim_labels(plan.spatial_dims[0])[positions[0]], name=names[0])
     levels = [plan.dim_level(d) for d in plan.spatial_dims]
     if all(level is not None for level in levels):
-        # The positions are the codes into each dimension's labels: nothing to hash.
-        return pd.MultiIndex(levels=levels, codes=positions, names=names, verify_integrity=False)
+        # Each position maps to its label's code in the sorted labels: nothing to hash.
+        return pd.MultiIndex(
+            levels=[level[0] for level in levels if level is not None],
+            codes=[
+                level[1][p] for level, p in zip(levels, positions, strict=True) if level is not None
+            ],
+            names=names,
+            verify_integrity=False,
+        )
     arrays = [plan.dim_labels(d)[p] for d, p in zip(plan.spatial_dims, positions, strict=True)]
     return pd.MultiIndex.from_arrays(arrays, names=names)
 
 
-def _repeated(value: Any, n: int) -> pd.Categorical:
-    """A text column with one value on every row (None: unset), as a categorical."""
-    codes = np.full(n, -1 if value is None else 0, dtype=np.int8)
-    return pd.Categorical.from_codes(
-        codes, pd.Index([] if value is None else [value], dtype=object)
-    )
+def _repeated(value: Any, n: int) -> pd.Categorical | np.ndarray:
+    """A text column with one value on every row (None or NaN: unset), as a categorical;
+    a value that cannot be a category (an array, say) fills an object column, for
+    validation to report."""
+    if np.ndim(value) != 0:
+        return _constant(value, n)
+    try:
+        hash(value)
+    except TypeError:
+        return _constant(value, n)
+    unset = value is None or bool(pd.isna(value))
+    codes = np.full(n, -1 if unset else 0, dtype=np.int8)
+    return pd.Categorical.from_codes(codes, pd.Index([] if unset else [value], dtype=object))
 
 
 def _constant(value: Any, n: int) -> np.ndarray:

@@ -339,13 +339,13 @@ class FrameBuilder:
             size = max(size, 2 * self._size)
 
         def grown(old: np.ndarray, fill: Any, shape: tuple[int, ...] = ()) -> np.ndarray:
+            # Positions run along the last axis after ``shape`` (floats), else the first.
             new = np.empty((*shape, size) if shape else (size, *old.shape[1:]), dtype=old.dtype)
-            if shape:
-                new[:, : self._size] = old
-            else:
-                new[: self._size] = old
+            old_rows = (slice(None), slice(None, self._size)) if shape else slice(None, self._size)
+            new_rows = (slice(None), slice(self._size, None)) if shape else slice(self._size, None)
+            new[old_rows] = old
             if fill is not None:
-                new[..., self._size :] = fill
+                new[new_rows] = fill
             return new
 
         self._filled = grown(self._filled, False)
@@ -356,7 +356,7 @@ class FrameBuilder:
         if not self._id_as_bytes:
             self._id_objects = grown(self._id_objects, None)
         elif self._width:
-            self._id_bytes = grown(self._id_bytes, None)
+            self._id_bytes = grown(self._id_bytes, 0)
         self._size = size
 
     def put(
@@ -382,8 +382,11 @@ class FrameBuilder:
         if last - first == n - 1 and (n < 2 or bool((np.diff(positions) == 1).all())):
             at = slice(first, last + 1)  # consecutive rows (the usual chunk): plain copies
         top = last + 1 if isinstance(at, slice) else int(positions.max()) + 1
+        if self._index is None and (index is None or len(index) != n):
+            raise ValueError("each put needs the labels of its rows")
         with self._lock:
             self._grow(top)
+            self._put_ids(at, ids)  # first: it may have to read the rows written before
             self._end = max(self._end, top)
             self._filled[at] = True
             for row, name in enumerate(FLOAT_COLUMNS):
@@ -396,10 +399,7 @@ class FrameBuilder:
             if metadata is not None:
                 self._metadata[at] = metadata
             self._times[at] = times
-            self._put_ids(at, ids)
             if self._index is None:
-                if index is None or len(index) != n:
-                    raise ValueError("each put needs the labels of its rows")
                 self._index_parts.append((positions, index))
 
     def _recode(self, name: str, codes: np.ndarray, values: Sequence[Any]) -> np.ndarray:

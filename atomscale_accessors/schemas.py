@@ -117,7 +117,10 @@ def _per_distinct(series: pd.Series, test: Callable[[Any], bool]) -> pd.Series:
     try:
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
     except (TypeError, UnicodeEncodeError):  # unhashable values, lone surrogates: one by one
-        return pd.Series([v is None or v != v or test(v) for v in values], index=series.index)
+        missing = [v is None or (isinstance(v, float) and v != v) for v in values]
+        return pd.Series(
+            [m or test(v) for v, m in zip(values, missing, strict=True)], index=series.index
+        )
     good = np.fromiter((test(u) for u in uniques), dtype=bool, count=len(uniques))
     result = np.ones(len(values), dtype=bool)
     present = codes >= 0

@@ -304,8 +304,9 @@ def _column_tokens(columns: _Columns, column: str) -> tuple[str | list[str] | No
         missing = pd.isna(values)
         if n == 0 or missing.all():
             return None, 0
-        if not missing.any() and (values == values[0]).all():  # one object (a map's metadata)
-            return encode_metadata(values[0]), 0
+        first = values[0]
+        if not missing.any() and all(v is first for v in values):  # a map's one metadata dict
+            return encode_metadata(first), 0
         tokens = [
             "null" if gone else encode_metadata(v) for v, gone in zip(values, missing, strict=True)
         ]
@@ -946,6 +947,8 @@ class _Uploader:
                 return chunk.take(np.zeros(len(chunk), dtype=bool))
             matched, found = self._pair(chunk, answer, response.status_code, outcome)
         rows = np.flatnonzero(found)
+        mine = chunk if len(rows) == len(chunk) else chunk.take(found)
+        rows_of = self._rows(mine, matched) if len(rows) else None  # prepared outside the lock
         with self.lock:  # checked, written and remembered in one step (see _reconcile)
             taken = (
                 np.fromiter((i in self.checked for i in matched.ids), bool, count=len(matched))
@@ -957,9 +960,9 @@ class _Uploader:
                 keep = np.zeros(len(chunk), dtype=bool)
                 keep[rows[~taken]] = True
                 self._created(chunk.take(keep), matched.take(np.flatnonzero(~taken)), outcome)
-            elif len(rows):
-                mine = chunk if len(rows) == len(chunk) else chunk.take(found)
-                self._created(mine, matched, outcome)
+            elif rows_of is not None:
+                self.result.put(mine.positions, **rows_of)
+                outcome.done.append(mine.positions)
                 self.unhashed.append(mine.positions)
         redo = np.zeros(len(chunk), dtype=bool)
         redo[rows[taken]] = True
@@ -1005,22 +1008,26 @@ class _Uploader:
         return answer.take(paired[found]), found
 
     def _created(self, chunk: Chunk, answer: _Answer, outcome: _Outcome) -> None:
-        """Write the created records' rows into the result: the records' own columns, and
-        from the answer only what the server added (id, time, version)."""
+        """Write the created records' rows into the result."""
+        self.result.put(chunk.positions, **self._rows(chunk, answer))
+        outcome.done.append(chunk.positions)
+
+    @staticmethod
+    def _rows(chunk: Chunk, answer: _Answer) -> dict[str, Any]:
+        """The result rows of created records: the records' own columns, and from the
+        answer only what the server added (id, time, version)."""
         columns = chunk.columns
-        self.result.put(
-            chunk.positions,
-            floats=columns.floats,
-            texts={
+        return {
+            "floats": columns.floats,
+            "texts": {
                 **{c: (columns.codes[c], columns.values[c]) for c in RECORD_STRING_COLUMNS},
                 "version": text_codes(answer.versions),
             },
-            ids=answer.ids,
-            times=parse_times(answer.last_updated),
-            metadata=metadata_copies(columns.metadata),
-            index=chunk.index,
-        )
-        outcome.done.append(chunk.positions)
+            "ids": answer.ids,
+            "times": parse_times(answer.last_updated),
+            "metadata": metadata_copies(columns.metadata),
+            "index": chunk.index,
+        }
 
     def _reconcile(self, chunk: Chunk, outcome: _Outcome, cause: BaseException) -> Chunk | None:
         """After an ambiguous failure: keep what landed, return what must be sent again.

@@ -18,7 +18,7 @@ import atomscale_accessors
 from atomscale_accessors import datasets, flatten, xarray_accessor
 from atomscale_accessors.datasets import sheet_resistance_map, wafer_thickness_map, xps_line_scan
 from atomscale_accessors.errors import AnnotationValidationError, MapStructureError
-from atomscale_accessors.flatten import flatten_map, frame_to_map, iter_flatten_map
+from atomscale_accessors.flatten import flatten_map, frame_to_map, iter_flatten_map, validate_map
 from atomscale_accessors.schemas import RECORD_COLUMNS
 
 UUID = "0b0e6b1c-3f4e-4a53-9d55-4c1f3f0f7a10"
@@ -750,3 +750,35 @@ def test_docstring_examples_run(module):
 def test_frame_to_map_refuses_dims_that_clash_with_coordinate_names(dims):
     with pytest.raises(ValueError, match=r"dims=|point dimension"):
         frame_to_map(flatten_map(grid()), dims=dims)
+
+
+def test_descending_coordinates_give_the_index_from_arrays_gives():
+    # Rasters often run y from top to bottom; the index must still know it is unsorted.
+    ds = xr.Dataset(
+        {"thickness": (("y", "x"), np.arange(12.0).reshape(3, 4), {"units": "nm"})},
+        coords={
+            "y": ("y", [2.0, 1.0, 0.0], {"units": "mm"}),
+            "x": ("x", [0.0, 1.0, 2.0, 3.0], {"units": "mm"}),
+        },
+    )
+    index = flatten_map(ds).index
+    rebuilt = pd.MultiIndex.from_arrays(
+        [index.get_level_values(0), index.get_level_values(1)], names=index.names
+    )
+    assert index.equals(rebuilt)
+    assert [level.tolist() for level in index.levels] == [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0, 3.0]]
+    assert not index.is_monotonic_increasing
+    records = flatten_map(ds).sort_index()
+    assert len(records.loc[0.0:1.0]) == 8
+
+
+def test_technique_given_as_nan_is_unset_and_as_an_array_is_refused():
+    ds = xr.Dataset(
+        {"thickness": (("y", "x"), np.ones((2, 2)), {"units": "nm"})},
+        coords={"y": ("y", [0.0, 1.0], {"units": "mm"}), "x": ("x", [0.0, 1.0], {"units": "mm"})},
+    )
+    ds.attrs["char_source_type"] = np.nan
+    assert flatten_map(ds)["char_source_type"].isna().all()
+    ds.attrs["char_source_type"] = np.array([1, 2])
+    with pytest.raises(AnnotationValidationError, match="char_source_type: text"):
+        validate_map(ds)

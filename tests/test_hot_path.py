@@ -282,3 +282,39 @@ def test_a_real_upload_frame_round_trip_through_the_builder():
     raw, ids = answer_bytes(records.astype({c: object for c in ("property_name",)}))
     answer, _ = _expected_answer(chunk, raw)
     assert answer is not None and answer.ids == ids
+
+
+# -- found in review -----------------------------------------------------------------------
+def test_metadata_that_compares_equal_is_still_sent_row_by_row():
+    # True == 1 == 1.0 and -0.0 == 0.0 for dicts, but not in JSON.
+    records = grid_records(3, 1)
+    records["metadata"] = [{"f": True, "v": -0.0}, {"f": 1, "v": 0.0}, {"v": 0.0, "f": 1.0}]
+    sent = json.loads(EncodedRecords(records).body(slice(None)))["annotations"]
+    assert [json.dumps(a["metadata"]) for a in sent] == [
+        '{"f": true, "v": -0.0}',
+        '{"f": 1, "v": 0.0}',
+        '{"v": 0.0, "f": 1.0}',
+    ]
+    shared = {"run": 7}
+    records["metadata"] = [shared] * 3  # one object on every row (a map's): encoded once
+    assert [
+        a["metadata"] for a in json.loads(EncodedRecords(records).body(slice(None)))["annotations"]
+    ] == [shared] * 3
+
+
+def test_ids_that_change_width_after_the_columns_grew():
+    builder = FrameBuilder(SAMPLE)  # no capacity: the columns grow by doubling
+    uuids = [str(uuid.UUID(int=i)) for i in range(4)]
+    put(builder, [0, 1, 2, 3], uuids)
+    odd = [f"id-{i}" * (1 + i % 3) for i in range(36)]  # several widths
+    put(builder, list(range(4, 40)), odd)
+    frame = builder.frame()
+    assert frame["annotation_id"].tolist() == uuids + odd
+    assert builder.ids_at(np.array([1, 5])) == [uuids[1], odd[1]]
+
+
+def test_a_put_without_labels_changes_nothing():
+    builder = FrameBuilder(SAMPLE)
+    with pytest.raises(ValueError, match="labels"):
+        put(builder, [0, 1], ["a", "b"], labels=pd.Index(["only one"]))
+    assert len(builder) == 0 and len(builder.frame()) == 0
