@@ -33,6 +33,7 @@ __all__ = [
     "compact_records",
     "records_schema",
     "repeated_positions",
+    "value_codes",
 ]
 
 #: Columns of canonical records, in order: the body fields of the annotation API.
@@ -268,7 +269,7 @@ class RecordsModel(pa.DataFrameModel):
 def _agrees_with_first(values: pd.Series, groups: pd.Series | None) -> pd.Series:
     """Whether each value equals the first non-missing value of its group (missing passes)."""
     try:
-        codes, uniques = _codes(values)
+        codes, uniques = value_codes(values)
     except (TypeError, UnicodeEncodeError):  # not text at all: the text check reports it
         return pd.Series(True, index=values.index)
     used = codes[codes >= 0]
@@ -279,15 +280,16 @@ def _agrees_with_first(values: pd.Series, groups: pd.Series | None) -> pd.Series
         first = keyed.groupby(np.zeros(len(keyed))).transform("first")
     else:
         try:
-            group_codes = _codes(groups)[0]
+            group_codes = value_codes(groups)[0]
         except (TypeError, UnicodeEncodeError):  # the text check reports the names
             return pd.Series(True, index=values.index)
         first = keyed.groupby(np.where(group_codes >= 0, group_codes, np.nan)).transform("first")
     return keyed.isna() | (keyed == first)
 
 
-def _codes(values: pd.Series) -> tuple[np.ndarray, Any]:
-    """Codes of a column's distinct values (-1 where missing), and the values."""
+def value_codes(values: pd.Series) -> tuple[np.ndarray, Any]:
+    """Codes of a column's distinct values (-1 where missing), and the values: a
+    categorical's own, else hashed (``TypeError`` for values that cannot be)."""
     if isinstance(values.dtype, pd.CategoricalDtype):
         return values.cat.codes.to_numpy(), values.cat.categories
     return pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
@@ -377,7 +379,7 @@ def repeated_positions(records: pd.DataFrame) -> np.ndarray:
                 # One bit pattern per value: every NaN alike, and -0.0 + 0.0 is 0.0.
                 key = np.where(np.isnan(values), np.nan, values + 0.0).view(np.uint64)
             else:
-                codes = _codes(records[column])[0]
+                codes = value_codes(records[column])[0]
                 if n and (codes == codes[0]).all():
                     continue
                 key = codes.astype(np.int64).view(np.uint64)

@@ -58,6 +58,7 @@ from .schemas import (
     RECORD_STRING_COLUMNS,
     compact_records,
     encode_metadata,
+    value_codes,
 )
 from .validation import validate_records
 
@@ -121,7 +122,7 @@ class _Columns:
         """The arrays of validated records (text columns made categoricals if they are not)."""
         records = compact_records(records)
         floats = {}
-        for column in _FLOAT_ORDER:
+        for column in FLOAT_COLUMNS:
             series = records[column]
             floats[column] = (
                 series.to_numpy()
@@ -130,13 +131,8 @@ class _Columns:
             )
         codes, values = {}, {}
         for column in RECORD_STRING_COLUMNS:
-            series = records[column]
-            if isinstance(series.dtype, pd.CategoricalDtype):
-                codes[column] = series.cat.codes.to_numpy()
-                values[column] = series.cat.categories.to_numpy(dtype=object)
-            else:  # not categories (validation refuses such records): hashed as they are
-                codes[column], uniques = pd.factorize(series.to_numpy(dtype=object))
-                values[column] = np.asarray(uniques, dtype=object)
+            codes[column], uniques = value_codes(records[column])
+            values[column] = np.asarray(uniques, dtype=object)
         metadata = records["metadata"].to_numpy(dtype=object)
         return cls(len(records), floats, codes, values, metadata)
 
@@ -183,9 +179,6 @@ class _Columns:
                     self.codes[column], pd.Index(self.values[column], dtype=object)
                 )
         return pd.DataFrame(columns, index=index)
-
-
-_FLOAT_ORDER = ("property_value", *COORD_COLUMNS)
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -590,7 +583,7 @@ def _first_text(raw: bytes, key: bytes) -> str | None:
         return None
 
 
-_TEXT_KEYS = ("property_name", "coord_ref_frame", "coord_units")
+_TEXT_KEYS = tuple(c for c in POSITION_KEY if c not in COORD_COLUMNS)
 _GET_ID, _GET_TIME, _GET_VERSION = (
     attrgetter("id"),
     attrgetter("last_updated"),
