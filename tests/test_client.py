@@ -215,11 +215,12 @@ def test_dropped_connection_is_maybe_sent(client, atomscale_server):
 
 
 def test_retry_after_is_read(client, atomscale_server):
-    atomscale_server.inject("rate_limited", route="list_samples", retry_after=2.5)
+    # Whole seconds: Retry-After carries no fractions (the server refuses to send one).
+    atomscale_server.inject("rate_limited", route="list_samples", retry_after=3)
     with pytest.raises(ApiError) as info:
         client.list_samples()
     assert info.value.status_code == 429
-    assert info.value.retry_after == 2.5
+    assert info.value.retry_after == 3.0
 
 
 def test_fetch_returns_typed_frame(client, atomscale_server):

@@ -148,7 +148,7 @@ FAILURES: dict[str, dict[str, Any]] = {
         "setup": _inject("error_before_commit", status=503, times=100),
         "error": UploadError,
     },
-    "429": {"setup": _inject("rate_limited", retry_after=0.01), "error": None},
+    "429": {"setup": _inject("rate_limited", retry_after=0), "error": None},
     "dropped-after-commit": {"setup": _inject("drop_after_commit"), "error": None},
     "dropped-and-unlistable": {
         "setup": lambda srv: (

@@ -13,6 +13,7 @@ import re
 import socket
 import struct
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atomscale_accessors.server import LocalServer
+from atomscale_accessors.server.models import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
 
 FIELDS = [
     "id",
@@ -642,6 +644,112 @@ def test_422_for_malformed_path_ids(atomscale_server):
             assert detail[0]["type"] == "uuid_parsing"
 
 
+# -- metadata limits ------------------------------------------------------------------------
+
+
+def _nested_text(levels: int, inner: str = "dict") -> str:
+    """Metadata JSON ``levels`` deep: an object holding objects, or arrays, down to a 1."""
+    opening, closing = ('{"a":', "}") if inner == "dict" else ("[", "]")
+    return '{"a":' + opening * (levels - 1) + "1" + closing * (levels - 1) + "}"
+
+
+def _with_metadata(metadata: str, value: float = 1.0) -> str:
+    return f'{{"property_name": "t", "property_value": {value}, "metadata": {metadata}}}'
+
+
+def test_metadata_limits_are_the_documented_ones():
+    # The client checks the same numbers before it sends anything.
+    assert (MAX_METADATA_DEPTH, MAX_METADATA_BYTES) == (32, 64 * 1024)
+
+
+@pytest.mark.parametrize("inner", ["dict", "list"])
+@pytest.mark.parametrize("levels", [33, 197, 250])  # 198 and deeper: past the parser's limit
+def test_metadata_nested_too_deep_is_refused_naming_the_annotation(atomscale_server, inner, levels):
+    srv = atomscale_server
+    sample_id = srv.create_sample("wafer-1")
+    path = f"{_annotations_path(sample_id)}/bulk"
+    deepest_allowed = _with_metadata(_nested_text(32, inner))
+    too_deep = _with_metadata(_nested_text(levels, inner), value=2.0)
+    good = _with_metadata("{}")
+
+    refused = _post_raw(
+        srv, path, f'{{"annotations": [{good}, {deepest_allowed}, {too_deep}]}}'.encode()
+    )
+    accepted = _post_raw(srv, path, f'{{"annotations": [{good}, {deepest_allowed}]}}'.encode())
+
+    detail = _assert_422(refused)
+    assert detail == [
+        {
+            "type": "metadata_too_deep",
+            "loc": ["body", "annotations", 2, "metadata"],
+            "msg": f"Metadata is nested {levels} levels deep, more than the limit of 32",
+            "input": None,
+            "ctx": {"depth": levels, "max_depth": 32},
+        }
+    ]
+    assert accepted.status_code == 200, accepted.text
+    assert srv.annotation_count(sample_id) == 2  # nothing of the refused request
+
+
+def test_metadata_depth_is_checked_on_create_and_update(atomscale_server):
+    srv = atomscale_server
+    sample_id = srv.create_sample("wafer-1")
+    single = _post_raw(
+        srv, f"{_annotations_path(sample_id)}/", _with_metadata(_nested_text(33)).encode()
+    )
+    (stored,) = srv.store.create_annotations(
+        sample_id, [{"property_name": "t", "property_value": 1.0}]
+    )
+    patched = _patch(srv, sample_id, stored["id"], f'{{"metadata": {_nested_text(40)}}}'.encode())
+
+    for answer, depth in ((single, 33), (patched, 40)):
+        (error,) = _assert_422(answer)
+        assert (error["type"], error["loc"]) == ("metadata_too_deep", ["body", "metadata"])
+        assert error["ctx"] == {"depth": depth, "max_depth": 32}
+    assert [a["annotation_metadata"] for a in srv.stored_annotations(sample_id)] == [None]
+
+
+def test_metadata_nested_past_what_any_decoder_reads_is_still_a_422(atomscale_server):
+    srv = atomscale_server
+    sample_id = srv.create_sample("wafer-1")
+    body = f'{{"annotations": [{_with_metadata(_nested_text(5000))}]}}'.encode()
+    detail = _assert_422(_post_raw(srv, f"{_annotations_path(sample_id)}/bulk", body))
+    assert detail[0]["type"] == "json_invalid"
+    assert srv.annotation_count(sample_id) == 0
+
+
+# Each character's share of the measured size: compact JSON with all but printable ASCII
+# escaped, whatever the request's own spelling (DEL and é as \u007f and \u00e9, an emoji
+# as two escapes). DEL is 1 byte in UTF-8 but 6 measured: the widest growth there is.
+WIDTHS = {"x": 1, "\x7f": 6, "é": 6, "\U0001f600": 12}
+
+
+@pytest.mark.parametrize("escaped", [False, True], ids=["raw UTF-8", "escaped"])
+@pytest.mark.parametrize("char", list(WIDTHS))
+def test_metadata_size_limit_is_exact(atomscale_server, char, escaped):
+    srv = atomscale_server
+    sample_id = srv.create_sample("wafer-1")
+    fits = (64 * 1024 - len('{"s":""}')) // WIDTHS[char]  # characters that fill the limit
+
+    def post(n: int, value: float) -> requests.Response:
+        annotation = {"property_name": "t", "property_value": value, "metadata": {"s": char * n}}
+        body = json.dumps({"annotations": [annotation]}, ensure_ascii=escaped, indent=2)
+        return _post_raw(srv, f"{_annotations_path(sample_id)}/bulk", body.encode())
+
+    over = post(fits + 1, 1.0)
+    at_limit = post(fits, 2.0)
+
+    (error,) = _assert_422(over)
+    size = len('{"s":""}') + (fits + 1) * WIDTHS[char]
+    assert (error["type"], error["loc"]) == (
+        "metadata_too_large",
+        ["body", "annotations", 0, "metadata"],
+    )
+    assert error["ctx"] == {"size": size, "max_bytes": 65536}
+    assert at_limit.status_code == 200, at_limit.text
+    assert srv.annotation_count(sample_id) == 1
+
+
 # -- size limits ----------------------------------------------------------------------------
 
 
@@ -725,6 +833,37 @@ def test_413_is_decided_from_content_length_before_the_body_is_sent(atomscale_se
     assert status == 413
     assert "bytes" in json.loads(body)["detail"]
     assert srv.request_count("bulk_create") == 1
+
+
+def test_client_leaving_mid_body_is_one_log_line_not_a_traceback(atomscale_server, caplog):
+    srv = atomscale_server
+    sample_id = srv.create_sample("wafer-1")
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    head = (
+        f"POST /physical_samples/{sample_id}/annotations/bulk HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{srv.port}\r\n"
+        f"X-API-KEY: {srv.api_key}\r\n"
+        "Content-Type: application/json\r\n"
+        "Content-Length: 1000\r\n"
+        "\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(head.encode() + b'{"annotati')  # 10 of the 1000 bytes announced
+    deadline = time.monotonic() + 10
+    while not caplog.records and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # anything else the server logs about it comes at once
+
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == (
+        "client disconnected while sending the body of POST"
+        f" /physical_samples/{sample_id}/annotations/bulk"
+    )
+    assert record.exc_info is None
+    assert "Traceback" not in caplog.text
+    assert srv.annotation_count(sample_id) == 0
+    assert _list(srv, sample_id).status_code == 200  # the server carries on
 
 
 def test_413_for_a_chunked_body_over_the_limit(atomscale_server):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
 
 import pytest
 import requests
+from urllib3.util.retry import Retry
 
 from atomscale_accessors.server import FAULT_KINDS, ROUTE_NAMES, Faults, LocalServer
+from atomscale_accessors.server.faults import LATENCY_KINDS
 
 ONE = {"property_name": "thickness", "property_value": 1.0}
 
@@ -138,23 +141,24 @@ def test_clear_faults_removes_queued_ones(sample):
 
 def test_injected_429_with_and_without_retry_after(sample):
     srv, sample_id = sample
-    srv.inject("rate_limited", route="bulk_create", times=2, retry_after=0.1)
+    srv.inject("rate_limited", route="bulk_create", times=2, retry_after=1)
     srv.inject("rate_limited", route="bulk_create", times=1, retry_after=None)
 
     answers = [_bulk(srv, sample_id) for _ in range(4)]
 
     assert [a.status_code for a in answers] == [429, 429, 429, 200]
-    assert answers[0].headers["Retry-After"] == "0.1"
-    assert answers[1].headers["Retry-After"] == "0.1"
+    assert answers[0].headers["Retry-After"] == "1"
+    assert answers[1].headers["Retry-After"] == "1"
     assert "Retry-After" not in answers[2].headers
     assert isinstance(answers[2].json()["detail"], str)
     assert srv.annotation_count(sample_id) == 3
 
 
-def test_whole_seconds_retry_after_is_an_integer(sample):
+@pytest.mark.parametrize(("seconds", "header"), [(2, "2"), (2.0, "2"), (0, "0")])
+def test_whole_seconds_retry_after_is_an_integer(sample, seconds, header):
     srv, sample_id = sample
-    srv.inject("rate_limited", retry_after=2)
-    assert _bulk(srv, sample_id).headers["Retry-After"] == "2"
+    srv.inject("rate_limited", retry_after=seconds)
+    assert _bulk(srv, sample_id).headers["Retry-After"] == header
 
 
 def test_rate_limit_answers_429_with_retry_after_beyond_the_rate(sample):
@@ -170,9 +174,41 @@ def test_rate_limit_answers_429_with_retry_after_beyond_the_rate(sample):
     assert answers[0].status_code == 200
     assert len(refused) >= 3
     for answer in refused:
-        assert 0 < float(answer.headers["Retry-After"]) <= 0.5
+        assert answer.headers["Retry-After"] == "1"  # a wait of at most 0.5 s, rounded up
     srv.set_rate_limit(per_second=None)
     assert all(_list(srv, sample_id).status_code == 200 for _ in range(5))
+
+
+def test_every_retry_after_sent_is_whole_seconds_that_urllib3_accepts(sample):
+    # urllib3 (the official SDK's retries) raises InvalidHeader on a fraction.
+    srv, sample_id = sample
+    sent: dict[str, list[str]] = {}
+    for seconds in (0, 1, 2.0, 30):
+        srv.inject("rate_limited", route="list_annotations", retry_after=seconds)
+        sent.setdefault(f"injected {seconds}", []).append(
+            _list(srv, sample_id).headers["Retry-After"]
+        )
+    # The rate limit's own waits: a few hundredths of a second, under one, a few seconds.
+    with requests.Session() as session:
+        session.headers["X-API-KEY"] = srv.api_key
+        for rate in (50, 2, 0.25):
+            srv.set_rate_limit(per_second=rate, burst=1)
+            answers = [
+                session.get(f"{srv.endpoint}physical_samples/", timeout=30) for _ in range(3)
+            ]
+            sent[f"rate {rate}"] = [
+                a.headers["Retry-After"] for a in answers if a.status_code == 429
+            ]
+            assert sent[f"rate {rate}"], f"rate {rate}: no 429"
+
+    for values in sent.values():
+        for value in values:
+            assert re.fullmatch(r"[0-9]+", value), value
+            assert Retry().parse_retry_after(value) == int(value)
+    assert sent["injected 2.0"] == ["2"]
+    # rounded up, never down: waits of 0.02 and 0.5 s are 1 s, one of 3.x s is 4 s
+    assert set(sent["rate 50"]) == set(sent["rate 2"]) == {"1"}
+    assert set(sent["rate 0.25"]) == {"4"}
 
 
 def test_rate_limit_from_the_constructor():
@@ -287,7 +323,15 @@ def test_counters_count_every_request_rejected_or_faulted(sample):
         ("latency", {"seconds": -1}),
         ("drop_after_commit", {"status": 500}),
         ("rate_limited", {"retry_after": -1}),
+        ("rate_limited", {"retry_after": 0.5}),  # Retry-After has whole seconds only
+        ("rate_limited", {"retry_after": 1.25}),
+        ("rate_limited", {"retry_after": float("inf")}),
+        ("rate_limited", {"retry_after": True}),
+        ("rate_limited", {"retry_after": "1"}),
         ("error_after_commit", {"retry_after": 1}),
+        ("latency_before_commit", {}),
+        ("latency_after_commit", {"seconds": -0.5}),
+        ("error_after_commit", {"seconds": 1.0}),
     ],
 )
 def test_inject_refuses_bad_arguments(kind, options):
@@ -295,12 +339,98 @@ def test_inject_refuses_bad_arguments(kind, options):
         Faults().inject(kind, **options)
 
 
-def test_every_kind_can_be_injected_on_every_route():
-    faults = Faults()
-    for kind in FAULT_KINDS:
-        for route in (*ROUTE_NAMES, "any"):
-            faults.inject(kind, route=route, seconds=0.1 if kind == "latency" else None)
-    assert len(faults.pending()) == len(FAULT_KINDS) * (len(ROUTE_NAMES) + 1)
+# -- every kind on every route, by its effect -----------------------------------------------
+
+# Routes that store something; the others only read.
+WRITES = ("create_sample", "create_annotation", "bulk_create", "update_annotation")
+SLOWER = 0.6  # seconds of each latency kind
+GIVE_UP = 0.2  # read timeout of a client that does not wait for them
+# kind: (inject options, the answer's status or the exception, whether the write is stored)
+EFFECTS: dict[str, tuple[dict[str, Any], int | type[Exception], bool]] = {
+    "error_before_commit": ({"status": 503}, 503, False),
+    "error_after_commit": ({"status": 502}, 502, True),
+    "drop_before_commit": ({}, requests.exceptions.ConnectionError, False),
+    "drop_after_commit": ({}, requests.exceptions.ConnectionError, True),
+    "rate_limited": ({"retry_after": 1}, 429, False),
+}
+
+
+def _send(srv: LocalServer, route: str, ids: dict[str, str], timeout: Any) -> requests.Response:
+    """One request to ``route``: each write leaves a mark that :func:`_stored` looks for."""
+    base = f"{srv.endpoint}physical_samples/"
+    annotations = f"{base}{ids['sample']}/annotations"
+    method, url, body = {
+        "create_sample": ("POST", base, {"name": "made-by-the-request"}),
+        "list_samples": ("GET", base, None),
+        "list_annotations": ("GET", f"{annotations}/", None),
+        "create_annotation": ("POST", f"{annotations}/", {**ONE, "property_value": 42.0}),
+        "bulk_create": ("POST", f"{annotations}/bulk", {"annotations": [ONE, ONE]}),
+        "update_annotation": ("PATCH", f"{annotations}/{ids['annotation']}", {"property_value": 2.0}),
+    }[route]  # fmt: skip
+    return requests.request(
+        method, url, json=body, headers={"X-API-KEY": srv.api_key}, timeout=timeout
+    )
+
+
+def _stored(srv: LocalServer, route: str, ids: dict[str, str]) -> bool:
+    """Whether the write :func:`_send` made to ``route`` is in the store."""
+    if route == "create_sample":
+        return "made-by-the-request" in {s["name"] for s in srv.store.list_samples()}
+    (target,) = [a for a in srv.stored_annotations(ids["sample"]) if a["id"] == ids["annotation"]]
+    if route == "update_annotation":
+        return target["property_value"] == 2.0
+    return srv.annotation_count(ids["sample"]) > 1
+
+
+@pytest.mark.parametrize("route", ROUTE_NAMES)
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_every_kind_can_be_injected_on_every_route(atomscale_server, kind, route):
+    srv = atomscale_server
+    sample_id = srv.create_sample("wafer-1")
+    (existing,) = srv.store.create_annotations(sample_id, [ONE])
+    ids = {"sample": sample_id, "annotation": existing["id"]}
+
+    if kind in LATENCY_KINDS:
+        srv.inject(kind, route=route, seconds=SLOWER)
+        if route in WRITES:
+            # A client that gives up before the latency is over: whether its write is
+            # stored when it gives up, and once the server is done, tells the kinds apart.
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                _send(srv, route, ids, timeout=(5.0, GIVE_UP))
+            stored_when_given_up = _stored(srv, route, ids)
+            time.sleep(SLOWER)  # past the latency: a write still to come is under way
+            stored_at_last = _stored(srv, route, ids)
+            deadline = time.monotonic() + 5.0  # for a loaded machine
+            while not stored_at_last and kind != "latency" and time.monotonic() < deadline:
+                time.sleep(0.02)
+                stored_at_last = _stored(srv, route, ids)
+            assert (stored_when_given_up, stored_at_last) == {
+                "latency": (False, False),  # read after the client left: never stored
+                "latency_before_commit": (False, True),  # stored after the client left
+                "latency_after_commit": (True, True),  # stored, the answer late
+            }[kind]
+        else:
+            started = time.perf_counter()
+            answer = _send(srv, route, ids, timeout=30)
+            assert answer.status_code == 200
+            assert time.perf_counter() - started >= SLOWER
+    else:
+        options, outcome, stores = EFFECTS[kind]
+        srv.inject(kind, route=route, **options)
+        if isinstance(outcome, int):
+            answer = _send(srv, route, ids, timeout=30)
+            assert answer.status_code == outcome
+            assert isinstance(answer.json()["detail"], str)
+            if kind == "rate_limited":
+                assert answer.headers["Retry-After"] == "1"
+        else:
+            with pytest.raises(outcome):
+                _send(srv, route, ids, timeout=30)
+        if route in WRITES:
+            assert _stored(srv, route, ids) is stores
+
+    assert srv.request_count(route) == 1
+    assert srv.faults.pending() == []  # spent on that one request
 
 
 def test_decide_counts_down_after_and_times():

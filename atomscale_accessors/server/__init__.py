@@ -1,8 +1,9 @@
 """A local server that speaks the Atomscale annotation API, for tests, demos and benchmarks.
 
 It serves every route the client uses, keeps its data in SQLite and can be told to
-misbehave (latency, rate limits, errors before or after the commit, dropped connections)
-so that the client's handling of failures can be tested against real HTTP.
+misbehave (latency, commits that land after the client gave up, rate limits, errors
+before or after the commit, dropped connections) so that the client's handling of
+failures can be tested against real HTTP.
 
 Needs the ``server`` extra: ``pip install "atomscale-accessors[server]"``.
 

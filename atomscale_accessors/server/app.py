@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import http
+import logging
 import math
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,14 +25,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import _json
-from .faults import Faults, Injection, Limits
+from .faults import Decision, Faults, Injection, Limits
 from .models import (
     annotation_adapter,
     bulk_adapter,
+    metadata_depth_errors,
     patch_adapter,
     sample_adapter,
     validation_errors,
@@ -42,8 +45,13 @@ __all__ = ["create_app"]
 
 _T = TypeVar("_T")
 
-# Where the middleware leaves the commit-phase fault picked for a request.
-_FAULT_KEY = "atomscale.fault"
+# Where the middleware leaves the faults that act inside the handler (around the commit).
+_DECISION_KEY = "atomscale.faults"
+
+# uvicorn's own log: the command line shows it, LocalServer keeps it at WARNING.
+_log = logging.getLogger("uvicorn.error")
+
+_NO_FAULTS = Decision()
 
 _SAMPLE_NOT_FOUND = "Physical sample not found"
 _ANNOTATION_NOT_FOUND = "Annotation not found"
@@ -97,7 +105,11 @@ def create_app(
     # -- helpers closing over this app -------------------------------------------------
 
     async def before_commit(request: Request) -> Response | None:
-        fault: Injection | None = request.scope.get(_FAULT_KEY)
+        decision: Decision = request.scope.get(_DECISION_KEY, _NO_FAULTS)
+        if decision.latency_before_commit:
+            # The body is read: the commit that follows happens even if the client leaves.
+            await asyncio.sleep(decision.latency_before_commit)
+        fault = decision.fault
         if fault is None:
             return None
         if fault.kind == "error_before_commit":
@@ -107,7 +119,10 @@ def create_app(
         return None
 
     async def after_commit(request: Request, response: Response) -> Response:
-        fault: Injection | None = request.scope.get(_FAULT_KEY)
+        decision: Decision = request.scope.get(_DECISION_KEY, _NO_FAULTS)
+        if decision.latency_after_commit:
+            await asyncio.sleep(decision.latency_after_commit)
+        fault = decision.fault
         if fault is None:
             return response
         if fault.kind == "error_after_commit":
@@ -250,6 +265,7 @@ def create_app(
         for form in (path, f"{path}/"):
             app.add_api_route(form, endpoint, methods=[method], name=name, include_in_schema=False)
 
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_middleware(
         _Gate, api_key=api_key, faults=faults, limits=limits, routes=app.router.routes
     )
@@ -316,7 +332,7 @@ class _Gate:
                 send,
                 429,
                 {"detail": "Rate limit exceeded"},
-                [(b"retry-after", _seconds(wait).encode())],
+                [(b"retry-after", _retry_after(wait))],
             )
             return
 
@@ -327,7 +343,7 @@ class _Gate:
         if fault is not None and fault.kind == "rate_limited":
             headers = []
             if fault.retry_after is not None:
-                headers.append((b"retry-after", _seconds(fault.retry_after).encode()))
+                headers.append((b"retry-after", _retry_after(fault.retry_after)))
             await _send_json(send, 429, {"detail": "Rate limit exceeded"}, headers)
             return
 
@@ -341,7 +357,7 @@ class _Gate:
                 await _send_json(send, 413, {"detail": _too_large_message(size, limit)})
                 return
 
-        scope[_FAULT_KEY] = fault
+        scope[_DECISION_KEY] = decision
         await self.app(scope, receive, send)
 
 
@@ -376,11 +392,19 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-def _seconds(value: float) -> str:
-    """``Retry-After`` text: whole seconds as an integer, else milliseconds rounded up."""
-    if float(value).is_integer():
-        return str(int(value))
-    return f"{math.ceil(value * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
+def _retry_after(seconds: float) -> bytes:
+    """``Retry-After`` value: whole seconds, rounded up (RFC 9110 allows no fractions, and
+    rounding down could tell a client to come back before it may)."""
+    return str(max(0, math.ceil(seconds))).encode()
+
+
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    """Log one line where uvicorn would log a traceback: a client that leaves before it
+    has sent the whole body (it timed out, or was stopped) is not an error of the server."""
+    _log.info(
+        "client disconnected while sending the body of %s %s", request.method, request.url.path
+    )
+    return Response(status_code=400)  # never delivered: the connection is gone
 
 
 def _json_response(payload: bytes) -> Response:
@@ -419,14 +443,18 @@ def _validate(adapter: TypeAdapter[_T], body: bytes) -> _T:
     try:
         return adapter.validate_json(body)
     except ValidationError as exc:
-        raise RequestValidationError(validation_errors(exc)) from None
+        errors = validation_errors(exc)
+        if any(e["type"] == "json_invalid" for e in errors):
+            # nested past the parser's limit: name the annotations, if metadata is why
+            errors = metadata_depth_errors(body) or errors
+        raise RequestValidationError(errors) from None
 
 
 def _count_annotations(body: bytes) -> int | None:
     """The exact number of annotations in a bulk body, or ``None`` if it is not one."""
     try:
         data = _json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         return len(data["annotations"])

@@ -16,10 +16,34 @@ answers the next request with 503 and the one after with 500.
 
 A fault is spent on the request it was picked for even when that request fails for
 another reason first (a 404, 413 or 422 is answered as usual then).
+
+When each kind acts
+-------------------
+A request is received, its body read and validated, stored (committed), and answered.
+
+- ``latency`` waits before the body is read: a client that gives up meanwhile has its
+  request dropped unread, and nothing is stored.
+- ``latency_before_commit`` waits after the body is read, then stores: the data lands
+  ``seconds`` after the request arrived whether or not the client is still waiting, so a
+  client with a shorter read timeout gives up before its data is stored (a late commit).
+- ``latency_after_commit`` stores, then waits before answering: a client with a shorter
+  read timeout gives up after its data is stored, and never sees the answer.
+- ``error_*`` and ``drop_*`` answer an error or close the connection after the body is
+  read and validated, before the commit or after it.
+- ``rate_limited`` answers 429 before the body is read.
+
+On the listing routes, which store nothing, the two commit latencies are plain delays
+before and after the listing is read.
+
+``Retry-After`` is always sent in whole seconds, the only form RFC 9110 allows besides a
+date (urllib3, and so the official SDK, refuses anything else): the rate limit's wait is
+rounded up, and ``inject("rate_limited", retry_after=...)`` takes whole seconds only, so
+that a test never waits longer than it asked without knowing.
 """
 
 from __future__ import annotations
 
+import numbers
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +52,7 @@ from typing import Final
 __all__ = [
     "COMMIT_FAULTS",
     "FAULT_KINDS",
+    "LATENCY_KINDS",
     "ROUTE_ALIASES",
     "ROUTE_NAMES",
     "Decision",
@@ -58,7 +83,11 @@ COMMIT_FAULTS: Final = (
 )
 """Faults that act around the store: before anything is stored, or after the commit."""
 
-FAULT_KINDS: Final = (*COMMIT_FAULTS, "rate_limited", "latency")
+LATENCY_KINDS: Final = ("latency", "latency_before_commit", "latency_after_commit")
+"""Faults that delay a request by ``seconds``: before its body is read, between reading it
+and the commit, or between the commit and the answer."""
+
+FAULT_KINDS: Final = (*COMMIT_FAULTS, "rate_limited", *LATENCY_KINDS)
 
 _UNSET: Final = object()
 
@@ -113,10 +142,10 @@ class Injection:
         How many more matching requests it lets through before it hits.
     status : int or None
         HTTP status of the error kinds.
-    retry_after : float or None
-        ``Retry-After`` seconds of ``rate_limited``; ``None`` sends no header.
+    retry_after : int or None
+        ``Retry-After`` whole seconds of ``rate_limited``; ``None`` sends no header.
     seconds : float
-        Added delay of ``latency``.
+        Added delay of the :data:`LATENCY_KINDS`.
     """
 
     kind: str
@@ -124,7 +153,7 @@ class Injection:
     times: int = 1
     after: int = 0
     status: int | None = None
-    retry_after: float | None = None
+    retry_after: int | None = None
     seconds: float = 0.0
 
 
@@ -135,14 +164,33 @@ class Decision:
     Attributes
     ----------
     latency : float
-        Seconds to wait before answering (injected latency only; the global latency is
-        applied to every request separately).
+        Seconds to wait before the body is read (injected latency only; the global
+        latency is applied to every request separately).
+    latency_before_commit : float
+        Seconds to wait between reading the body and storing it.
+    latency_after_commit : float
+        Seconds to wait between storing and answering.
     fault : Injection or None
-        The one non-latency fault that hits this request.
+        The one fault other than a latency that hits this request.
     """
 
     latency: float = 0.0
+    latency_before_commit: float = 0.0
+    latency_after_commit: float = 0.0
     fault: Injection | None = None
+
+
+def _whole_seconds(value: object) -> int:
+    """``value`` as a whole number of seconds >= 0, or ``ValueError``."""
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    whole = integral or (isinstance(value, float) and value.is_integer())
+    seconds = int(value) if whole else -1  # type: ignore[call-overload]
+    if seconds < 0:
+        raise ValueError(
+            "retry_after must be a whole number of seconds >= 0 (Retry-After carries no"
+            f" fractions), got {value!r}"
+        )
+    return seconds
 
 
 class TokenBucket:
@@ -231,7 +279,7 @@ class Faults:
         times: int = 1,
         after: int = 0,
         status: int | None = None,
-        retry_after: float | None = None,
+        retry_after: int | None = None,
         seconds: float | None = None,
     ) -> None:
         """Queue a fault.
@@ -245,7 +293,12 @@ class Faults:
             ``drop_before_commit`` and ``drop_after_commit`` close the connection without
             an answer (the client sees a connection error), before storing or after the
             commit. ``rate_limited`` answers 429, with ``Retry-After: retry_after`` when
-            that is not ``None``. ``latency`` delays the answer by ``seconds``.
+            that is not ``None``. ``latency`` waits ``seconds`` before the body is read
+            (nothing is stored if the client gives up meanwhile);
+            ``latency_before_commit`` waits after reading the body, then stores (the
+            commit lands late, even if the client has given up);
+            ``latency_after_commit`` stores, then waits before answering. See the module
+            notes for when each acts.
         route : str
             A name from :data:`ROUTE_NAMES` (or ``"bulk"`` for ``"bulk_create"``), or
             ``"any"``.
@@ -255,10 +308,11 @@ class Faults:
             How many matching requests it lets through first.
         status : int, optional
             HTTP status (400-599) of the ``error_*`` kinds.
-        retry_after : float, optional
-            Seconds for the ``Retry-After`` header of ``rate_limited``.
+        retry_after : int, optional
+            Whole seconds for the ``Retry-After`` header of ``rate_limited`` (an int, or
+            a float with no fraction such as ``2.0``): the header allows nothing finer.
         seconds : float, optional
-            Delay of ``latency`` (required for it).
+            Delay of the :data:`LATENCY_KINDS` (required for them).
 
         Raises
         ------
@@ -281,13 +335,12 @@ class Faults:
         if retry_after is not None:
             if kind != "rate_limited":
                 raise ValueError("retry_after applies only to 'rate_limited'")
-            if not retry_after >= 0:
-                raise ValueError(f"retry_after must be >= 0, got {retry_after!r}")
-        if kind == "latency":
+            retry_after = _whole_seconds(retry_after)
+        if kind in LATENCY_KINDS:
             if seconds is None or not seconds >= 0:
-                raise ValueError("latency needs seconds >= 0")
+                raise ValueError(f"{kind} needs seconds >= 0")
         elif seconds is not None:
-            raise ValueError("seconds applies only to 'latency'")
+            raise ValueError(f"seconds applies only to {LATENCY_KINDS}")
         injection = Injection(
             kind=kind,
             route=route,
@@ -348,7 +401,7 @@ class Faults:
 
     def decide(self, route: str) -> Decision:
         """Pick the injected faults that hit one request to ``route`` and consume them."""
-        latency = 0.0
+        latency = dict.fromkeys(LATENCY_KINDS, 0.0)
         fault: Injection | None = None
         with self._lock:
             kept: list[Injection] = []
@@ -360,8 +413,8 @@ class Faults:
                     item.after -= 1
                     kept.append(item)
                     continue
-                if item.kind == "latency":
-                    latency += item.seconds
+                if item.kind in latency:
+                    latency[item.kind] += item.seconds
                 elif fault is None:
                     fault = Injection(**vars(item))
                 else:
@@ -371,7 +424,12 @@ class Faults:
                 if item.times > 0:
                     kept.append(item)
             self._injections = kept
-        return Decision(latency=latency, fault=fault)
+        return Decision(
+            latency=latency["latency"],
+            latency_before_commit=latency["latency_before_commit"],
+            latency_after_commit=latency["latency_after_commit"],
+            fault=fault,
+        )
 
     # -- counters ----------------------------------------------------------------------
 
