@@ -9,14 +9,23 @@ whether a request is safe to repeat.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
+import heapq
+import http.client
+import io
 import ipaddress
+import itertools
 import json
 import logging
+import math
 import os
 import platform
+import socket
 import threading
+import time
+import unicodedata
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,7 +34,9 @@ from urllib.parse import quote, urlsplit
 
 import msgspec
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
 
 from . import __version__
 from .errors import ApiError, ConfigurationError, InvalidIdentifierError, TransportError
@@ -58,12 +69,23 @@ class RetryPolicy:
         Seconds to wait after a timeout (or a 504) before asking the server what landed,
         since it may still be working on the request. Default: twice the read timeout,
         capped by ``max_wait``.
+    give_up_after : float
+        Seconds after the first attempt of a request (or of a chunk) after which a
+        failure is not retried: with ``max_attempts``, it bounds how long an upload
+        keeps trying a server that does not answer.
     """
 
     max_attempts: int = 6
     backoff: float = 0.25
     max_wait: float = 30.0
     settle: float | None = None
+    give_up_after: float = 120.0
+
+    def allows(self, attempt: int, started: float) -> bool:
+        """Whether attempt number ``attempt`` of a series begun at ``started`` (a
+        ``time.monotonic()`` reading) may be followed by another: the one rule for how
+        long any request is retried."""
+        return attempt < self.max_attempts and time.monotonic() - started < self.give_up_after
 
     def wait(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before attempt number ``attempt + 1`` (``attempt`` >= 1)."""
@@ -96,8 +118,19 @@ class Client:
     endpoint : str, optional
         Base URL; default ``AS_API_ENDPOINT``, then ``https://api.atomscale.ai/``. A path
         prefix (``https://host/prefix``) is kept, with or without a trailing slash.
-    timeout : float or (float, float), default (10, 120)
-        Connect and read timeouts in seconds for every request.
+    timeout : float or (float, float), default (10, 60)
+        Connect and read timeouts in seconds. The read timeout is the longest silence
+        accepted from the server: waiting for the answer to start, or between two pieces
+        of it. While a request body is sent, each 16 kB piece must leave within the
+        connect timeout.
+    deadline : float or None, default 180
+        Most seconds one request may take in all: connecting, sending the body and
+        receiving the whole answer. A server that keeps a request alive by answering a
+        few bytes at a time is cut off then, with a
+        :class:`~atomscale_accessors.errors.TransportError` saying that the request may
+        have taken effect (``sent`` and ``timed_out`` true). ``None`` for no deadline.
+        Raise it for very large answers on slow links (a ``fetch`` of a sample holding
+        millions of annotations).
     retry : RetryPolicy, optional
         Retry behaviour of uploads made with this client.
     allow_insecure : bool, default False
@@ -120,20 +153,13 @@ class Client:
         api_key: str | None = None,
         endpoint: str | None = None,
         *,
-        timeout: float | tuple[float, float] = (10.0, 120.0),
+        timeout: float | tuple[float, float] = (10.0, 60.0),
+        deadline: float | None = 180.0,
         retry: RetryPolicy | None = None,
         allow_insecure: bool = False,
         verify: bool | str = True,
     ) -> None:
-        key = api_key if api_key is not None else _from_env(_KEY_VARIABLES)
-        if not key:
-            raise ConfigurationError(
-                "no Atomscale API key: pass api_key=..., or set AS_API_KEY "
-                "(or ATOMSCALE_API_KEY) in the environment"
-            )
-        if not isinstance(key, str) or any(c in key for c in "\r\n"):
-            raise ConfigurationError("the API key must be a single-line string")
-        self._api_key = key
+        self._api_key = _check_key(api_key if api_key is not None else _from_env(_KEY_VARIABLES))
         self.endpoint = _normalise_endpoint(
             endpoint
             if endpoint is not None
@@ -141,6 +167,7 @@ class Client:
         )
         _check_transport(self.endpoint, allow_insecure)
         self.timeout = timeout if isinstance(timeout, tuple) else (float(timeout), float(timeout))
+        self.deadline = _check_deadline(deadline)
         self.retry = retry or RetryPolicy()
         if not verify:  # None, 0 and "" switch verification off in requests too
             verify = False
@@ -189,6 +216,8 @@ class Client:
                 }
             )
             session.verify = self.verify
+            for prefix in ("https://", "http://"):
+                session.mount(prefix, _DeadlineAdapter())
             if self.endpoint.startswith("http://"):
                 # Plain http is allowed to loopback only: never route it, and the key with
                 # it, through a proxy taken from the environment.
@@ -209,17 +238,27 @@ class Client:
         data: bytes | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> requests.Response:
-        """Send one request; return the 2xx response or raise ``ApiError``/``TransportError``."""
+        """Send one request; return the 2xx response or raise ``ApiError``/``TransportError``.
+
+        The whole request, the answer's body included, is bounded by :attr:`deadline`.
+        """
         headers = {}
         if json_body is not None:
             data = json.dumps(json_body, allow_nan=False).encode()
+        body: io.BytesIO | None = None
         if data is not None:
             headers["Content-Type"] = "application/json"
+            # urllib3 sends bytes with one sendall(), which must end within the socket
+            # timeout: megabytes on a slow uplink would time out while still moving. A
+            # file goes out in 16 kB pieces, each of which must leave in time.
+            body = io.BytesIO(data)
+        failure: BaseException | None = None
+        deadline = _WATCHDOG.begin(self.deadline)
         try:
             response = self.session.request(
                 method,
                 self.url(path),
-                data=data,
+                data=body,
                 params=params,
                 headers=headers,
                 timeout=self.timeout,
@@ -227,15 +266,29 @@ class Client:
                 stream=True,
             )
             # One read of the whole body: requests would read a bulk answer (megabytes)
-            # in 10 kB pieces, a measurable share of an upload's CPU time.
+            # in 10 kB pieces, a measurable share of an upload's CPU time. The deadline
+            # cuts the connection if the body trickles in.
             with response:
                 response._content = response.raw.read(decode_content=True)
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise _transport_error(exc, method, path) from None
+        except _NETWORK_ERRORS as exc:
+            failure = exc
+        finally:
+            late = _WATCHDOG.end(deadline)
+        if failure is not None or late:
+            # Cut at the deadline, an answer may look complete without being so (a status
+            # line and no headers reads as an empty body), so it fails even without an
+            # error. Raised here, not in the except block: there the requests exception
+            # would become the error's __context__, and with it the request headers (the
+            # key), which pickling (dask's tblib) and traceback printing carry along.
+            error = _transport_error(
+                failure, method, path, deadline=self.deadline if late else None
+            )
+            failure = None
+            raise error
         if not 200 <= response.status_code < 300:
             raise ApiError(
                 response.status_code,
-                _scrub(_detail(response), self._api_key),
+                _detail(response, self._api_key),
                 method=method,
                 path="/" + path.lstrip("/"),
                 retry_after=_retry_after(response.headers.get("Retry-After")),
@@ -247,13 +300,16 @@ class Client:
         response = self.request(method, path, **kwargs)
         try:
             return _decode(response.content)
-        except msgspec.DecodeError as exc:
-            raise ApiError(
-                response.status_code,
-                _scrub(f"the answer is not JSON: {response.text[:200]!r}", self._api_key),
-                method=method,
-                path="/" + path.lstrip("/"),
-            ) from exc
+        except msgspec.DecodeError:
+            pass
+        # (raised outside the except block, so that no context is attached)
+        shown = _excerpt(response.text, self._api_key, 200)
+        raise ApiError(
+            response.status_code,
+            f"the answer is not JSON: {shown!r}",
+            method=method,
+            path="/" + path.lstrip("/"),
+        )
 
     # -- one method per route -----------------------------------------------------------
     def list_samples(self, physical_sample_id: str | None = None) -> list[dict[str, Any]]:
@@ -290,7 +346,8 @@ class Client:
         try:
             return _decode(raw)
         except msgspec.DecodeError:
-            raise ApiError(200, "the annotation list is not JSON", method="GET") from None
+            pass
+        raise ApiError(200, "the annotation list is not JSON", method="GET")
 
     def list_annotations_raw(
         self,
@@ -378,9 +435,53 @@ def resolve_client(client: Any = None) -> Client:
 def _from_env(names: Iterable[str]) -> str | None:
     for name in names:
         value = os.environ.get(name)
-        if value:
+        if value and value.strip():
             return value
     return None
+
+
+def _check_key(key: Any) -> str:
+    """The key without surrounding blanks, checked to be sendable in a header.
+
+    Messages never show the key: at most the code point of a character that cannot be
+    part of one.
+    """
+    if key is None or (isinstance(key, str) and not key.strip()):
+        raise ConfigurationError(
+            "no Atomscale API key: pass api_key=..., or set AS_API_KEY "
+            "(or ATOMSCALE_API_KEY) in the environment"
+        )
+    if not isinstance(key, str):
+        raise ConfigurationError(f"the API key must be a string, not {type(key).__name__}")
+    # Blanks around a pasted key are a copying accident (the official SDK strips them
+    # too); requests would refuse the header only once the request is under way.
+    key = key.strip()
+    for position, char in enumerate(key, 1):
+        if " " <= char <= "~":
+            continue
+        # A key is printable ASCII. Anything else was pasted along with it (a zero-width
+        # or no-break space, a line break) and either cannot be encoded in a header or
+        # would be sent as a different key.
+        name = unicodedata.name(char, "a control character")
+        raise ConfigurationError(
+            f"the API key contains U+{ord(char):04X} ({name}) at position {position} of "
+            f"{len(key)}, which cannot be part of a key: copy the key again without it"
+        )
+    return key
+
+
+def _check_deadline(deadline: Any) -> float | None:
+    if deadline is None:
+        return None
+    try:
+        seconds = float(deadline)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigurationError(
+            f"deadline must be a positive number of seconds, or None, not {deadline!r}"
+        )
+    return seconds
 
 
 def _normalise_endpoint(endpoint: str) -> str:
@@ -403,12 +504,20 @@ def _normalise_endpoint(endpoint: str) -> str:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+    """Whether ``host`` surely means this machine, decided without resolving it.
+
+    Only ``localhost`` itself and loopback addresses: a name such as ``x.localhost`` may
+    be sent to DNS by the resolver, and answered with any address.
+    """
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def _check_transport(endpoint: str, allow_insecure: bool) -> None:
@@ -420,25 +529,58 @@ def _check_transport(endpoint: str, allow_insecure: bool) -> None:
         )
 
 
+# Everything a request can fail with on the way (requests' errors are OSErrors too;
+# urllib3's and http.client's come from reading the body directly).
+_NETWORK_ERRORS = (
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+# Refused by requests before anything is sent.
+_NOT_SENT = (
+    requests.exceptions.ConnectTimeout,
+    requests.exceptions.SSLError,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+)
+
+
 def _transport_error(
-    exc: requests.exceptions.RequestException, method: str, path: str
+    exc: BaseException | None, method: str, path: str, *, deadline: float | None = None
 ) -> TransportError:
+    """The error for a failed request; ``deadline`` when it failed because that passed.
+
+    The message names the kind of failure only: the failure itself holds the request,
+    whose headers hold the key.
+    """
+    where = f"{method} /{path.lstrip('/')}"
+    # Only a request that changes something can have "taken effect".
+    effect = "" if method in ("GET", "HEAD") else "; it may have taken effect"
+    if deadline is not None:
+        message = (
+            f"{where} was cut off after the client's deadline of {deadline:g} s without a "
+            f"complete answer{effect}"
+        )
+        return TransportError(message, sent=True, timed_out=True)
+    assert exc is not None
     sent = not _never_sent(exc)
     kind = type(exc).__name__
-    where = f"{method} /{path.lstrip('/')}"
     if sent:
-        message = f"{where} failed after the request was sent ({kind}); it may have taken effect"
+        message = f"{where} failed after the request was sent ({kind}){effect}"
     else:
         message = f"{where} could not reach the server ({kind})"
-    timed_out = isinstance(exc, requests.exceptions.ReadTimeout)
+    timed_out = sent and isinstance(
+        exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError
+    )
     return TransportError(message, sent=sent, timed_out=timed_out)
 
 
 def _never_sent(exc: BaseException) -> bool:
     """Whether a requests error proves the request never reached the server."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, _NOT_SENT):
         return True
     if not isinstance(exc, requests.exceptions.ConnectionError):
         return False
@@ -484,15 +626,204 @@ def _scrub(detail: Any, secret: str) -> Any:
     if isinstance(detail, list):
         return [_scrub(item, secret) for item in detail]
     if isinstance(detail, dict):
-        return {key: _scrub(value, secret) for key, value in detail.items()}
+        return {_scrub(key, secret): _scrub(value, secret) for key, value in detail.items()}
     return detail
 
 
-def _detail(response: requests.Response) -> Any:
+_KEY_PIECE = 4
+"""Shortest beginning of the key masked where an excerpt cuts an echo of it."""
+
+
+def _excerpt(text: str, secret: str, limit: int) -> str:
+    """The first ``limit`` characters of ``text``, with any echo of the key masked.
+
+    Masked before cutting, since a cut through the key would leave its beginning, which
+    a mask applied afterwards no longer recognises; a beginning of the key left at the
+    cut by a longer echo is masked too.
+    """
+    text = text.replace(secret, "***")
+    if len(text) <= limit:
+        return text
+    text = text[:limit]
+    for size in range(min(len(secret) - 1, limit), _KEY_PIECE - 1, -1):
+        if text.endswith(secret[:size]):
+            return text[:-size] + "***"
+    return text
+
+
+def _detail(response: requests.Response, secret: str) -> Any:
+    """The server's ``detail`` (or the body, cut), with any echo of the key masked."""
     try:
         body = _decode(response.content)
     except msgspec.DecodeError:
-        return response.text[:1000]
+        return _excerpt(response.text, secret, 1000)
     if isinstance(body, dict) and "detail" in body:
-        return body["detail"]
-    return body
+        body = body["detail"]
+    return _scrub(body, secret)
+
+
+# -- the deadline of a request ---------------------------------------------------------------
+# requests' read timeout bounds each socket read, so an answer arriving a few bytes at a
+# time holds a request for as long as the bytes keep coming. Each request therefore gets
+# a deadline; one watchdog thread shuts the socket of a request that outlives it, which
+# wakes the request's thread whatever it is blocked in (sending, the headers, the body).
+
+
+class _Deadline:
+    """The end of one request's time, and the connection it runs on."""
+
+    __slots__ = ("at", "connection", "expired", "finished")
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.connection: Any = None
+        self.expired = False
+        self.finished = False
+
+
+class _Watchdog:
+    """One daemon thread cutting the connections of requests past their deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._current = threading.local()
+        self._tidy_at = 256
+
+    def begin(self, seconds: float | None) -> _Deadline | None:
+        """Start the deadline of the request the calling thread is about to make."""
+        if seconds is None:
+            return None
+        deadline = _Deadline(seconds)
+        with self._lock:
+            heap = self._heap
+            if len(heap) >= self._tidy_at:
+                # Finished requests leave their entries behind until they fall due.
+                heap[:] = [entry for entry in heap if not entry[2].finished]
+                heapq.heapify(heap)
+                self._tidy_at = max(256, 2 * len(heap))
+            heapq.heappush(heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="atomscale-accessors-deadlines", daemon=True
+                )
+                self._thread.start()
+            elif heap[0][2] is deadline:
+                self._lock.notify()
+        self._current.deadline = deadline
+        return deadline
+
+    def end(self, deadline: _Deadline | None) -> bool:
+        """Close the calling thread's deadline; return whether it had passed."""
+        if deadline is None:
+            return False
+        self._current.deadline = None
+        with self._lock:
+            deadline.finished = True
+            deadline.connection = None
+            return deadline.expired
+
+    def attach(self, connection: Any) -> None:
+        """Put ``connection`` under the deadline of the calling thread's request."""
+        deadline = getattr(self._current, "deadline", None)
+        if deadline is None:
+            return
+        with self._lock:
+            deadline.connection = connection
+            if deadline.expired:
+                raise TimeoutError("the request's deadline has passed")
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    deadline = heapq.heappop(self._heap)[2]
+                    if not deadline.finished:
+                        deadline.expired = True
+                        _cut(deadline.connection)
+                # a new earliest deadline wakes the wait early (see begin)
+                self._lock.wait(self._heap[0][0] - now if self._heap else None)
+
+    def _after_fork(self) -> None:
+        # The thread does not survive a fork, and the lock may have been held by it.
+        self._lock = threading.Condition(threading.Lock())
+        self._heap = []
+        self._thread = None
+        self._tidy_at = 256
+
+
+def _cut(connection: Any) -> None:
+    """Shut down the socket of a connection in use by another thread."""
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        # socket.socket's shutdown even for a TLS socket: the SSLSocket method would
+        # also drop its TLS state under the feet of the thread reading it.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG._after_fork)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    """A connection that the deadline of the request using it can cut."""
+
+    def connect(self) -> None:
+        _WATCHDOG.attach(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _WATCHDOG.attach(self)  # also a kept-alive connection, which connects no more
+        _send_timeout(self)
+        super().request(*args, **kwargs)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    """:class:`_HTTPConnection` over TLS."""
+
+    def connect(self) -> None:
+        _WATCHDOG.attach(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _WATCHDOG.attach(self)
+        _send_timeout(self)
+        super().request(*args, **kwargs)
+
+
+def _send_timeout(connection: urllib3.connection.HTTPConnection) -> None:
+    # urllib3 sends on a new connection under the connect timeout, but on a kept-alive
+    # one under the read timeout the previous answer left on the socket: one rule, the
+    # connect timeout (already the connection's timeout at this point), for both.
+    if connection.sock is not None:
+        connection.sock.settimeout(connection.timeout)
+
+
+class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOL_CLASSES = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, making connections that a request's deadline can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # not SOCKS, which has its own pools
+            manager.pool_classes_by_scheme = _POOL_CLASSES
+        return manager

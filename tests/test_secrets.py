@@ -344,11 +344,37 @@ def test_no_key_over_plain_http_to_another_host(endpoint, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "endpoint",
-    ["http://127.0.0.1:9/", "http://localhost:9/", "http://[::1]:9/", "http://127.5.6.7/"],
+    ("host", "bind"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("localhost", "127.0.0.1"),
+        ("[::1]", "::1"),
+        ("127.5.6.7", "127.5.6.7"),
+    ],
 )
-def test_plain_http_to_loopback_is_allowed(endpoint):
-    Client(api_key=KEY, endpoint=endpoint)
+def test_plain_http_to_loopback_is_allowed(host, bind):
+    try:
+        loopback = LocalServer(api_key=KEY, host=bind).start()
+    except OSError as exc:
+        pytest.skip(f"this machine cannot listen on {bind}: {exc}")
+    try:
+        sample_id = loopback.create_sample("over-loopback")
+        client = Client(api_key=KEY, endpoint=f"http://{host}:{loopback.port}/", retry=FAST)
+        assert client.endpoint.startswith(f"http://{host}:")
+        # A real request over plain http reaches the server and is answered.
+        assert client.list_annotations(sample_id) == []
+        assert loopback.request_count("list_annotations") == 1
+        assert (
+            len(points(3).atomscale.upload(sample_id, client=client, progress=False, **MAPPING))
+            == 3
+        )
+        assert loopback.annotation_count(sample_id) == 3
+    finally:
+        loopback.close()
+    # The same URL with a host that is not loopback is refused before anything is sent.
+    for other in ("example.org", "10.1.2.3", "[fe80::1]", "127.0.0.1.example.org"):
+        with pytest.raises(ConfigurationError, match="plain http"):
+            Client(api_key=KEY, endpoint=f"http://{other}:{loopback.port}/")
 
 
 def test_plain_http_never_goes_through_a_proxy(fresh, monkeypatch):
