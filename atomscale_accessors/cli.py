@@ -59,6 +59,7 @@ from .errors import (
     TransportError,
     UploadError,
 )
+from .failures import MAX_FAILURE_CASES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -559,7 +560,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except AnnotationValidationError as exc:
         if args.failures:
             exc.failure_cases.to_csv(args.failures, index=False)
-            print(f"all {len(exc.failure_cases):,} failures written to {args.failures}")
+            print(f"{len(exc.failure_cases):,} failures written to {args.failures}")
         raise
     print(f"{args.file}: valid")
     for line in _describe_records(records):
@@ -807,7 +808,8 @@ def _add_validate(subparsers: argparse._SubParsersAction, parents: list[Any]) ->
         "--failures",
         metavar="CSV",
         default=None,
-        help="write every validation failure to this CSV (the message shows a few)",
+        help=f"write the validation failures to this CSV (the first {MAX_FAILURE_CASES:,}; "
+        "the message counts all)",
     )
     parser.set_defaults(handler=cmd_validate)
 
@@ -941,7 +943,7 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
         if subject and Path(subject).suffix.lower() in (".csv", ".tsv"):
             notes.append("Rows are numbered by their line in the file (the header is line 1).")
         if args.command == "validate" and not args.failures:
-            notes.append("Every failure: --failures FILE.csv.")
+            notes.append("The failures as a table: --failures FILE.csv.")
         return EXIT_INVALID, f"error: {where}{exc}" + "".join("\n" + n for n in notes)
     if isinstance(exc, InvalidIdentifierError):
         return EXIT_USAGE, f"error: {exc}"

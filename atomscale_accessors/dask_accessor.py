@@ -39,7 +39,12 @@ from pandas.api.types import union_categoricals
 
 from .client import Client, check_uuid, resolve_client
 from .errors import AnnotationValidationError, ApiError, TransportError, UploadError
-from .frames import REPEATED_TEXT_COLUMNS, empty_annotation_frame
+from .frames import (
+    REPEATED_TEXT_COLUMNS,
+    AnnotationObject,
+    decode_annotations,
+    empty_annotation_frame,
+)
 from .records import RecordMapping, build_records, to_records, validated_records
 from .schemas import COORD_COLUMNS, POSITION_KEY, RECORD_COLUMNS
 from .upload import IF_EXISTS, IfExists, _Existing, _exists_error, upload_error, upload_records
@@ -59,7 +64,6 @@ log = logging.getLogger("atomscale_accessors")
 
 _FLOATS = frozenset({"property_value", *COORD_COLUMNS})
 _NULL_TEXT = "\x00"  # stands for "unset" in position keys, where NaN and None must agree
-_FAILURE_COLUMNS = ["index", "column", "check", "failure_case"]
 # Statuses after which a GET may simply be sent again.
 _TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Up to this many properties the sample is listed one property at a time (as upload does).
@@ -126,7 +130,7 @@ class AtomscaleDaskDataFrameAccessor:
         ... )
         Traceback (most recent call last):
         ...
-        atomscale_accessors.errors.AnnotationValidationError: 1 of 3 records failed validation (1 failures):
+        atomscale_accessors.errors.AnnotationValidationError: 1 of 3 records failed validation (1 failure):
           - property_value: not_nullable (1 case)
         examples (first 1; all in .failure_cases):
           row 2: property_value = nan (not_nullable)
@@ -457,7 +461,7 @@ def _stored_by_earlier_run(
     if box is not None:
         filters["x_range"], filters["y_range"] = box[:2], box[2:]
     objects = [
-        obj for obj in _list_annotations(client, sample_id, **filters) if obj["id"] not in exclude
+        obj for obj in _list_annotations(client, sample_id, **filters) if obj.id not in exclude
     ]
     if not objects:
         return empty_annotation_frame(records.index[:0])
@@ -472,15 +476,16 @@ def _relabel(frame: pd.DataFrame, labels: pd.Index) -> pd.DataFrame:
     return frame.set_axis(labels[frame.index.to_numpy(dtype=np.int64)])
 
 
-def _list_annotations(client: Client, sample_id: str, **filters: Any) -> list[dict[str, Any]]:
+def _list_annotations(client: Client, sample_id: str, **filters: Any) -> list[AnnotationObject]:
     """List annotations, retrying transient failures: a GET changes nothing."""
-    attempt = 1
+    attempt, started = 1, time.monotonic()
     while True:
         try:
-            return client.list_annotations(sample_id, **filters)
+            raw = client.list_annotations_raw(sample_id, **filters)
+            return decode_annotations(raw, f"GET /physical_samples/{sample_id}/annotations/")
         except (TransportError, ApiError) as exc:
             transient = isinstance(exc, TransportError) or exc.status_code in _TRANSIENT_STATUSES
-            if not transient or attempt >= client.retry.max_attempts:
+            if not transient or not client.retry.allows(attempt, started):
                 raise
             time.sleep(client.retry.wait(attempt, getattr(exc, "retry_after", None)))
             attempt += 1
@@ -600,7 +605,7 @@ def upload_dask_frame(
     stored = checks.stored  # annotations at the job's positions before it started
     if checks.clashes is not None:
         raise checks.clashes
-    before = frozenset(obj["id"] for obj in stored) if if_exists != "update" else frozenset()
+    before = frozenset(obj.id for obj in stored) if if_exists != "update" else frozenset()
 
     before_node = dask.delayed(before, traverse=False)
     tasks = [
@@ -759,7 +764,7 @@ def _raise_repeats(found: Sequence[pd.DataFrame], allow_duplicates: bool, n_reco
 
 def _list_stored(
     client: Client, sample_id: str, checks: Sequence[PartitionCheck]
-) -> list[dict[str, Any]]:
+) -> list[AnnotationObject]:
     """The sample's annotations of the job's properties within its extent (one listing per
     property for a few properties)."""
     names = sorted({name for check in checks for name in check.names})
@@ -769,7 +774,7 @@ def _list_stored(
         corners = np.array(boxes, dtype="float64")
         filters["x_range"] = (float(corners[:, 0].min()), float(corners[:, 1].max()))
         filters["y_range"] = (float(corners[:, 2].min()), float(corners[:, 3].max()))
-    objects: list[dict[str, Any]] = []
+    objects: list[AnnotationObject] = []
     for name in names if 0 < len(names) <= _MAX_NAMED_LISTINGS else [None]:
         objects += _list_annotations(client, sample_id, property_name=name, **filters)
     return objects
@@ -821,12 +826,12 @@ def _normalised_keys(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns, index=records.index)
 
 
-def _object_keys(objects: list[dict[str, Any]]) -> pd.DataFrame:
+def _object_keys(objects: list[AnnotationObject]) -> pd.DataFrame:
     """The position keys of annotation objects answered by the API."""
     return pd.DataFrame(
         {
             column: np.array(
-                [obj.get(column) for obj in objects],
+                [getattr(obj, column) for obj in objects],
                 dtype="float64" if column in _FLOATS else object,
             )
             for column in POSITION_KEY

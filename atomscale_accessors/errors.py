@@ -57,8 +57,8 @@ class AnnotationValidationError(AtomscaleError, ValueError):
     failure_cases : pandas.DataFrame
         One row per failure with the columns ``index`` (the input row label, or ``None``
         for a failure of the whole frame), ``column``, ``check`` and ``failure_case``
-        (the offending value). It is complete, however long; the message shows only a few
-        examples.
+        (the offending value). It keeps at most ``failures.MAX_FAILURE_CASES`` rows (the
+        message says how many more there were); the message shows only a few examples.
     """
 
     def __init__(
@@ -73,7 +73,9 @@ class AnnotationValidationError(AtomscaleError, ValueError):
         if failure_cases is None:
             import pandas as pd
 
-            failure_cases = pd.DataFrame(columns=["index", "column", "check", "failure_case"])
+            from .failures import FAILURE_COLUMNS
+
+            failure_cases = pd.DataFrame(columns=list(FAILURE_COLUMNS))
         self.failure_cases = failure_cases
 
 
@@ -169,7 +171,15 @@ class UploadError(AtomscaleError, RuntimeError):
         updated (re-run with ``if_exists="update"``).
     unknown : pandas.DataFrame
         Canonical records whose fate could not be established (the server failed after
-        receiving them and could not be asked afterwards); they may or may not be stored.
+        receiving them and could not be asked afterwards, or stored something else than
+        was sent); they may or may not be stored.
+    mismatched : pandas.DataFrame
+        Annotation frame of what the sample holds at the positions of records of
+        ``unknown`` that the server stored with other content than was sent (a rounded
+        value, say), indexed like those records.
+    extra : pandas.DataFrame
+        With ``verify=True``: annotation frame of the annotations at this upload's
+        positions that neither the state before the upload nor the upload account for.
     cause : BaseException
         The error that stopped the upload (also chained as ``__cause__``).
     """
@@ -183,12 +193,16 @@ class UploadError(AtomscaleError, RuntimeError):
         not_updated: pd.DataFrame | None = None,
         unknown: pd.DataFrame | None = None,
         cause: BaseException | None = None,
+        mismatched: pd.DataFrame | None = None,
+        extra: pd.DataFrame | None = None,
     ) -> None:
         super().__init__(message)
         self.created = created
         self.not_created = not_created
         self.not_updated = not_updated if not_updated is not None else not_created.iloc[:0]
         self.unknown = unknown if unknown is not None else not_created.iloc[:0]
+        self.mismatched = mismatched if mismatched is not None else created.iloc[:0]
+        self.extra = extra if extra is not None else created.iloc[:0]
         self.cause = cause
 
 

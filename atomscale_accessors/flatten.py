@@ -41,9 +41,18 @@ from pandera.engines.xarray_engine import DataType as _XarrayDataType
 from pandera.errors import SchemaError, SchemaErrors
 
 from .errors import AnnotationValidationError, MapStructureError
+from .failures import (
+    MAX_EXAMPLES,
+    FailureCollector,
+    clip,
+    failure_table,
+    format_message,
+    quote,
+    quote_list,
+)
 from .records import DEFAULT_COORD_REF_FRAME
-from .schemas import RECORD_COLUMNS
-from .validation import failure_message, validate_records
+from .schemas import RECORD_COLUMNS, repeated_positions
+from .validation import check_records, validate_records
 
 __all__ = [
     "COORD_NAMES",
@@ -82,8 +91,6 @@ COORD_NAMES: dict[str, tuple[str, ...]] = {
 _MAX_EXACT_INT = 2**53
 # frame_to_map puts points on a grid when they fill at least this share of its cells.
 _GRID_MIN_FILL = 0.5
-_MAX_LISTED = 10
-_FAILURE_COLUMNS = ["index", "column", "check", "failure_case"]
 ExtraDims = Literal["error", "metadata"]
 
 
@@ -240,7 +247,7 @@ def iter_flatten_map(
     [26, 38, 17]
     """
     if block_rows is not None and (isinstance(block_rows, bool) or int(block_rows) < 1):
-        raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
+        raise ValueError(f"block_rows must be a positive integer, got {quote(block_rows)}")
     plan = _plan(ds, **options)
     return _iter_blocks(plan, block_rows)
 
@@ -268,8 +275,10 @@ def validate_map(
     Returns
     -------
     pandas.DataFrame
-        The validated canonical records. (A dask-backed map is computed one variable at
-        a time, since all its records are returned anyway.)
+        The validated canonical records. (A dask-backed map is computed and validated one
+        dask block at a time, and its records come in the order of the blocks, as an
+        upload sends them; validation stops early once ``MAX_FAILURE_CASES`` failures are
+        found, so a map that is wrong throughout fails fast, in bounded memory.)
 
     Raises
     ------
@@ -288,14 +297,21 @@ def validate_map(
     >>> validate_map(ds)
     Traceback (most recent call last):
     ...
-    atomscale_accessors.errors.AnnotationValidationError: 1 of 49 records failed validation (1 failures):
+    atomscale_accessors.errors.AnnotationValidationError: 1 of 49 records failed validation (1 failure):
     ...
     """
     plan = _plan(ds, **options)
-    records = _flatten_whole(plan)
-    return validate_records(
-        records, dropna=dropna, allow_duplicates=_allow_duplicates(allow_duplicates, plan)
-    )
+    allow = _allow_duplicates(allow_duplicates, plan)
+    if not plan.chunked:
+        return validate_records(_flatten_whole(plan), dropna=dropna, allow_duplicates=allow)
+    blocks: list[pd.DataFrame] = []
+    _validate_blocks(plan, None, dropna=dropna, allow_duplicates=allow, keep=blocks)
+    records = blocks[0] if len(blocks) == 1 else pd.concat(blocks)
+    checked = allow or _positions_unique(plan) or len(blocks) == 1
+    if not checked and repeated_positions(records).any():
+        # One position in two blocks: the blocks' own checks cannot see it.
+        return validate_records(records, allow_duplicates=False)
+    return records
 
 
 def upload_map(
@@ -309,6 +325,7 @@ def upload_map(
     max_workers: int | None = None,
     progress: Any = None,
     dry_run: bool = False,
+    verify: bool = False,
     dropna: bool = False,
     allow_duplicates: bool | None = None,
     block_rows: int | None = None,
@@ -329,7 +346,7 @@ def upload_map(
         The map; never modified.
     sample_id : str
         UUID of the physical sample.
-    client, if_exists, chunk_size, max_chunk_bytes, max_workers, progress, dry_run
+    client, if_exists, chunk_size, max_chunk_bytes, max_workers, progress, dry_run, verify
         As for :func:`~atomscale_accessors.upload.upload_records`.
     dropna, allow_duplicates : bool
         As for :func:`validate_map`.
@@ -355,6 +372,7 @@ def upload_map(
         "max_workers": max_workers,
         "progress": progress,
         "dry_run": dry_run,
+        "verify": verify,
     }
     if not plan.chunked:
         records = _flatten_whole(plan)
@@ -489,8 +507,8 @@ class _Problems:
     def raise_if_any(self) -> None:
         if not self.messages:
             return
-        table = pd.DataFrame(self.rows, columns=_FAILURE_COLUMNS)
-        raise MapStructureError(_structure_message(self.messages, self.subject), table)
+        message = format_message(reasons=self.messages, heading=self.subject)
+        raise MapStructureError(message, failure_table(self.rows))
 
 
 def _plan(
@@ -512,7 +530,7 @@ def _plan(
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"expected an xarray Dataset, got {type(ds).__name__}")
     if extra_dims not in ("error", "metadata"):
-        raise ValueError(f"extra_dims must be 'error' or 'metadata', got {extra_dims!r}")
+        raise ValueError(f"extra_dims must be 'error' or 'metadata', got {quote(extra_dims)}")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     problems = _Problems()
@@ -596,8 +614,8 @@ def _plan(
     for p in properties:
         if p.name in seen:
             problems.add(
-                f"variables {seen[p.name]!r} and {p.variable!r} both give the property "
-                f"{p.name!r}: rename one with property_name={{variable: name}}",
+                f"variables {quote(seen[p.name])} and {quote(p.variable)} both give the property "
+                f"{quote(p.name)}: rename one with property_name={{variable: name}}",
                 p.variable,
                 "unique_property_name",
                 p.name,
@@ -628,14 +646,14 @@ def _find_coordinate(
         if given in ds.variables:
             return given
         hint = (
-            f"; {given!r} is a dimension without coordinate values: assign them with "
-            f"ds.assign_coords({given}=...)"
+            f"; {quote(given)} is a dimension without coordinate values: assign them with "
+            f"ds.assign_coords({clip(given)}=...)"
             if given in ds.dims
             else ""
         )
         problems.add(
-            f"{role}={given!r}: no coordinate or variable of that name "
-            f"(coordinates: {_names(ds.coords)}){hint}",
+            f"{role}={quote(given)}: no coordinate or variable of that name "
+            f"(coordinates: {quote_list(ds.coords)}){hint}",
             role,
             "coordinate_present",
             given,
@@ -648,7 +666,7 @@ def _find_coordinate(
         return by_axis[0]
     if len(by_axis) > 1:
         problems.add(
-            f"several coordinates have axis={role.upper()!r}: {_names(by_axis)}; name one with {role}=",
+            f"several coordinates have axis={quote(role.upper())}: {quote_list(by_axis)}; name one with {role}=",
             role,
             "unique_axis",
             tuple(by_axis),
@@ -660,7 +678,7 @@ def _find_coordinate(
             return hits[0]
         if len(hits) > 1:
             problems.add(
-                f"several candidates for the {role} coordinate: {_names(hits)}; name one with {role}=",
+                f"several candidates for the {role} coordinate: {quote_list(hits)}; name one with {role}=",
                 role,
                 "unique_axis",
                 tuple(hits),
@@ -670,14 +688,14 @@ def _find_coordinate(
         return None
     dims = [d for d in ds.dims if str(d).lower() == role]
     hint = (
-        f"; the dimension {dims[0]!r} has no coordinate values: assign positions with "
-        f"ds.assign_coords({dims[0]}=...)"
+        f"; the dimension {quote(dims[0])} has no coordinate values: assign positions with "
+        f"ds.assign_coords({clip(dims[0])}=...)"
         if dims
         else ""
     )
     problems.add(
-        f"no {role} coordinate found (looked for axis={role.upper()!r} and the names "
-        f"{', '.join(COORD_NAMES[role][:6])}, ...; coordinates: {_names(ds.coords)}): "
+        f"no {role} coordinate found (looked for axis={quote(role.upper())} and the names "
+        f"{', '.join(COORD_NAMES[role][:6])}, ...; coordinates: {quote_list(ds.coords)}): "
         f"name it with {role}=...{hint}",
         role,
         "coordinate_present",
@@ -704,8 +722,8 @@ def _select_variables(
         for v in chosen:
             if v not in ds.data_vars or v in axes:
                 problems.add(
-                    f"no data variable {v!r} (data variables: "
-                    f"{_names([n for n in ds.data_vars if n not in axes])})",
+                    f"no data variable {quote(v)} (data variables: "
+                    f"{quote_list([n for n in ds.data_vars if n not in axes])})",
                     v,
                     "variable_present",
                     v,
@@ -717,13 +735,13 @@ def _select_variables(
     if skipped:
         log.info(
             "not flattening %s: not on all the spatial dimensions %s",
-            _names(skipped),
+            quote_list(skipped),
             tuple(spatial),
         )
     if not chosen:
         problems.add(
             f"no data variable has the spatial dimensions {tuple(spatial)} "
-            f"(data variables: {_names(candidates)})",
+            f"(data variables: {quote_list(candidates)})",
             "variables",
             "variable_on_spatial_dims",
             None,
@@ -741,8 +759,8 @@ def _per_variable(
         unknown = [k for k in option if k not in selected]
         if unknown:
             problems.add(
-                f"{what}= names variables that are not flattened: {_names(unknown)} "
-                f"(flattened: {_names(selected)})",
+                f"{what}= names variables that are not flattened: {quote_list(unknown)} "
+                f"(flattened: {quote_list(selected)})",
                 what,
                 "variable_present",
                 tuple(unknown),
@@ -750,7 +768,7 @@ def _per_variable(
         return {k: option[k] for k in selected if k in option}
     if what == "property_name" and len(selected) > 1:
         problems.add(
-            f"property_name={option!r} would give {len(selected)} variables the same name: "
+            f"property_name={quote(option)} would give {len(selected)} variables the same name: "
             "pass {variable: name} instead",
             what,
             "unique_property_name",
@@ -758,7 +776,7 @@ def _per_variable(
         )
         return {}
     if not isinstance(option, str) or not option.strip():
-        problems.add(f"{what}={option!r} is not a text", what, "text", option)
+        problems.add(f"{what}={quote(option)} is not a text", what, "text", option)
         return {}
     return dict.fromkeys(selected, option)
 
@@ -790,7 +808,7 @@ def _add_schema_error(error: SchemaError, problems: _Problems, coords: set[Hasha
     if check.startswith("dtype"):
         hint = "" if kind == "coordinate" else "; choose the numeric variables with variables=[...]"
         problems.add(
-            f"{kind} {name!r} holds {case} values, not real numbers (int or float){hint}",
+            f"{kind} {quote(name)} holds {case} values, not real numbers (int or float){hint}",
             name,
             "real_number",
             case,
@@ -803,32 +821,32 @@ def _add_schema_error(error: SchemaError, problems: _Problems, coords: set[Hasha
                 else 'pass property_unit= (use "1" for a dimensionless quantity)'
             )
             problems.add(
-                f"{kind} {name!r} has no units: set its attrs['units'] or {fix}",
+                f"{kind} {quote(name)} has no units: set its attrs['units'] or {fix}",
                 name,
                 "units_given",
                 None,
             )
         else:
             problems.add(
-                f"{kind} {name!r} has units attribute {case!r}, which is not a unit",
+                f"{kind} {quote(name)} has units attribute {quote(case)}, which is not a unit",
                 name,
                 "units_text",
                 case,
             )
     elif check == "dims":
-        problems.add(f"variable {name!r}: {message}", name, "spatial_dims", case)
+        problems.add(f"variable {quote(name)}: {message}", name, "spatial_dims", case)
     else:
-        problems.add(f"{kind} {name!r}: {message}", name, check or "structure", case)
+        problems.add(f"{kind} {quote(name)}: {message}", name, check or "structure", case)
 
 
 def _extra_dim_message(
     variable: Hashable, dim: Hashable, size: int, spatial_dims: tuple[Hashable, ...]
 ) -> str:
     return (
-        f"variable {variable!r} has the dimension {dim!r} (size {size}) besides the spatial "
-        f"dimensions {spatial_dims}: select one slice with .sel({dim}=...) or "
-        f".isel({dim}=0), or pass extra_dims='metadata' to keep every slice with its "
-        f"{dim} in the metadata"
+        f"variable {quote(variable)} has the dimension {quote(dim)} (size {size}) besides the spatial "
+        f"dimensions {spatial_dims}: select one slice with .sel({clip(dim)}=...) or "
+        f".isel({clip(dim)}=0), or pass extra_dims='metadata' to keep every slice with its "
+        f"{clip(dim)} in the metadata"
     )
 
 
@@ -841,7 +859,7 @@ def _resolve_axes(
 ) -> tuple[tuple[_Axis, ...], str]:
     """The axes with their unit conversions; the unit every position is given in."""
     if coord_units is not None and (not isinstance(coord_units, str) or not coord_units.strip()):
-        problems.add(f"coord_units={coord_units!r} is not a unit", "coord_units", "units_text")
+        problems.add(f"coord_units={quote(coord_units)} is not a unit", "coord_units", "units_text")
         problems.raise_if_any()
     units = {role: ds[n].attrs.get("units") for role, n in names.items() if n is not None}
     target = coord_units if coord_units is not None else units["x"]
@@ -868,10 +886,10 @@ def _converter(
 ) -> Callable[[np.ndarray], np.ndarray] | None:
     registry = _unit_registry()
     if registry is None:
-        shown = ", ".join(f"{r} in {u!r}" for r, u in units.items())
+        shown = ", ".join(f"{r} in {quote(u)}" for r, u in units.items())
         problems.add(
             f"the coordinates are in different units ({shown}) and pint is not installed to "
-            f"convert {role} ({name!r}) to {target!r}: install pint, or convert the "
+            f"convert {role} ({quote(name)}) to {quote(target)}: install pint, or convert the "
             "coordinates to one unit yourself",
             name,
             "same_units",
@@ -882,7 +900,7 @@ def _converter(
         registry.Quantity(1.0, source).to(target)
     except Exception as exc:  # pint raises several unrelated types for bad units
         problems.add(
-            f"cannot convert {role} ({name!r}) from {source!r} to {target!r}: {exc}",
+            f"cannot convert {role} ({quote(name)}) from {quote(source)} to {quote(target)}: {exc}",
             name,
             "convertible_units",
             source,
@@ -908,10 +926,7 @@ def _unit_registry() -> Any:
 def _check_unique_positions(plan: _Plan, problems: _Problems) -> None:
     ds = plan.ds
     coords = [ds[a.name] for a in plan.axes]
-    separable = all(len(a.dims) <= 1 for a in plan.axes) and len(
-        {d for a in plan.axes for d in a.dims}
-    ) == sum(len(a.dims) for a in plan.axes)
-    if separable:
+    if _separable(plan.axes):
         # A product of 1-D axes: positions are unique when each axis is.
         for axis, coord in zip(plan.axes, coords, strict=True):
             if not axis.dims:
@@ -923,8 +938,8 @@ def _check_unique_positions(plan: _Plan, problems: _Problems) -> None:
                 repeated = _plain(dup.iloc[0])
                 positions = dup.index[dup == repeated].tolist()
                 problems.add(
-                    f"{axis.role} coordinate {axis.name!r} repeats the value {repeated!r} "
-                    f"(at {axis.dims[0]!r} positions {positions[:_MAX_LISTED]}): two cells "
+                    f"{axis.role} coordinate {quote(axis.name)} repeats the value {quote(repeated)} "
+                    f"(at {quote(axis.dims[0])} positions {positions[:MAX_EXAMPLES]}): two cells "
                     "at one position",
                     axis.name,
                     "unique_position",
@@ -947,8 +962,8 @@ def _check_unique_positions(plan: _Plan, problems: _Problems) -> None:
         where = np.flatnonzero(dup)
         first = positions.iloc[where[0]]
         same = where[(positions.iloc[where] == first).all(axis=1).to_numpy()]
-        cells = [_label(plan, np.unravel_index(i, shape)) for i in same[:_MAX_LISTED]]
-        shown = ", ".join(f"{k}={_plain(v)!r}" for k, v in first.items())
+        cells = [_label(plan, np.unravel_index(i, shape)) for i in same[:MAX_EXAMPLES]]
+        shown = ", ".join(f"{k}={quote(_plain(v))}" for k, v in first.items())
         problems.add(
             f"{dup.sum()} cells share a position with another cell, e.g. {shown} at "
             f"{plan.spatial_dims} = {cells}",
@@ -956,6 +971,21 @@ def _check_unique_positions(plan: _Plan, problems: _Problems) -> None:
             "unique_position",
             tuple(_plain(v) for v in first.tolist()),
         )
+
+
+def _separable(axes: Sequence[_Axis]) -> bool:
+    """Whether the positions are a product of 1-D axes on distinct dimensions."""
+    dims = [d for a in axes for d in a.dims]
+    return all(len(a.dims) <= 1 for a in axes) and len(set(dims)) == len(dims)
+
+
+def _positions_unique(plan: _Plan) -> bool:
+    """Whether the checks of the plan prove one record per property and position, so
+    that the records need no uniqueness check (no extra dimensions, no unit conversion
+    that could round two positions into one, and coordinates checked in the plan)."""
+    if any(p.extra_dims for p in plan.properties) or any(a.convert for a in plan.axes):
+        return False
+    return _separable(plan.axes) or not any(_is_dask(plan.ds[a.name].data) for a in plan.axes)
 
 
 def _expand(
@@ -1028,21 +1058,41 @@ def _iter_blocks(plan: _Plan, block_rows: int | None) -> Iterator[pd.DataFrame]:
 
 
 def _validate_blocks(
-    plan: _Plan, block_rows: int | None, *, dropna: bool, allow_duplicates: bool
+    plan: _Plan,
+    block_rows: int | None,
+    *,
+    dropna: bool,
+    allow_duplicates: bool,
+    keep: list[pd.DataFrame] | None = None,
 ) -> int:
-    """Pass 1 of a streamed upload: validate every block, keep only the failures; return
-    how many records the blocks hold."""
-    failures: list[pd.DataFrame] = []
+    """Validate every block (pass 1 of a streamed upload); return how many records the
+    blocks hold, or raise one error with the failures of all of them.
+
+    The failures are capped (counts exact, cases up to ``MAX_FAILURE_CASES``), and once the
+    cap is reached no further block is read: a map that is wrong throughout fails in the
+    time and memory of a few blocks. ``keep`` receives the valid records of each block
+    while no block has failed.
+    """
+    failures = FailureCollector()
+    allow_duplicates = allow_duplicates or _positions_unique(plan)
     n_rows = 0
-    for block in _iter_blocks(plan, block_rows):
-        n_rows += len(block)
-        try:
-            validate_records(block, dropna=dropna, allow_duplicates=allow_duplicates)
-        except AnnotationValidationError as exc:
-            failures.append(exc.failure_cases)
+    blocks = _iter_blocks(plan, block_rows)
+    try:
+        for block in blocks:
+            if failures.full:
+                failures.stopped_early = True  # the counts so far are lower bounds
+                break
+            n_rows += len(block)
+            valid = check_records(block, failures, dropna=dropna, allow_duplicates=allow_duplicates)
+            if keep is not None:
+                if failures:
+                    keep.clear()  # nothing is returned after a failure
+                else:
+                    keep.append(valid)
+    finally:
+        blocks.close()
     if failures:
-        table = pd.concat(failures, ignore_index=True)
-        raise AnnotationValidationError(failure_message(table, n_rows), table)
+        raise failures.error(n_rows)
     return n_rows
 
 
@@ -1053,9 +1103,9 @@ def _transposed(plan: _Plan, prop: _Property) -> xr.DataArray:
 def _finish_variable(prop: _Property, n_cells: int, n_kept: int) -> None:
     if n_kept == 0:
         raise MapStructureError(
-            f"every cell of variable {prop.variable!r} is NaN: nothing to upload "
+            f"every cell of variable {quote(prop.variable)} is NaN: nothing to upload "
             "(leave it out with variables=[...])",
-            pd.DataFrame([[None, prop.variable, "has_values", None]], columns=_FAILURE_COLUMNS),
+            failure_table([(None, prop.variable, "has_values", None)]),
         )
     if n_cells > n_kept:
         log.info(
@@ -1105,9 +1155,9 @@ def _block_records(
         table = pd.concat(failures, ignore_index=True)
         first = table.iloc[0]
         raise MapStructureError(
-            f"variable {prop.variable!r}: {len(table)} cells with a value have a non-finite "
-            f"coordinate, e.g. {first['column']!r} = {first['failure_case']!r} at "
-            f"{plan.spatial_dims} = {_plain_label(first['index'])!r}; positions must be finite "
+            f"variable {quote(prop.variable)}: {len(table)} cells with a value have a non-finite "
+            f"coordinate, e.g. {quote(first['column'])} = {quote(first['failure_case'])} at "
+            f"{plan.spatial_dims} = {quote(_plain_label(first['index']))}; positions must be finite "
             "where there is a value",
             table,
         )
@@ -1194,14 +1244,14 @@ def _to_float64(
                 }
             )
             raise AnnotationValidationError(
-                f"{name!r} holds {len(where)} integers beyond 2**53 that float64 cannot "
-                f"represent exactly, e.g. {values[where[0]]} at {_plain_label(cells[0])!r}",
+                f"{quote(name)} holds {len(where)} integers beyond 2**53 that float64 cannot "
+                f"represent exactly, e.g. {values[where[0]]} at {quote(_plain_label(cells[0]))}",
                 table,
             )
         return values.astype("float64")
     raise MapStructureError(  # pragma: no cover - the pandera schema rejects these first
-        f"{name!r} holds {values.dtype} values, not real numbers",
-        pd.DataFrame([[None, name, "real_number", str(values.dtype)]], columns=_FAILURE_COLUMNS),
+        f"{quote(name)} holds {values.dtype} values, not real numbers",
+        failure_table([(None, name, "real_number", str(values.dtype))]),
     )
 
 
@@ -1352,9 +1402,7 @@ def frame_to_map(frame: pd.DataFrame, *, dims: str | Sequence[str] | None = None
     if missing:
         raise MapStructureError(
             f"the frame lacks the columns {missing} needed to place annotations on a map",
-            pd.DataFrame(
-                [[None, c, "column_present", None] for c in missing], columns=_FAILURE_COLUMNS
-            ),
+            failure_table((None, c, "column_present", None) for c in missing),
         )
     grid_dims, point_dim = _parse_dims(dims)
     if len(frame) == 0:
@@ -1386,7 +1434,7 @@ def frame_to_map(frame: pd.DataFrame, *, dims: str | Sequence[str] | None = None
     for name in names:
         if name in ("x", "y", "z") or (point_dim is not None and name == point_dim):
             problems.add(
-                f"the property {name!r} has the name of a coordinate of the map",
+                f"the property {quote(name)} has the name of a coordinate of the map",
                 "property_name",
                 "distinct_names",
                 name,
@@ -1458,18 +1506,18 @@ def _parse_dims(dims: str | Sequence[str] | None) -> tuple[tuple[str, ...] | Non
     if len(dims) == 1:
         if dims[0] in ("x", "y", "z"):
             raise ValueError(
-                f"the point dimension cannot be named {dims[0]!r}, a coordinate's name"
+                f"the point dimension cannot be named {quote(dims[0])}, a coordinate's name"
             )
         return None, dims[0]
     if len(dims) not in (2, 3) or len(set(dims)) != len(dims):
         raise ValueError(
-            f"dims must be one name (points) or two or three distinct names (a grid), got {dims!r}"
+            f"dims must be one name (points) or two or three distinct names (a grid), got {quote(dims)}"
         )
     roles = ("y", "x") if len(dims) == 2 else ("z", "y", "x")
     for dim, role in zip(dims, roles, strict=True):
         if dim in ("x", "y", "z") and dim != role:
             raise ValueError(
-                f"dims={dims!r} puts {dim!r} where {role!r} belongs: grid dims are in the order "
+                f"dims={quote(dims)} puts {quote(dim)} where {quote(role)} belongs: grid dims are in the order "
                 f"{roles}"
             )
     return dims, None
@@ -1483,8 +1531,8 @@ def _single(frame: pd.DataFrame, column: str, problems: _Problems, what: str) ->
     if len(found) > 1 or (found and col.isna().any()):
         shown = found + ([None] if col.isna().any() else [])
         problems.add(
-            f"the frame mixes {what} {shown}: select one first, e.g. "
-            f"frame[frame[{column!r}] == {found[0]!r}]",
+            f"the frame mixes {what} {quote_list(shown)}: select one first, e.g. "
+            f"frame[frame[{quote(column)}] == {quote(found[0])}]",
             column,
             "single_value",
             tuple(shown),
@@ -1508,7 +1556,7 @@ def _per_property(
         found = col[rows].dropna().unique().tolist()
         if len(found) > 1:
             problems.add(
-                f"the property {name!r} comes in several {what} {found}: convert or select "
+                f"the property {quote(name)} comes in several {what} {quote_list(found)}: convert or select "
                 "one first",
                 column,
                 "single_value",
@@ -1554,16 +1602,14 @@ def _to_grid(
     z_scalar: bool,
 ) -> xr.Dataset:
     def refuse(message: str, check: str) -> MapStructureError:
-        return MapStructureError(
-            message, pd.DataFrame([[None, "coord_z", check, None]], columns=_FAILURE_COLUMNS)
-        )
+        return MapStructureError(message, failure_table([(None, "coord_z", check, None)]))
 
     if len(grid_dims) == 3 and uz is None:
         state = "the same everywhere" if z_scalar else "missing"
-        raise refuse(f"dims={grid_dims!r} asks for a 3-D grid but z is {state}", "grid_axis")
+        raise refuse(f"dims={quote(grid_dims)} asks for a 3-D grid but z is {state}", "grid_axis")
     if len(grid_dims) == 2 and uz is not None:
         raise refuse(
-            f"dims={grid_dims!r} asks for a 2-D grid but z varies: pass three dims, e.g. "
+            f"dims={quote(grid_dims)} asks for a 2-D grid but z varies: pass three dims, e.g. "
             "('z', 'y', 'x'), or dims='point'",
             "grid_axis",
         )
@@ -1579,11 +1625,9 @@ def _to_grid(
         if repeat is not None:
             i = np.flatnonzero(rows)[repeat]
             raise MapStructureError(
-                f"the property {name!r} has several values at one position (x={_plain(x[i])!r}, "
-                f"y={_plain(y[i])!r}): a grid holds one per cell; use dims='point'",
-                pd.DataFrame(
-                    [[None, "property_value", "unique_position", name]], columns=_FAILURE_COLUMNS
-                ),
+                f"the property {quote(name)} has several values at one position (x={quote(_plain(x[i]))}, "
+                f"y={quote(_plain(y[i]))}): a grid holds one per cell; use dims='point'",
+                failure_table([(None, "property_value", "unique_position", name)]),
             )
         grid = np.full(n_cells, np.nan)
         grid[cells] = values[rows]
@@ -1632,20 +1676,6 @@ def _to_points(
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def _structure_message(messages: list[str], subject: str) -> str:
-    unique = list(dict.fromkeys(messages))
-    lines = [f"  - {m}" for m in unique[:_MAX_LISTED]]
-    if len(unique) > _MAX_LISTED:
-        lines.append(f"  ... and {len(unique) - _MAX_LISTED} more (all in .failure_cases)")
-    return f"{subject}:\n" + "\n".join(lines)
-
-
-def _names(names: Iterable[Any]) -> str:
-    shown = [repr(n) for n in names]
-    more = ", ..." if len(shown) > 20 else ""
-    return f"[{', '.join(shown[:20])}{more}]"
-
-
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 

@@ -18,12 +18,15 @@ import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 
 from .client import check_uuid, resolve_client
+from .errors import ApiError
 from .schemas import ANNOTATION_COLUMNS
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "REPEATED_TEXT_COLUMNS",
     "FrameBuilder",
     "annotation_frame",
+    "decode_annotations",
     "empty_annotation_frame",
     "fetch",
     "metadata_copies",
@@ -59,21 +63,36 @@ _TEXT_DTYPE = pd.Series(["text"]).dtype
 _TIME_UNIT = pd.to_datetime(pd.Series(["2026-01-01T00:00:00.123456Z"]), utc=True).dt.unit
 
 
-def _column(name: str, values: Any, index: pd.Index) -> pd.Series:
+def _column(name: str, values: Any, index: pd.Index, route: str = "") -> pd.Series:
     """One annotation-frame column in its dtype, from a list or array of values."""
     if name in _FLOAT_COLUMNS:
         return pd.Series(np.asarray(values, dtype="float64"), index=index)
     if name == "last_updated":
         # Naive timestamps are UTC (the API has been seen answering both forms).
-        parsed = pd.to_datetime(
-            pd.Series(values, index=index, dtype=object), utc=True, format="ISO8601"
-        )
+        texts = pd.Series(values, index=index, dtype=object)
+        try:
+            parsed = pd.to_datetime(texts, utc=True, format="ISO8601")
+        except (ValueError, TypeError, OverflowError):
+            bad = next(v for v in texts if not _is_time(v))
+            raise unreadable(
+                route, f"last_updated is not an ISO 8601 time: {_quoted(bad)}"
+            ) from None
         return parsed.dt.as_unit(_TIME_UNIT)
     if name == "metadata":
         return pd.Series(values, index=index, dtype=object)
     if name == "annotation_id":
         return pd.Series(values, index=index, dtype=_TEXT_DTYPE)
     return pd.Series(_categorical(values), index=index)
+
+
+def _is_time(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        pd.to_datetime(pd.Series([value], dtype=object), utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
 
 
 def _categorical(values: Any) -> pd.Categorical:
@@ -91,6 +110,65 @@ def _categorical(values: Any) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, categories)
 
 
+class AnnotationObject(msgspec.Struct, gc=False):
+    """An annotation object as the API answers it, with the JSON type of every field the
+    library reads checked while parsing (unknown fields are skipped)."""
+
+    id: str
+    physical_sample_id: str | None = None
+    property_name: str | None = None
+    property_value: float | None = None
+    property_unit: str | None = None
+    char_source_type: str | None = None
+    coord_ref_frame: str | None = None
+    coord_units: str | None = None
+    coord_x: float | None = None
+    coord_y: float | None = None
+    coord_z: float | None = None
+    data_id: str | None = None
+    annotation_metadata: dict[str, Any] | None = None
+    last_updated: str | None = None
+    version: str | int | float | None = None
+
+
+_DECODE_ANNOTATIONS = msgspec.json.Decoder(list[AnnotationObject])
+_AT_PATH = re.compile(r"at `\$\[(\d+)\](?:\.(\w+))?")
+_SHOWN = 80  # characters of an offending value shown in an error
+
+
+def decode_annotations(
+    raw: bytes, route: str, decoder: msgspec.json.Decoder = _DECODE_ANNOTATIONS
+) -> list[Any]:
+    """A JSON array of annotation objects answered to ``route`` (``"GET /..."``), as
+    structs of ``decoder``'s type; an :class:`ApiError` naming the annotation, the field
+    and its value when the answer is not one."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        where = _AT_PATH.search(str(exc))
+        if where is None:
+            raise unreadable(route, f"not an array of annotation objects ({exc})") from None
+        number, name = int(where[1]), where[2]
+        item = msgspec.json.decode(raw)[number]
+        value = item.get(name) if name and isinstance(item, dict) else item
+        raise unreadable(
+            route, f"annotation {number}: {name or 'the object'} is {_quoted(value)} ({exc})"
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise unreadable(route, f"not JSON ({exc})") from None
+
+
+def unreadable(route: str, problem: str) -> ApiError:
+    """The error for a 2xx answer the library cannot read."""
+    method, _, path = route.partition(" ")
+    return ApiError(200, f"unreadable answer: {problem}", method=method, path=path)
+
+
+def _quoted(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= _SHOWN else f"{shown[: _SHOWN - 3]}... ({len(shown)} characters)"
+
+
 def metadata_copies(values: np.ndarray) -> np.ndarray:
     """Records' metadata as new dicts (None where unset): a result never shares dicts with
     its input."""
@@ -106,16 +184,21 @@ def empty_annotation_frame(index: pd.Index | None = None) -> pd.DataFrame:
 
 
 def annotation_frame(
-    objects: Sequence[dict[str, Any]], index: pd.Index | None = None
+    objects: Sequence[dict[str, Any] | AnnotationObject],
+    index: pd.Index | None = None,
+    *,
+    route: str = "",
 ) -> pd.DataFrame:
     """Annotation objects as answered by the API to an annotation frame.
 
     Parameters
     ----------
-    objects : sequence of dict
+    objects : sequence of dict or AnnotationObject
         Annotation objects, as parsed from the API's JSON.
     index : pandas.Index, optional
         Index of the frame; default a ``RangeIndex``.
+    route : str, optional
+        The request that was answered with them, for errors (``"GET /..."``).
 
     Returns
     -------
@@ -152,13 +235,17 @@ def annotation_frame(
     """
     if index is None:
         index = pd.RangeIndex(len(objects))
+    as_dicts = not objects or isinstance(objects[0], dict)
     columns = {}
     for name in ANNOTATION_COLUMNS:
         key = _SOURCE.get(name, name)
-        values = [obj.get(key) for obj in objects]
+        if as_dicts:
+            values = [obj.get(key) for obj in objects]  # type: ignore[union-attr]
+        else:
+            values = list(map(attrgetter(key), objects))
         if name in _FLOAT_COLUMNS:
             values = [np.nan if v is None else v for v in values]
-        columns[name] = _column(name, values, index)
+        columns[name] = _column(name, values, index, route)
     return pd.DataFrame(columns, index=index)
 
 
@@ -196,14 +283,15 @@ def fetch(
         Status 404 for an unknown sample.
     """
     sid = check_uuid(sample_id)
-    objects = resolve_client(client).list_annotations(
+    raw = resolve_client(client).list_annotations_raw(
         sid,
         property_name=property_name,
         char_source_type=char_source_type,
         x_range=x_range,
         y_range=y_range,
     )
-    return annotation_frame(objects)
+    route = f"GET /physical_samples/{sid}/annotations/"
+    return annotation_frame(decode_annotations(raw, route), route=route)
 
 
 # -- an annotation frame built by input position ----------------------------------------------
@@ -217,13 +305,14 @@ _ARROW_TEXT = isinstance(_TEXT_DTYPE, pd.StringDtype) and _TEXT_DTYPE.storage ==
 _NAT = np.iinfo(np.int64).min
 
 
-def parse_times(values: list[Any]) -> np.ndarray:
+def parse_times(values: list[Any], route: str = "") -> np.ndarray:
     """ISO 8601 timestamps (naive ones read as UTC) as int64 in the frames' unit, NaT for
-    None. Each distinct text is parsed once: a bulk answer repeats one or a few times."""
+    None. Each distinct text is parsed once: a bulk answer repeats one or a few times.
+    ``route`` names the request they answer, for errors."""
     if len(values) and values.count(values[0]) == len(values):  # one time: no hashing
-        return np.full(len(values), _ticks([values[0]])[0], dtype=np.int64)
+        return np.full(len(values), _ticks([values[0]], route)[0], dtype=np.int64)
     distinct = dict.fromkeys(values)
-    ticks = _ticks(list(distinct))
+    ticks = _ticks(list(distinct), route)
     lookup = dict(zip(distinct, ticks.tolist(), strict=True))
     return np.fromiter(map(lookup.__getitem__, values), dtype=np.int64, count=len(values))
 
@@ -244,7 +333,7 @@ def text_codes(values: list[Any]) -> tuple[np.ndarray, list[Any]]:
     )
 
 
-def _ticks(texts: list[Any]) -> np.ndarray:
+def _ticks(texts: list[Any], route: str = "") -> np.ndarray:
     """Timestamps as int64 ticks of the frames' unit; the usual form without pandas."""
     if (
         len(texts) == 1
@@ -257,7 +346,7 @@ def _ticks(texts: list[Any]) -> np.ndarray:
             moment = moment.replace(tzinfo=UTC)  # naive times are UTC
         micros = (moment - _EPOCH) // timedelta(microseconds=1)
         return np.array([micros * _TICKS_PER_MICROSECOND], dtype=np.int64)
-    parsed = _column("last_updated", texts, pd.RangeIndex(len(texts)))
+    parsed = _column("last_updated", texts, pd.RangeIndex(len(texts)), route)
     return parsed.array.asi8 if len(texts) else np.empty(0, dtype=np.int64)
 
 
@@ -439,6 +528,12 @@ class FrameBuilder:
                 self._id_objects[held] = [bytes(r).decode("ascii") for r in self._id_bytes[held]]
             self._id_as_bytes, self._id_bytes = False, np.empty((0, 0), dtype=np.uint8)
         self._id_objects[positions] = np.asarray(ids, dtype=object)
+
+    def written(self, positions: np.ndarray) -> np.ndarray:
+        """For each input position, whether a row was written at it."""
+        with self._lock:
+            inside = positions < self._size
+            return inside & self._filled[np.where(inside, positions, 0)]
 
     def ids_at(self, positions: np.ndarray) -> list[str]:
         """The ids written at input positions."""

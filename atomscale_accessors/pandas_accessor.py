@@ -67,7 +67,7 @@ class AtomscaleDataFrameAccessor:
         ... )
         Traceback (most recent call last):
         ...
-        atomscale_accessors.errors.AnnotationValidationError: 1 of 2 records failed validation (1 failures):
+        atomscale_accessors.errors.AnnotationValidationError: 1 of 2 records failed validation (1 failure):
           - property_value: not_nullable (1 case)
         examples (first 1; all in .failure_cases):
           row 1: property_value = nan (not_nullable)
@@ -99,6 +99,7 @@ class AtomscaleDataFrameAccessor:
         dry_run: bool = False,
         dropna: bool = False,
         allow_duplicates: bool = False,
+        verify: bool = False,
         **mapping: Any,
     ) -> pd.DataFrame:
         """Validate the frame and create its annotations on a sample, exactly once.
@@ -126,6 +127,11 @@ class AtomscaleDataFrameAccessor:
         dropna, allow_duplicates : bool, default False
             Drop rows whose value is NaN; accept several rows of one property at one
             position.
+        verify : bool, default False
+            After the upload, list what the sample holds where it wrote, and raise
+            :class:`UploadError` when an annotation reported created is not stored, or
+            a position holds annotations the upload does not account for (another
+            machine uploading the same data at the same time).
         **mapping
             Where each annotation field comes from (``x=``, ``value=``, ...); see
             :func:`atomscale_accessors.records.to_records`.
@@ -164,6 +170,7 @@ class AtomscaleDataFrameAccessor:
             progress=progress,
             dry_run=dry_run,
             validated=True,
+            verify=verify,
         )
 
     def plot(self, property_name: str | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import AnnotationValidationError
+from .failures import FailureCollector, failure_table, quote, quote_list
 from .schemas import COORD_COLUMNS, RECORD_COLUMNS
-from .validation import problem_message, validate_records
+from .validation import check_records
 
 __all__ = [
     "DEFAULT_COORD_REF_FRAME",
@@ -36,10 +37,7 @@ _COORD_ALIASES = {
     "coord_y": ("coord_y", "y"),
     "coord_z": ("coord_z", "z"),
 }
-_FAILURE_COLUMNS = ["index", "column", "check", "failure_case"]
 _SERVER_COLUMNS = ("annotation_id", "last_updated", "physical_sample_id", "version")
-# Problems that still leave records worth validating, so every failure shows at once.
-_SOFT_CHECKS = frozenset({"unknown_columns", "unit_given"})
 _FLOATS = frozenset({"property_value", *COORD_COLUMNS})
 
 
@@ -140,24 +138,15 @@ def build_records(
     """:func:`to_records` without raising: the records and the problems found.
 
     The records are ``None`` when the problems leave nothing to validate further (a missing
-    value column, text where numbers belong); unknown columns and missing units still give
-    records, so validation can report every failure at once.
+    value column, a column that is not text); unknown columns, missing units and cells
+    that are not numbers still give records (less the rows of those cells), so validation
+    can report every failure at once.
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    unknown_options = set(options) - set(RecordMapping.__dataclass_fields__)
-    if unknown_options:
-        raise TypeError(f"unexpected mapping options: {sorted(unknown_options)}")
-    builder = _Builder(df, _merge(mapping, options))
-    records = builder.build()
+    builder = _build(df, mapping, options)
     if not builder.failures:
-        return records, None
-    table = pd.concat(builder.failures, ignore_index=True)
-    soft = table["check"].isin(_SOFT_CHECKS).all()
-    error = AnnotationValidationError(
-        problem_message(builder.messages, table, len(df)), table, reasons=builder.messages
-    )
-    return (records if soft else None), error
+        return builder.records, None
+    error = builder.failures.error(len(df), reasons=builder.reasons)
+    return (None if builder.hard else builder.records), error
 
 
 def validated_records(
@@ -170,19 +159,33 @@ def validated_records(
 ) -> pd.DataFrame:
     """:func:`to_records`, then :func:`~atomscale_accessors.validation.validate_records`,
     with the problems of both steps in one error."""
-    records, problems = build_records(df, mapping, **options)
-    if records is None:
-        raise problems
-    valid = validate_records(
-        records, dropna=dropna, allow_duplicates=allow_duplicates, prior=problems
+    builder = _build(df, mapping, options)
+    failures = builder.failures
+    if builder.hard:
+        raise failures.error(len(df), reasons=builder.reasons)
+    valid = check_records(
+        builder.records, failures, dropna=dropna, allow_duplicates=allow_duplicates
     )
+    if failures:
+        raise failures.error(len(valid) + builder.n_left_out, reasons=builder.reasons)
     if len(valid) == 0:
         raise AnnotationValidationError(
             "nothing to annotate: the frame has no rows"
-            + (" with a value (dropna=True dropped them all)" if len(records) else ""),
+            + (" with a value (dropna=True dropped them all)" if len(builder.records) else ""),
             reasons=["the frame has no rows"],
         )
     return valid
+
+
+def _build(df: pd.DataFrame, mapping: RecordMapping | None, options: dict[str, Any]) -> _Builder:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    unknown_options = set(options) - set(RecordMapping.__dataclass_fields__)
+    if unknown_options:
+        raise TypeError(f"unexpected mapping options: {sorted(unknown_options)}")
+    builder = _Builder(df, _merge(mapping, options))
+    builder.build()
+    return builder
 
 
 def _merge(mapping: RecordMapping | None, options: dict[str, Any]) -> RecordMapping:
@@ -195,14 +198,26 @@ def _merge(mapping: RecordMapping | None, options: dict[str, Any]) -> RecordMapp
 
 
 class _Builder:
-    """Collects columns, remembers which user columns were used, reports all problems at once."""
+    """Collects columns, remembers which user columns were used, reports all problems at once.
+
+    A problem is *hard* when the records it leaves are not worth validating; a cell that is
+    not a number leaves its row out of the records (and so out of validation), so that the
+    other rows are still checked and every failure is reported in one error.
+    """
 
     def __init__(self, df: pd.DataFrame, mapping: RecordMapping) -> None:
         self.df = df
         self.mapping = mapping
         self.used: set[Hashable] = set()
-        self.failures: list[pd.DataFrame] = []
-        self.messages: list[str] = []
+        self.failures = FailureCollector()
+        self.reasons: list[str] = []
+        self.hard = False
+        self.records = pd.DataFrame()
+        # Rows whose cell of a number column could not be read, per column; rows with an
+        # unreadable coordinate; how many records were left out for either.
+        self.unread: dict[Hashable, np.ndarray] = {}
+        self.unread_rows = np.zeros(len(df), dtype=bool)
+        self.n_left_out = 0
 
     # -- helpers -------------------------------------------------------------------------
     def is_column(self, key: Any) -> bool:
@@ -216,7 +231,7 @@ class _Builder:
         col = self.df[key]
         if isinstance(col, pd.DataFrame):
             self.problem(
-                f"column {key!r} appears more than once", None, key, "unique_column_name", key
+                f"column {quote(key)} appears more than once", None, key, "unique_column_name", key
             )
             return col.iloc[:, 0]
         return col
@@ -231,15 +246,14 @@ class _Builder:
         *,
         many: pd.Index | None = None,
         cases: Any = None,
+        soft: bool = False,
     ) -> None:
-        self.messages.append(message)
+        self.reasons.append(message)
+        self.hard = self.hard or not soft
         if many is not None:
-            table = pd.DataFrame(
-                {"index": list(many), "column": column, "check": check, "failure_case": list(cases)}
-            )
+            self.failures.add_cases(many, column, check, cases)
         else:
-            table = pd.DataFrame([[index, column, check, case]], columns=_FAILURE_COLUMNS)
-        self.failures.append(table)
+            self.failures.add_one(column, check, case, index)
 
     def constant(self, value: str) -> pd.Series:
         return pd.Series(value, index=self.df.index, dtype=object)
@@ -256,7 +270,7 @@ class _Builder:
             )
             if bad.any():
                 self.problem(
-                    f"{option}: column {key!r} must hold text",
+                    f"{option}: column {quote(key)} must hold text",
                     None,
                     key,
                     "text",
@@ -267,7 +281,7 @@ class _Builder:
             return pd.Series(values, index=col.index, dtype=object)
         if not isinstance(key, str):
             self.problem(
-                f"{option}={key!r} is neither a column of the frame nor a text constant",
+                f"{option}={quote(key)} is neither a column of the frame nor a text constant",
                 None,
                 option,
                 "text",
@@ -280,7 +294,8 @@ class _Builder:
         """A numeric column converted losslessly to float64 (NaN where missing)."""
         if not self.is_column(key):
             self.problem(
-                f"{option}: no column {key!r} in the frame (columns: {_names(self.df.columns)})",
+                f"{option}: no column {quote(key)} in the frame "
+                f"(columns: {quote_list(self.df.columns)})",
                 None,
                 key,
                 "column_in_frame",
@@ -320,16 +335,21 @@ class _Builder:
                     **shared,
                 },
                 index=index,
-            )
-            frames.append(frame[list(RECORD_COLUMNS)])
+            )[list(RECORD_COLUMNS)]
+            unread = self.unread_rows | self.unread.get(source, False)
+            if unread.any():
+                # Reported already; validating what stands in for them would repeat it.
+                self.n_left_out += int(unread.sum())
+                frame = frame[~unread]
+            frames.append(frame)
         self.check_unknown()
         if not frames:
-            return pd.DataFrame(
+            self.records = pd.DataFrame(
                 {c: pd.Series(dtype="float64" if c in _FLOATS else object) for c in RECORD_COLUMNS}
             )
-        if len(frames) == 1:
-            return frames[0]
-        return pd.concat(frames)
+        else:
+            self.records = frames[0] if len(frames) == 1 else pd.concat(frames)
+        return self.records
 
     def units(self, names: pd.Series, source: Hashable, row_units: pd.Series | None) -> pd.Series:
         """Units of one block: ``units={property: unit}`` first, then ``property_unit``."""
@@ -346,7 +366,7 @@ class _Builder:
         missing = found.isna()
         if missing.any():
             props = pd.unique(names[missing].astype(object))
-            shown = ", ".join(repr(p) for p in props[:5])
+            shown = ", ".join(quote(p) for p in props[:5])
             self.problem(
                 f"no unit for property {shown}: pass property_unit= or units={{property: unit}} "
                 '(use "1" for a dimensionless quantity)',
@@ -356,6 +376,7 @@ class _Builder:
                 None,
                 many=names.index[missing],
                 cases=names[missing],
+                soft=True,
             )
         return found.where(found.notna(), None)
 
@@ -371,11 +392,12 @@ class _Builder:
         out = {}
         for canonical, option in zip(COORD_COLUMNS, ("x", "y", "z"), strict=True):
             key = getattr(self.mapping, option)
-            if key is not None:
-                series = self.number(option, key)
-            else:
+            if key is None:
                 present = [alias for alias in _COORD_ALIASES[canonical] if alias in self.df.columns]
-                series = self.number(option, present[0]) if present else None
+                key = present[0] if present else None
+            series = self.number(option, key) if key is not None else None
+            if series is not None and key in self.unread:
+                self.unread_rows |= self.unread[key]
             out[canonical] = series if series is not None else pd.Series(np.nan, index=index)
         return out
 
@@ -423,9 +445,9 @@ class _Builder:
         series = self.number("value", value_key)
         if series is None:
             if m.value is None:
-                self.messages[-1] = (
+                self.reasons[-1] = (
                     "no value column: pass value='<column>' (long form) or values=[...] (wide form); "
-                    f"columns: {_names(self.df.columns)}"
+                    f"columns: {quote_list(self.df.columns)}"
                 )
             return []
         name_key = (
@@ -434,6 +456,17 @@ class _Builder:
             else ("property_name" if "property_name" in self.df.columns else None)
         )
         if name_key is None:
+            if value_key == "property_value":
+                # Canonical columns without a name: the value column's name is no property.
+                self.problem(
+                    "the frame has a property_value column but no property_name column: add "
+                    "one, or pass property_name='<name>' for every row",
+                    None,
+                    "property_name",
+                    "name_given",
+                    None,
+                    soft=True,
+                )
             return [(self.constant(str(value_key)), series, value_key)]
         # A column of names wins over a constant, but never the value column itself or a
         # numeric column: property_name="thickness" next to value="thickness" is a name.
@@ -445,7 +478,7 @@ class _Builder:
             return [(self.text("property_name", name_key, self.df.index), series, value_key)]
         if not isinstance(name_key, str):
             self.problem(
-                f"property_name={name_key!r} is neither a column nor a text constant",
+                f"property_name={quote(name_key)} is neither a column nor a text constant",
                 None,
                 "property_name",
                 "text",
@@ -475,7 +508,7 @@ class _Builder:
             missing = [c for c in meta if not self.is_column(c)]
             if missing:
                 self.problem(
-                    f"metadata=: no columns {missing!r} in the frame",
+                    f"metadata=: no columns {quote_list(missing)} in the frame",
                     None,
                     "metadata",
                     "column_in_frame",
@@ -504,47 +537,38 @@ class _Builder:
     def check_unknown(self) -> None:
         unknown = [c for c in self.df.columns if c not in self.used]
         if unknown:
-            self.problem(
-                f"unknown columns {_names(unknown)}: map them (x=, y=, value=, values=, ...) or fold "
-                "them into metadata=[...], or drop them",
-                None,
-                unknown[0] if len(unknown) == 1 else tuple(unknown),
-                "unknown_columns",
-                unknown,
+            # Not a problem of any row: one failure of the whole frame per column.
+            self.reasons.append(
+                f"unknown columns {quote_list(unknown)}: map them (x=, y=, value=, values=, ...) "
+                "or fold them into metadata=[...], or drop them"
             )
+            self.failures.add(failure_table((None, c, "unknown_columns", None) for c in unknown))
 
 
 def _to_float(col: pd.Series, key: Hashable, builder: _Builder) -> pd.Series:
+    """A number column as float64 (NaN where missing); cells that are not numbers, or not
+    exactly float64, are reported and their rows marked unread."""
     dtype = col.dtype
+    if pd.api.types.is_float_dtype(dtype):
+        return col.astype("float64") if dtype != np.float64 else col
+    everything = np.ones(len(col), dtype=bool)
     if pd.api.types.is_bool_dtype(dtype):
         builder.problem(
-            f"column {key!r} holds booleans, not numbers",
+            f"column {quote(key)} holds booleans, not numbers",
             None,
             key,
             "is_number",
             None,
             many=col.index,
             cases=col,
+            soft=True,
         )
+        builder.unread[key] = everything
         return pd.Series(np.nan, index=col.index)
-    if pd.api.types.is_float_dtype(dtype):
-        return col.astype("float64") if dtype != np.float64 else col
     if pd.api.types.is_integer_dtype(dtype):
-        arr = col.to_numpy(dtype="float64", na_value=np.nan)
-        ints = col.dropna()
-        too_big = ints.abs() > _MAX_EXACT_INT if len(ints) else ints.astype(bool)
-        if too_big.any():
-            bad = ints[too_big]
-            builder.problem(
-                f"column {key!r} holds integers beyond 2**53 that float64 cannot represent exactly",
-                None,
-                key,
-                "exact_float",
-                None,
-                many=bad.index,
-                cases=bad,
-            )
-        return pd.Series(arr, index=col.index)
+        too_big = (col.abs() > _MAX_EXACT_INT).to_numpy(dtype=bool, na_value=False)
+        _not_exact(builder, col, key, too_big)
+        return pd.Series(col.to_numpy(dtype="float64", na_value=np.nan), index=col.index)
     if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
         is_num = col.map(
             lambda v: (
@@ -553,36 +577,53 @@ def _to_float(col: pd.Series, key: Hashable, builder: _Builder) -> pd.Series:
             ),
             na_action="ignore",
         ).astype(bool)
-        bad = col.notna() & ~is_num
+        bad = (col.notna() & ~is_num).to_numpy()
         if bad.any():
             builder.problem(
-                f"column {key!r} holds values that are not numbers (text is never converted)",
+                f"column {quote(key)} holds values that are not numbers (text is never converted)",
                 None,
                 key,
                 "is_number",
                 None,
                 many=col.index[bad],
                 cases=col[bad],
+                soft=True,
             )
-            return pd.Series(np.nan, index=col.index)
-        big = col[is_num].map(
-            lambda v: isinstance(v, int | np.integer) and abs(int(v)) > _MAX_EXACT_INT
-        )
-        if big.any():
-            builder.problem(
-                f"column {key!r} holds integers beyond 2**53 that float64 cannot represent exactly",
-                None,
-                key,
-                "exact_float",
-                None,
-                many=big.index[big],
-                cases=col[big.index[big]],
-            )
-        return pd.Series(col.to_numpy(dtype="float64", na_value=np.nan), index=col.index)
+        numbers = col.where(is_num)
+        too_big = numbers.map(
+            lambda v: isinstance(v, int | np.integer) and abs(int(v)) > _MAX_EXACT_INT,
+            na_action="ignore",
+        ).to_numpy(dtype=bool, na_value=False)
+        _not_exact(builder, col, key, too_big)
+        if bad.any() or too_big.any():
+            builder.unread[key] = bad | too_big
+        return pd.Series(numbers.to_numpy(dtype="float64", na_value=np.nan), index=col.index)
     builder.problem(
-        f"column {key!r} has dtype {dtype}, not a number", None, key, "is_number", str(dtype)
+        f"column {quote(key)} has dtype {dtype}, not a number",
+        None,
+        key,
+        "is_number",
+        str(dtype),
+        soft=True,
     )
+    builder.unread[key] = everything
     return pd.Series(np.nan, index=col.index)
+
+
+def _not_exact(builder: _Builder, col: pd.Series, key: Hashable, too_big: np.ndarray) -> None:
+    if too_big.any():
+        builder.problem(
+            f"column {quote(key)} holds integers beyond 2**53 that float64 cannot represent "
+            "exactly",
+            None,
+            key,
+            "exact_float",
+            None,
+            many=col.index[too_big],
+            cases=col[too_big],
+            soft=True,
+        )
+        builder.unread[key] = too_big | builder.unread.get(key, False)
 
 
 def _plain(value: Any) -> Any:
@@ -591,12 +632,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None
     return value
-
-
-def _names(columns: Any) -> str:
-    names = list(columns)
-    shown = ", ".join(repr(c) for c in names[:20])
-    return f"[{shown}{', ...' if len(names) > 20 else ''}]"
 
 
 def _missing(value: Any) -> bool:

@@ -21,16 +21,26 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from .limits import COORD_REF_FRAMES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH
+
 __all__ = [
     "ANNOTATION_COLUMNS",
     "COORD_COLUMNS",
     "COORD_REF_FRAMES",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "MAX_RECORD_BYTES",
+    "MAX_TEXT_LENGTH",
+    "METADATA_DEPTH_CHECK",
+    "METADATA_SIZE_CHECK",
     "POSITION_KEY",
     "RECORD_COLUMNS",
     "RECORD_STRING_COLUMNS",
     "AnnotationFrameModel",
     "RecordsModel",
     "compact_records",
+    "metadata_depth",
+    "metadata_problem",
     "records_schema",
     "repeated_positions",
     "value_codes",
@@ -69,7 +79,6 @@ POSITION_KEY: tuple[str, ...] = (
     "coord_y",
     "coord_z",
 )
-COORD_REF_FRAMES: tuple[str, ...] = ("sample_relative", "stage_absolute")
 
 #: Columns of an annotation frame, in order: the official SDK's, then two more.
 ANNOTATION_COLUMNS: tuple[str, ...] = (
@@ -96,8 +105,29 @@ _UUID_RE = re.compile(
 #: Longest string accepted in a text field; longer ones are almost always a mistake
 #: (a whole file read into a cell) and would bloat every request they are part of.
 MAX_TEXT_LENGTH = 1024
-#: Largest encoded metadata object per annotation, so one record always fits a request.
-MAX_METADATA_BYTES = 64 * 1024
+#: Names of the checks metadata fails when too large or nested too deep.
+METADATA_SIZE_CHECK = f"encoded_at_most_{MAX_METADATA_BYTES}_bytes"
+METADATA_DEPTH_CHECK = f"depth_at_most_{MAX_METADATA_DEPTH}"
+# Most bytes one character of text takes in a request: text is ASCII-escaped, and a
+# character beyond the Basic Multilingual Plane becomes a surrogate pair, "\\ud83d\\ude00".
+_MAX_CHAR_BYTES = 12
+# Longest JSON number a float64 is written as, e.g. "-2.2250738585072014e-308".
+_MAX_FLOAT_BYTES = 24
+_UUID_BYTES = 36
+#: Largest JSON of one annotation as sent, from the limits above: four text fields of
+#: ``MAX_TEXT_LENGTH`` characters, the reference frame, a data id, four numbers and
+#: ``MAX_METADATA_BYTES`` of metadata, with their keys: 115,010 bytes, less than the smallest
+#: chunk an upload accepts (128 KiB).
+MAX_RECORD_BYTES = (
+    len("{}")
+    + sum(len(f'"{column}":') for column in RECORD_COLUMNS)
+    + len(RECORD_COLUMNS) - 1  # commas
+    + 4 * (MAX_TEXT_LENGTH * _MAX_CHAR_BYTES + 2)  # name, unit, technique, coordinate unit
+    + max(len(frame) for frame in COORD_REF_FRAMES) + 2
+    + _UUID_BYTES + 2
+    + 4 * _MAX_FLOAT_BYTES  # value, x, y, z
+    + MAX_METADATA_BYTES
+)  # fmt: skip
 
 
 def _finite(series: pd.Series) -> pd.Series:
@@ -162,12 +192,73 @@ def encode_metadata(value: Any) -> str:
     return text
 
 
-def _json_object(value: Any) -> bool:
+def metadata_problem(value: Any) -> str | None:
+    """The check an annotation's metadata fails, or ``None`` when it can be sent.
+
+    ``"json_object"``: not a JSON object that comes back as itself (see
+    :func:`encode_metadata`); :data:`METADATA_SIZE_CHECK`: more than
+    ``MAX_METADATA_BYTES`` encoded; :data:`METADATA_DEPTH_CHECK`: nested deeper than
+    ``MAX_METADATA_DEPTH``.
+
+    Examples
+    --------
+    >>> from atomscale_accessors.schemas import metadata_problem
+    >>> metadata_problem({"site": 7}) is None, metadata_problem({"a": [[[1]]]})
+    (True, None)
+    >>> metadata_problem([1, 2]), metadata_problem({"blob": "x" * 70_000})
+    ('json_object', 'encoded_at_most_65536_bytes')
+    """
     try:
-        encoded = encode_metadata(value)
-    except (TypeError, ValueError, RecursionError):
-        return False
-    return len(encoded) <= MAX_METADATA_BYTES
+        text = encode_metadata(value)
+    except RecursionError:  # nested past what json can encode
+        return METADATA_DEPTH_CHECK
+    except (TypeError, ValueError):
+        return "json_object"
+    if len(text) > MAX_METADATA_BYTES:
+        return METADATA_SIZE_CHECK
+    # Each level opens a bracket: text with few brackets needs no walk.
+    brackets = text.count("{") + text.count("[")
+    if brackets > MAX_METADATA_DEPTH and metadata_depth(value) > MAX_METADATA_DEPTH:
+        return METADATA_DEPTH_CHECK
+    return None
+
+
+def metadata_depth(value: Any, stop: int = MAX_METADATA_DEPTH + 1) -> int:
+    """Levels of nesting of a metadata object (1 for a flat one), counted without
+    recursion and only up to ``stop`` (so that a cycle or a very deep object ends it).
+
+    Examples
+    --------
+    >>> from atomscale_accessors.schemas import metadata_depth
+    >>> metadata_depth({"a": {"b": [1]}})
+    3
+    """
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth >= stop:
+            break
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def _per_object(series: pd.Series, test: Callable[[Any], bool]) -> pd.Series:
+    """``test`` of every value, run once per distinct object: a map's records share one
+    metadata dict. Missing values pass (nullability is its own check)."""
+    seen: dict[int, bool] = {}
+    values = series.to_numpy(dtype=object)
+    result = np.ones(len(values), dtype=bool)
+    for i, value in enumerate(values):
+        if value is None or (isinstance(value, float) and value != value):
+            continue
+        key = id(value)
+        if key not in seen:
+            seen[key] = test(value)
+        result[i] = seen[key]
+    return pd.Series(result, index=series.index)
 
 
 class RecordsModel(pa.DataFrameModel):
@@ -231,10 +322,12 @@ class RecordsModel(pa.DataFrameModel):
     def _data_id_uuid(cls, series: Series[Any]) -> Series[bool]:
         return _per_distinct(series, is_uuid)
 
-    @pa.check("metadata", name="json_object", element_wise=True)
+    @pa.check("metadata", name="json_object")
     @classmethod
-    def _metadata_json(cls, value: Any) -> bool:
-        return _json_object(value)
+    def _metadata(cls, series: Series[Any]) -> Series[bool]:
+        # One check, one encoding per row; validation names the failed rule per row
+        # (see metadata_problem).
+        return _per_object(series, lambda value: metadata_problem(value) is None)
 
     @pa.dataframe_check(name="unique_position")
     @classmethod

@@ -20,11 +20,12 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from operator import attrgetter
@@ -45,12 +46,15 @@ from .errors import (
 from .frames import (
     FLOAT_COLUMNS,
     REPEATED_TEXT_COLUMNS,
+    AnnotationObject,
     FrameBuilder,
     annotation_frame,
+    decode_annotations,
     metadata_copies,
     parse_times,
     text_codes,
 )
+from .locking import sample_lock
 from .schemas import (
     COORD_COLUMNS,
     POSITION_KEY,
@@ -450,12 +454,10 @@ class _Answer:
         self.keys = keys
 
     @classmethod
-    def decode(cls, raw: bytes) -> _Answer:
-        """Parse a JSON array of annotation objects; ``ValueError`` when it is not one."""
-        try:
-            items = _DECODE_STORED.decode(raw)
-        except msgspec.DecodeError as exc:  # ValidationError too
-            raise ValueError(f"not a JSON array of annotations: {exc}") from None
+    def decode(cls, raw: bytes, route: str) -> _Answer:
+        """Parse a JSON array of annotation objects answered to ``route``; an
+        :class:`ApiError` naming the field and value when it is not one."""
+        items = decode_annotations(raw, route, _DECODE_STORED)
         get = {name: attrgetter(name) for name in _Stored.__struct_fields__}
         return cls(
             list(map(get["id"], items)),
@@ -468,14 +470,14 @@ class _Answer:
         )
 
     @classmethod
-    def from_objects(cls, objects: list[dict[str, Any]]) -> _Answer:
-        """Annotation objects already parsed into dicts."""
+    def from_objects(cls, objects: list[AnnotationObject]) -> _Answer:
+        """Annotation objects already parsed."""
         return cls(
-            [obj["id"] for obj in objects],
-            [obj.get("last_updated") for obj in objects],
-            [obj.get("version") for obj in objects],
+            [obj.id for obj in objects],
+            [obj.last_updated for obj in objects],
+            [obj.version for obj in objects],
             {
-                column: np.array([obj.get(column) for obj in objects], dtype=_key_dtype(column))
+                column: np.array(list(map(attrgetter(column), objects)), dtype=_key_dtype(column))
                 for column in _MATCH_KEY
             },
         )
@@ -496,7 +498,7 @@ class _Answer:
 
     def without(self, ids: _IdSet) -> _Answer:
         """The annotations whose id is not in ``ids``."""
-        keep = ~ids.contains(self.ids)
+        keep = ~ids.contains(id_hashes(self.ids))
         return self if keep.all() else self.take(np.flatnonzero(keep))
 
 
@@ -627,38 +629,55 @@ class _IdSet:
     """A set of annotation ids held as 64-bit hashes: an upload of millions of annotations
     remembers every id it was given, and a set of strings would cost ~100 bytes each.
 
+    The hashes are kept in sorted parts whose sizes at least halve from one to the next
+    (merged as they are added), so adding a chunk's ids and asking about the next chunk's
+    cost about the chunk's size times a logarithm, not the size of the whole set.
+
     Two different ids share a hash with odds of about n**2 / 2**65 (one in a million for
-    four million ids); the cost of that is one record sent again after a failure.
+    four million ids); the cost of that is one record reconciled by a listing.
     """
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         self._parts: list[np.ndarray] = []
-        self._sorted = np.empty(0, dtype=np.int64)
-        self.add(list(ids))
+        self.add(id_hashes(list(ids)))
 
-    @staticmethod
-    def _hashes(ids: list[str]) -> np.ndarray:
-        return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
+    def add(self, hashes: np.ndarray) -> None:
+        if not len(hashes):
+            return
+        self._parts.append(np.unique(hashes))
+        while len(self._parts) > 1 and 2 * len(self._parts[-1]) >= len(self._parts[-2]):
+            last = self._parts.pop()
+            self._parts[-1] = np.union1d(self._parts[-1], last)
 
-    def add(self, ids: list[str]) -> None:
-        if ids:
-            self._parts.append(self._hashes(ids))
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        """For each hash, whether it is in the set."""
+        found = np.zeros(len(hashes), dtype=bool)
+        for part in self._parts:
+            at = np.searchsorted(part, hashes).clip(max=len(part) - 1)
+            found |= part[at] == hashes
+        return found
 
-    def __or__(self, other: _IdSet) -> _IdSet:
-        union = _IdSet()
-        union._parts = [*self._parts, *other._parts]
-        return union
 
-    def contains(self, ids: list[str]) -> np.ndarray:
-        """For each id, whether it is in the set."""
-        if self._parts:
-            self._sorted = np.unique(np.concatenate([self._sorted, *self._parts]))
-            self._parts = []
-        if not len(ids) or not len(self._sorted):
-            return np.zeros(len(ids), dtype=bool)
-        hashes = self._hashes(ids)
-        at = np.searchsorted(self._sorted, hashes).clip(max=len(self._sorted) - 1)
-        return self._sorted[at] == hashes
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """The 64-bit hashes of annotation ids, as :class:`_IdSet` holds them."""
+    return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
+
+
+def _repeated(hashes: np.ndarray) -> np.ndarray:
+    """For each hash, whether another element has the same one."""
+    if len(hashes) < 2:
+        return np.zeros(len(hashes), dtype=bool)
+    order = np.argsort(hashes, kind="stable")
+    ranked = hashes[order]
+    same = ranked[1:] == ranked[:-1]
+    if not same.any():
+        return np.zeros(len(hashes), dtype=bool)
+    twin = np.zeros(len(hashes), dtype=bool)
+    twin[1:] |= same
+    twin[:-1] |= same
+    repeated = np.empty(len(hashes), dtype=bool)
+    repeated[order] = twin
+    return repeated
 
 
 def _key_dtype(column: str) -> str:
@@ -689,8 +708,13 @@ def _joinable(column: str, values: np.ndarray) -> np.ndarray:
     return values if column in _FLOATS else np.where(pd.isna(values), _NULL_TEXT, values)
 
 
-def _match(records: pd.DataFrame | _Columns, answer: _Answer) -> tuple[np.ndarray, np.ndarray]:
-    """Pair records with answered annotations of the same content (position key and value).
+def _match(
+    records: pd.DataFrame | _Columns,
+    answer: _Answer,
+    key: tuple[str, ...] = _MATCH_KEY,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pair records with answered annotations of the same content (by default the position
+    key and the value; with ``key=POSITION_KEY``, the position alone), one to one.
 
     Returns, for each record, the position of its annotation in the answer (or -1), and for
     each annotation whether it was paired.
@@ -698,15 +722,15 @@ def _match(records: pd.DataFrame | _Columns, answer: _Answer) -> tuple[np.ndarra
     if len(records) == 0 or len(answer) == 0:
         return np.full(len(records), -1, dtype=np.int64), np.zeros(len(answer), dtype=bool)
     mine = _record_keys(records)
-    if len(records) == len(answer) and _same_content(mine, answer.keys):
+    if len(records) == len(answer) and _same_content(mine, answer.keys, key):
         # The usual answer: the same records in the same order. Every key field was
         # compared, so this is still a match by content; any difference takes the join.
         return np.arange(len(records), dtype=np.int64), np.ones(len(answer), dtype=bool)
-    left = _key_frame(mine)
+    left = _key_frame(mine, key)
     left["_left"] = np.arange(len(records))
-    right = _key_frame(answer.keys)
+    right = _key_frame(answer.keys, key)
     right["_right"] = np.arange(len(answer))
-    merged = left.merge(right, on=[*_MATCH_KEY, "_n"], how="inner")
+    merged = left.merge(right, on=[*key, "_n"], how="inner")
     paired = np.full(len(records), -1, dtype=np.int64)
     paired[merged["_left"].to_numpy()] = merged["_right"].to_numpy()
     used = np.zeros(len(answer), dtype=bool)
@@ -714,9 +738,11 @@ def _match(records: pd.DataFrame | _Columns, answer: _Answer) -> tuple[np.ndarra
     return paired, used
 
 
-def _same_content(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> bool:
+def _same_content(
+    mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray], key: tuple[str, ...]
+) -> bool:
     """Whether row i of one set of key columns equals row i of the other, for every i."""
-    for column in _MATCH_KEY:
+    for column in key:
         a, b = mine[column], theirs[column]
         if column in _FLOATS:
             if not np.array_equal(a, b, equal_nan=True):
@@ -735,6 +761,9 @@ class _Outcome:
     not_updated: list[Chunk] = field(default_factory=list)
     unknown: list[Chunk] = field(default_factory=list)
     skipped: list[np.ndarray] = field(default_factory=list)  # positions stored before
+    # Records of ``unknown`` whose positions hold new annotations with other content, and
+    # those annotations (in the records' order).
+    mismatched: list[tuple[Chunk, _Answer]] = field(default_factory=list)
     error: BaseException | None = None
 
     @property
@@ -746,12 +775,15 @@ class _Outcome:
         self.not_created += other.not_created
         self.not_updated += other.not_updated
         self.unknown += other.unknown
+        self.mismatched += other.mismatched
         if self.error is None:
             self.error = other.error
 
 
 class _Uploader:
-    """One upload: the sample, the client, what existed before, and what this run claimed."""
+    """One upload: the sample, the client, and the claims: every annotation id that is
+    accounted for (stored before the upload, or taken by one of its records). A record
+    takes an id only if no one has, checked and taken in one step under ``lock``."""
 
     def __init__(self, client: Client, sample_id: str, result: FrameBuilder) -> None:
         self.client = client
@@ -759,15 +791,11 @@ class _Uploader:
         self.result = result
         self.policy = client.retry
         self.bulk_path = f"physical_samples/{sample_id}/annotations/bulk"
-        self.before_ids = _IdSet()
-        # Ids of created annotations: from 2xx answers (many: hashed only when a check
-        # after a failure needs them, from the result, by the positions in ``unhashed``),
-        # and taken by those checks (few, so a plain set each 2xx answer is compared with).
-        self.accepted = _IdSet()
-        self.unhashed: list[np.ndarray] = []
-        self.checked: set[str] = set()
+        self.route = f"GET /physical_samples/{sample_id}/annotations/"
+        self.claimed = _IdSet()
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.abandoned = False
         self.timed_out = False
         # Learned from 413 answers, so later chunks are cut before they are refused.
         self.max_rows: int | None = None
@@ -777,29 +805,38 @@ class _Uploader:
     # -- listing -------------------------------------------------------------------------
     def list_existing(self, **filters: Any) -> bytes:
         """List annotations as raw JSON, retrying any failure: a GET changes nothing."""
-        attempt = 1
+        attempt, started = 1, time.monotonic()
         while True:
             try:
                 return self.client.list_annotations_raw(self.sample_id, **filters)
             except (TransportError, ApiError) as exc:
-                if not _transient(exc) or attempt >= self.policy.max_attempts:
+                if not _transient(exc) or not self.policy.allows(attempt, started):
                     raise
-                self.sleep(attempt, exc)
+                if not self.sleep(attempt, exc):
+                    raise
                 attempt += 1
 
-    def known_ids(self) -> _IdSet:
-        """Ids that are not new to this upload: stored before, or created by it. (Call
-        with the lock held.)"""
-        for positions in self.unhashed:
-            self.accepted.add(self.result.ids_at(positions))
-        self.unhashed.clear()
-        return self.before_ids | self.accepted | _IdSet(self.checked)
+    def abandon(self) -> None:
+        """Stop the upload at once (Ctrl+C): requests still running write nothing more into
+        the result, so what it shows stays what the account says."""
+        with self.lock:
+            self.abandoned = True
+        self.stop.set()
 
-    def sleep(self, attempt: int, exc: BaseException) -> None:
+    def sleep(self, attempt: int, exc: BaseException) -> bool:
+        """Wait before the next attempt; False when the upload is being stopped."""
         retry_after = getattr(exc, "retry_after", None)
         delay = self.policy.wait(attempt, retry_after)
         log.info("retrying in %.2f s after %s", delay, _describe(exc))
-        time.sleep(delay)
+        return not self.stop.wait(delay)
+
+    def claim(self, answer: _Answer) -> np.ndarray:
+        """Take the answer's ids for records; which ones were free to take. An id repeated
+        within the answer, or taken already, is not free. (Call with the lock held.)"""
+        hashes = id_hashes(answer.ids)
+        free = ~(_repeated(hashes) | self.claimed.contains(hashes))
+        self.claimed.add(hashes[free])
+        return free
 
     # -- one chunk -----------------------------------------------------------------------
     def send(self, chunk: Chunk) -> _Outcome:
@@ -833,14 +870,11 @@ class _Uploader:
     def _send(self, chunk: Chunk, outcome: _Outcome) -> int:
         """The retry loop; returns how many requests were made."""
         pending = self._cut(chunk)
-        attempt = 1
+        attempt, started = 1, time.monotonic()
         requests_made = 0
         while pending:
             piece = pending.pop(0)
-            if self.stop.is_set():
-                outcome.not_created.append(piece)
-                continue
-            if attempt > self.policy.max_attempts:
+            if self.stop.is_set() or not self.policy.allows(attempt - 1, started):
                 outcome.not_created.append(piece)
                 continue
             requests_made += 1
@@ -855,15 +889,18 @@ class _Uploader:
                         self.max_rows = min(self.max_rows or half, half)
                     pending[:0] = list(piece.split())
                     continue
-                if exc.status_code in _RETRY_STATUSES and attempt < self.policy.max_attempts:
-                    self.sleep(attempt, exc)
+                if (
+                    exc.status_code in _RETRY_STATUSES
+                    and self.policy.allows(attempt, started)
+                    and self.sleep(attempt, exc)
+                ):
                     attempt += 1
                     pending.insert(0, piece)
                     continue
                 if exc.status_code in _AMBIGUOUS_STATUSES:
                     rest = self._reconcile(piece, outcome, exc)
                     if rest is not None and len(rest):
-                        self._again(rest, pending, outcome, exc, attempt)
+                        self._again(rest, pending, outcome, exc, (attempt, started))
                         attempt += 1
                     continue
                 outcome.not_created.append(piece)
@@ -871,8 +908,7 @@ class _Uploader:
                 continue
             except TransportError as exc:
                 if not exc.sent:
-                    if attempt < self.policy.max_attempts:
-                        self.sleep(attempt, exc)
+                    if self.policy.allows(attempt, started) and self.sleep(attempt, exc):
                         attempt += 1
                         pending.insert(0, piece)
                     else:
@@ -881,15 +917,24 @@ class _Uploader:
                     continue
                 rest = self._reconcile(piece, outcome, exc)
                 if rest is not None and len(rest):
-                    self._again(rest, pending, outcome, exc, attempt)
+                    self._again(rest, pending, outcome, exc, (attempt, started))
                     attempt += 1
                 continue
             # A 2xx: the request took effect. Pair what the server created with the records.
-            rest = self._accept_answer(piece, response, outcome)
-            if len(rest):
-                # Annotations of these records were taken by another chunk's check after a
-                # failure (identical records): these records still need theirs.
-                pending.insert(0, rest)
+            unmatched = self._accept_answer(piece, response, outcome)
+            if unmatched is not None and len(unmatched):
+                # The answer does not account for these records: ask what is stored.
+                mismatch = ApiError(
+                    response.status_code,
+                    f"the bulk answer does not match what was sent for {len(unmatched)} "
+                    "records (other content, a repeated id, or an id already taken)",
+                    method="POST",
+                    path="/" + self.bulk_path,
+                )
+                rest = self._reconcile(unmatched, outcome, mismatch)
+                if rest is not None and len(rest):
+                    self._again(rest, pending, outcome, mismatch, (attempt, started))
+                    attempt += 1
         return requests_made
 
     def _cut(self, chunk: Chunk) -> list[Chunk]:
@@ -909,18 +954,20 @@ class _Uploader:
         pending: list[Chunk],
         outcome: _Outcome,
         cause: BaseException,
-        attempt: int,
+        series: tuple[int, float],
     ) -> None:
-        """Queue records that did not land for another try, within the attempt budget."""
-        if attempt >= self.policy.max_attempts:
+        """Queue records that did not land for another try, within the retry budget
+        (``series``: the attempt number and when the first attempt began)."""
+        if not self.policy.allows(*series) or not self.sleep(series[0], cause):
             outcome.not_created.append(rest)
             outcome.error = cause
             return
-        self.sleep(attempt, cause)
         pending.insert(0, rest)
 
-    def _accept_answer(self, chunk: Chunk, response: Any, outcome: _Outcome) -> Chunk:
-        """Take a 2xx bulk answer; return records whose annotations another chunk claimed."""
+    def _accept_answer(self, chunk: Chunk, response: Any, outcome: _Outcome) -> Chunk | None:
+        """Take a 2xx bulk answer: records paired by content with annotations whose ids are
+        free are created. Returns the records the answer does not account for (None when
+        the answer cannot be read: the chunk's fate is then unknown)."""
         answer, guessed = _expected_answer(chunk, response.content, peek=self.peek)
         if guessed is False:  # answers with times or versions that differ: stop guessing
             self.peek = False
@@ -928,88 +975,49 @@ class _Uploader:
             matched, found = answer, np.ones(len(chunk), dtype=bool)
         else:
             try:
-                answer = _Answer.decode(response.content)
-            except ValueError as exc:
+                answer = _Answer.decode(response.content, "POST /" + self.bulk_path)
+            except ApiError as exc:
                 # The request took effect, but what was created cannot be read: never resend.
                 outcome.unknown.append(chunk)
-                outcome.error = ApiError(
-                    response.status_code,
-                    f"unreadable bulk answer: {exc}",
-                    path="/" + self.bulk_path,
-                )
-                return chunk.take(np.zeros(len(chunk), dtype=bool))
-            matched, found = self._pair(chunk, answer, response.status_code, outcome)
+                outcome.error = exc
+                return None
+            paired, _ = _match(chunk.columns, answer)
+            found = paired >= 0
+            # An id given twice in the answer is suspect wherever it appears.
+            twice = _repeated(id_hashes(answer.ids))
+            found[found] &= ~twice[paired[found]]
+            matched = answer.take(paired[found])
         rows = np.flatnonzero(found)
         mine = chunk if len(rows) == len(chunk) else chunk.take(found)
-        rows_of = self._rows(mine, matched) if len(rows) else None  # prepared outside the lock
-        with self.lock:  # checked, written and remembered in one step (see _reconcile)
-            taken = (
-                np.fromiter((i in self.checked for i in matched.ids), bool, count=len(matched))
-                if self.checked  # empty unless a failure was checked: no loop over rows then
-                else np.zeros(len(matched), dtype=bool)
-            )
-            if taken.any():
-                self.accepted.add(matched.ids)
-                keep = np.zeros(len(chunk), dtype=bool)
-                keep[rows[~taken]] = True
-                self._created(chunk.take(keep), matched.take(np.flatnonzero(~taken)), outcome)
-            elif rows_of is not None:
+        rows_of = self._rows(mine, matched)  # prepared outside the lock
+        with self.lock:  # checked, written and claimed in one step
+            if self.abandoned:
+                return chunk.take(np.zeros(len(chunk), dtype=bool))
+            free = self.claim(matched)
+            if free.all():
                 self.result.put(mine.positions, **rows_of)
                 outcome.done.append(mine.positions)
-                self.unhashed.append(mine.positions)
-        redo = np.zeros(len(chunk), dtype=bool)
-        redo[rows[taken]] = True
-        return chunk.take(redo)
-
-    def _pair(
-        self, chunk: Chunk, answer: _Answer, status: int, outcome: _Outcome
-    ) -> tuple[_Answer, np.ndarray]:
-        """Pair an answer with the chunk's records by content: the paired annotations, in
-        record order, and which records have one."""
-        paired, used = _match(chunk.columns, answer)
-        found = paired >= 0
-        if not found.all():
-            spare = np.flatnonzero(~used)
-            missing = np.flatnonzero(~found)
-            if len(spare) == len(missing):
-                # The server stored something other than what was sent (rounded a value,
-                # say): it created one annotation per record, so pair the rest in order.
-                log.warning(
-                    "chunk %d: %d annotations were stored with content other than sent "
-                    "(e.g. %r); paired in answer order",
-                    chunk.number,
-                    len(missing),
-                    answer.ids[spare[0]],
-                )
-                paired[missing] = spare
-                found[:] = True
             else:
-                log.error(
-                    "chunk %d: the server answered %d annotations for %d records; %d cannot be "
-                    "paired",
-                    chunk.number,
-                    len(answer),
-                    len(chunk),
-                    len(missing),
-                )
-                outcome.unknown.append(chunk.take(~found))
-                outcome.error = ApiError(
-                    status,
-                    f"the bulk answer does not account for {len(missing)} records",
-                    path="/" + self.bulk_path,
-                )
-        return answer.take(paired[found]), found
+                found[rows[~free]] = False
+        if not free.all():
+            self._created(chunk.take(found), matched.take(np.flatnonzero(free)), outcome)
+        return None if found.all() else chunk.take(~found)
 
     def _created(self, chunk: Chunk, answer: _Answer, outcome: _Outcome) -> None:
         """Write the created records' rows into the result."""
-        self.result.put(chunk.positions, **self._rows(chunk, answer))
-        outcome.done.append(chunk.positions)
+        if len(chunk):
+            rows = self._rows(chunk, answer)
+            with self.lock:
+                if self.abandoned:
+                    return
+                self.result.put(chunk.positions, **rows)
+            outcome.done.append(chunk.positions)
 
-    @staticmethod
-    def _rows(chunk: Chunk, answer: _Answer) -> dict[str, Any]:
+    def _rows(self, chunk: Chunk, answer: _Answer) -> dict[str, Any]:
         """The result rows of created records: the records' own columns, and from the
         answer only what the server added (id, time, version)."""
         columns = chunk.columns
+        route = "POST /" + self.bulk_path
         return {
             "floats": columns.floats,
             "texts": {
@@ -1017,14 +1025,18 @@ class _Uploader:
                 "version": text_codes(answer.versions),
             },
             "ids": answer.ids,
-            "times": parse_times(answer.last_updated),
+            "times": parse_times(answer.last_updated, route),
             "metadata": metadata_copies(columns.metadata),
             "index": chunk.index,
         }
 
     def _reconcile(self, chunk: Chunk, outcome: _Outcome, cause: BaseException) -> Chunk | None:
-        """After an ambiguous failure: keep what landed, return what must be sent again.
+        """After an ambiguous failure or an answer that does not match: keep what landed,
+        return what must be sent again.
 
+        A record is created when a new annotation of its content is stored; unknown when
+        its position holds a new annotation with other content (sending it again could
+        store it twice); to be sent again when nothing new is stored at its position.
         Returns None when the server cannot be asked (the records' fate is then unknown).
         """
         log.warning(
@@ -1041,41 +1053,69 @@ class _Uploader:
                 settle = min(2 * self.client.timeout[1], self.policy.max_wait)
             with self.lock:
                 self.timed_out = True
-            time.sleep(settle)
-        filters: dict[str, Any] = {}
-        one, name = chunk.columns.constant("property_name")
-        if one:
-            filters["property_name"] = name
-        xs, ys = chunk.columns.floats["coord_x"], chunk.columns.floats["coord_y"]
-        if len(chunk) and not (np.isnan(xs).any() or np.isnan(ys).any()):
-            filters["x_range"] = (float(xs.min()), float(xs.max()))
-            filters["y_range"] = (float(ys.min()), float(ys.max()))
+            self.stop.wait(settle)
         try:
-            listed = _Answer.decode(self.list_existing(**filters))
-        except (TransportError, ApiError, ValueError) as exc:
+            listed = _Answer.decode(
+                self.list_existing(**_listing_filters(chunk.columns)), self.route
+            )
+        except (TransportError, ApiError) as exc:
             log.error(
                 "chunk %d: could not list the sample to check (%s)", chunk.number, _describe(exc)
             )
             outcome.unknown.append(chunk)
             outcome.error = cause
             return None
-        # Match and claim in one step, so two checks never take the same annotation.
-        with self.lock:
-            candidates = listed.without(self.known_ids())
-            paired, _ = _match(chunk.columns, candidates)
+        with self.lock:  # matched and claimed in one step: two checks never take one id
+            candidates = listed.without(self.claimed)
+            paired, used = _match(chunk.columns, candidates)
             found = paired >= 0
             matched = candidates.take(paired[found])
-            self.checked.update(matched.ids)
-        if found.any():
-            self._created(chunk.take(found), matched, outcome)
+            self.claim(matched)
+            others = candidates.take(np.flatnonzero(~used))
+            at, _ = _match(chunk.columns, others, POSITION_KEY)
+            differs = (at >= 0) & ~found
+            stored_differently = others.take(at[differs])
+            self.claim(stored_differently)
+        self._created(chunk.take(found), matched, outcome)
+        if differs.any():
+            mismatched = chunk.take(differs)
+            log.error(
+                "chunk %d: %d records are stored with content other than sent",
+                chunk.number,
+                len(mismatched),
+            )
+            outcome.unknown.append(mismatched)
+            outcome.mismatched.append((mismatched, stored_differently))
+            outcome.error = outcome.error or ApiError(
+                getattr(cause, "status_code", 200),
+                f"{len(mismatched)} records are stored with other content than was sent "
+                "(see .mismatched)",
+                method="POST",
+                path="/" + self.bulk_path,
+            )
+        rest = ~(found | differs)
         log.info(
             "chunk %d: %d of %d annotations were stored; %d to send again",
             chunk.number,
             int(found.sum()),
             len(chunk),
-            int((~found).sum()),
+            int(rest.sum()),
         )
-        return chunk.take(~found)
+        return chunk.take(rest)
+
+
+def _listing_filters(columns: _Columns, *, with_name: bool = True) -> dict[str, Any]:
+    """List filters covering records (inclusive): their property, when they have one, and
+    their bounding box, when every record has x and y."""
+    filters: dict[str, Any] = {}
+    one, name = columns.constant("property_name")
+    if one and with_name:
+        filters["property_name"] = name
+    xs, ys = columns.floats["coord_x"], columns.floats["coord_y"]
+    if len(columns) and not (np.isnan(xs).any() or np.isnan(ys).any()):
+        filters["x_range"] = (float(xs.min()), float(xs.max()))
+        filters["y_range"] = (float(ys.min()), float(ys.max()))
+    return filters
 
 
 def _may_be_running(exc: BaseException) -> bool:
@@ -1113,6 +1153,7 @@ def upload_records(
     validated: bool = False,
     ignore_ids: Collection[str] = (),
     total: int | None = None,
+    verify: bool = False,
 ) -> pd.DataFrame:
     """Upload canonical records to a sample, exactly once; return what was created.
 
@@ -1155,6 +1196,12 @@ def upload_records(
     total : int, optional
         How many records the blocks hold, when known: the result's columns are then
         allocated once, at their final size.
+    verify : bool, default False
+        After the upload, list the sample where it wrote and raise :class:`UploadError`
+        (with ``.extra``) when a position holds annotations that neither the state before
+        the upload nor the upload account for. Uploads to one sample from one machine are
+        serialised (see :mod:`atomscale_accessors.locking`); this also catches what an
+        upload from another machine at the same time doubled, after the fact.
 
     Returns
     -------
@@ -1182,6 +1229,7 @@ def upload_records(
         raise ValueError(f"max_chunk_bytes must be at least {_MIN_CHUNK_BYTES}")
 
     source: Callable[[], Iterable[pd.DataFrame]] | None = None
+    whole: pd.DataFrame | None = None
     if isinstance(records, pd.DataFrame):
         # Text columns as categoricals once: validation, encoding and the result then work
         # on each column's few distinct values.
@@ -1191,9 +1239,9 @@ def upload_records(
         if len(records) == 0:
             raise AnnotationValidationError("nothing to upload: the input has no records")
         whole = records
-        total = len(whole)
-        source = lambda: [whole]  # noqa: E731
-        blocks: Iterable[pd.DataFrame] = [whole]
+        total = len(records)
+        source = lambda: [records]  # noqa: E731
+        blocks: Iterable[pd.DataFrame] = [records]
     else:
         if not validated:
             raise ValueError("blocks of records must be validated first (validated=True)")
@@ -1206,49 +1254,83 @@ def upload_records(
     if dry_run:
         return _dry_run(blocks, chunk_size, max_chunk_bytes)
 
-    held = isinstance(records, pd.DataFrame)
-    result = FrameBuilder(sid, total, whole.index if held else None)
-    uploader = _Uploader(resolve_client(client), sid, result)
-    names = whole["property_name"].unique().tolist() if held else None
-    box = _bounding_box(whole) if held else {}
-    existing = _Existing.list(
-        uploader,
-        names if names is not None and len(names) <= _MAX_NAMED_LISTINGS else None,
-        box,
-        ignore=set(ignore_ids),
-    )
+    resolved = resolve_client(client)
+    result = FrameBuilder(sid, total, whole.index if whole is not None else None)
+    with sample_lock(resolved.endpoint, sid):
+        return _upload(
+            _Uploader(resolved, sid, result),
+            blocks,
+            source,
+            whole,
+            if_exists=if_exists,
+            ignore_ids=ignore_ids,
+            chunking=(chunk_size, max_chunk_bytes),
+            max_workers=max_workers,
+            bar=_Progress(progress, total),
+            verify=verify,
+        )
+
+
+def _upload(
+    uploader: _Uploader,
+    blocks: Iterable[pd.DataFrame],
+    source: Callable[[], Iterable[pd.DataFrame]] | None,
+    whole: pd.DataFrame | None,
+    *,
+    if_exists: str,
+    ignore_ids: Collection[str],
+    chunking: tuple[int, int],
+    max_workers: int,
+    bar: _Progress,
+    verify: bool,
+) -> pd.DataFrame:
+    """The upload proper, with the sample's lock held: list what is stored, apply
+    ``if_exists``, send, update, check, and account."""
+    listing = _Listing.of(whole)
+    existing = _Existing.list(uploader, listing, ignore=set(ignore_ids))
     # Reconciliation must not take stored annotations for new ones, ignored or not.
-    uploader.before_ids = _IdSet([*existing.ids, *ignore_ids])
+    uploader.claimed.add(id_hashes([*existing.ids, *ignore_ids]))
     if if_exists == "fail" and len(existing):
         # Decide before anything is sent: look at every block first.
         if source is not None:
             _refuse_clashes(source(), existing)
-            blocks = source() if not held else blocks
+            blocks = source() if whole is None else blocks
         else:
             log.warning("holding every block in memory to check for stored annotations first")
             blocks = list(blocks)
             _refuse_clashes(blocks, existing)
 
-    bar = _Progress(progress, total)
     outcome = _Outcome()
-    updates: list[tuple[pd.DataFrame, np.ndarray, list[dict[str, Any]]]] = []
+    updates: list[tuple[pd.DataFrame, np.ndarray, list[AnnotationObject]]] = []
+    interrupted = False
     try:
         to_send = _select(blocks, existing, if_exists, updates, outcome, bar)
+        chunk_size, max_chunk_bytes = chunking
         chunks = iter_chunks(to_send, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes)
         _run(uploader, chunks, max_workers, outcome, bar)
         # _select fills ``updates`` as the blocks stream past, so PATCH after the creates.
         if updates:
             _apply_updates(uploader, updates, max_workers, outcome, bar)
+    except KeyboardInterrupt:
+        interrupted = True
+        outcome.error = KeyboardInterrupt("interrupted (Ctrl+C)")
     except Exception as exc:  # anything unforeseen still ends with an account of the upload
         if outcome.error is None:
             outcome.error = exc
         log.exception("the upload stopped on an unexpected error")
     finally:
         bar.close()
-    created = result.frame()
-    if uploader.timed_out:
-        _check_late_commits(uploader, created)
-    return _finish(outcome, sid, created, whole if held else None)
+    created = uploader.result.frame()
+    if interrupted:
+        try:
+            _finish(outcome, uploader.sample_id, created, whole)
+        except UploadError as error:
+            raise KeyboardInterrupt(
+                "the upload was interrupted; its account is the UploadError in __cause__"
+            ) from error
+    if (verify or uploader.timed_out) and len(created):
+        _check_unaccounted(uploader, created, listing, strict=verify)
+    return _finish(outcome, uploader.sample_id, created, whole)
 
 
 def _positive_int(value: int | None, default: int, name: str) -> int:
@@ -1278,6 +1360,31 @@ def _with_positions(blocks: Iterable[pd.DataFrame]) -> Iterator[tuple[pd.DataFra
         offset += len(block)
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """Which of a sample's annotations an upload must look at: those of its properties
+    (listed one property at a time, up to a few) in its bounding box; for blocks streamed
+    from elsewhere, the whole sample."""
+
+    names: tuple[str, ...] | None = None
+    box: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, whole: pd.DataFrame | None) -> _Listing:
+        if whole is None:
+            return cls()
+        names = tuple(whole["property_name"].unique().tolist())
+        box = _listing_filters(_Columns.of(whole), with_name=False)
+        return cls(names if len(names) <= _MAX_NAMED_LISTINGS else None, box)
+
+    def fetch(self, uploader: _Uploader) -> list[AnnotationObject]:
+        objects: list[AnnotationObject] = []
+        for name in self.names if self.names is not None else [None]:
+            filters = dict(self.box, property_name=name) if name is not None else dict(self.box)
+            objects.extend(decode_annotations(uploader.list_existing(**filters), uploader.route))
+        return objects
+
+
 class _Existing:
     """What the sample held before the upload: for ``if_exists`` and for reconciliation.
 
@@ -1285,7 +1392,7 @@ class _Existing:
     (``allow_duplicates=True``) two stored readings account for two records, not for all.
     """
 
-    def __init__(self, objects: list[dict[str, Any]]) -> None:
+    def __init__(self, objects: list[AnnotationObject]) -> None:
         self.objects = objects
         answer = _Answer.from_objects(objects)
         self.ids = answer.ids
@@ -1295,21 +1402,11 @@ class _Existing:
         self.free = np.ones(len(objects), dtype=bool)
 
     @classmethod
-    def list(
-        cls,
-        uploader: _Uploader,
-        names: list[str] | None,
-        box: dict[str, tuple[float, float]],
-        *,
-        ignore: set[str],
-    ) -> _Existing:
+    def list(cls, uploader: _Uploader, listing: _Listing, *, ignore: set[str]) -> _Existing:
         """List the sample's annotations that could clash: of these properties, in this box."""
-        objects: list[dict[str, Any]] = []
-        for name in names if names is not None else [None]:
-            filters = dict(box, property_name=name) if name is not None else dict(box)
-            objects.extend(_decode_objects(uploader.list_existing(**filters)))
+        objects = listing.fetch(uploader)
         if ignore:
-            objects = [obj for obj in objects if obj["id"] not in ignore]
+            objects = [obj for obj in objects if obj.id not in ignore]
         return cls(objects)
 
     def __len__(self) -> int:
@@ -1334,27 +1431,6 @@ class _Existing:
 
     def frame(self, stored: np.ndarray, index: pd.Index) -> pd.DataFrame:
         return annotation_frame([self.objects[i] for i in stored.tolist()], index=index)
-
-
-def _bounding_box(records: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """List filters covering every record's position (inclusive), when all have x and y."""
-    xs, ys = records["coord_x"], records["coord_y"]
-    if len(records) == 0 or xs.isna().any() or ys.isna().any():
-        return {}
-    return {
-        "x_range": (float(xs.min()), float(xs.max())),
-        "y_range": (float(ys.min()), float(ys.max())),
-    }
-
-
-def _decode_objects(raw: bytes) -> list[dict[str, Any]]:
-    try:
-        objects = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ApiError(200, f"the annotation list is not JSON: {exc}") from None
-    if not isinstance(objects, list) or not all(isinstance(o, dict) and "id" in o for o in objects):
-        raise ApiError(200, "the annotation list is not an array of annotation objects")
-    return objects
 
 
 def _refuse_clashes(blocks: Iterable[pd.DataFrame], existing: _Existing) -> None:
@@ -1397,13 +1473,9 @@ def _select(
 
 
 def _exists_error(table: pd.DataFrame) -> AnnotationExistsError:
-    shown = ", ".join(
-        f"{row.property_name} at ({row.coord_x:g}, {row.coord_y:g})"
-        for row in table.head(5).itertuples()
-    )
-    more = f" and {len(table) - 5} more" if len(table) > 5 else ""
     return AnnotationExistsError(
-        f"{len(table)} records are already stored on the sample ({shown}{more}); nothing was "
+        f"{len(table)} records are already stored on the sample ({_positions(table)}); "
+        "nothing was "
         "sent. Pass if_exists='skip' to send only new records, 'update' to overwrite the "
         "stored values, or 'append' to store them again. The clashes are in .existing.",
         table,
@@ -1418,91 +1490,159 @@ def _apply_updates(
     bar: _Progress,
 ) -> None:
     """PATCH stored annotations whose value, unit or metadata differ from the input."""
-    for records, positions, stored_objects in updates:
-        if uploader.stop.is_set():
-            outcome.not_updated.append(Chunk.of(records, positions))
-            continue
-        jobs = [
-            (_changes(record, obj), obj)
-            for (_, record), obj in zip(records.iterrows(), stored_objects, strict=True)
-        ]
-        with ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="atomscale-patch"
-        ) as pool:
-            futures = [
-                pool.submit(_patch, uploader, obj["id"], changes) if changes else None
-                for changes, obj in jobs
-            ]
-        answers: list[dict[str, Any]] = []
-        done = np.ones(len(jobs), dtype=bool)
-        for i, (future, (_, obj)) in enumerate(zip(futures, jobs, strict=True)):
-            if future is None:
-                answers.append(obj)
+    pool = _Pool(max_workers, "atomscale-patch")
+    try:
+        for number, (records, positions, stored_objects) in enumerate(updates):
+            if uploader.stop.is_set():
+                outcome.not_updated.append(Chunk.of(records, positions))
                 continue
             try:
-                answers.append(future.result())
-            except (TransportError, ApiError) as exc:
-                done[i] = False
-                outcome.error = outcome.error or exc
-                uploader.stop.set()
-        if (~done).any():
-            outcome.not_updated.append(Chunk.of(records[~done], positions[~done]))
-        if done.any():
-            updated = annotation_frame(answers, index=records.index[done])
-            uploader.result.put(
-                positions[done],
-                floats={c: updated[c].to_numpy() for c in FLOAT_COLUMNS},
-                texts={
-                    c: (updated[c].cat.codes.to_numpy(), updated[c].cat.categories)
-                    for c in REPEATED_TEXT_COLUMNS
-                    if c != "physical_sample_id"
-                },
-                ids=updated["annotation_id"].tolist(),
-                times=updated["last_updated"].array.asi8,
-                metadata=updated["metadata"].to_numpy(),
-                index=updated.index,
-            )
-            outcome.done.append(positions[done])
-            bar.advance(int(done.sum()))
+                _update_group(uploader, pool, records, positions, stored_objects, outcome, bar)
+            except KeyboardInterrupt:
+                # PATCH only sets values: what was not confirmed is "not updated".
+                uploader.abandon()
+                for records, positions, _ in updates[number:]:
+                    outcome.not_updated.append(Chunk.of(records, positions))
+                raise
+    finally:
+        pool.close()
 
 
-def _changes(record: pd.Series, stored: dict[str, Any]) -> dict[str, Any]:
+def _update_group(
+    uploader: _Uploader,
+    pool: _Pool,
+    records: pd.DataFrame,
+    positions: np.ndarray,
+    stored_objects: list[AnnotationObject],
+    outcome: _Outcome,
+    bar: _Progress,
+) -> None:
+    """PATCH one block's stored annotations, and write the updated rows into the result."""
+    jobs = [
+        (_changes(record, obj), obj)
+        for (_, record), obj in zip(records.iterrows(), stored_objects, strict=True)
+    ]
+    futures = [
+        pool.submit(_patch, uploader, obj.id, changes) if changes else None for changes, obj in jobs
+    ]
+    wait([future for future in futures if future is not None])
+    answers: list[AnnotationObject] = []
+    done = np.ones(len(jobs), dtype=bool)
+    for i, (future, (_, obj)) in enumerate(zip(futures, jobs, strict=True)):
+        if future is None:
+            answers.append(obj)
+            continue
+        try:
+            answers.append(future.result())
+        except (TransportError, ApiError) as exc:
+            done[i] = False
+            outcome.error = outcome.error or exc
+            uploader.stop.set()
+    if (~done).any():
+        outcome.not_updated.append(Chunk.of(records[~done], positions[~done]))
+    if done.any():
+        updated = annotation_frame(answers, index=records.index[done])
+        uploader.result.put(
+            positions[done],
+            floats={c: updated[c].to_numpy() for c in FLOAT_COLUMNS},
+            texts={
+                c: (updated[c].cat.codes.to_numpy(), updated[c].cat.categories)
+                for c in REPEATED_TEXT_COLUMNS
+                if c != "physical_sample_id"
+            },
+            ids=updated["annotation_id"].tolist(),
+            times=updated["last_updated"].array.asi8,
+            metadata=updated["metadata"].to_numpy(),
+            index=updated.index,
+        )
+        outcome.done.append(positions[done])
+        bar.advance(int(done.sum()))
+
+
+def _changes(record: pd.Series, stored: AnnotationObject) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     value = float(record["property_value"])
-    if stored.get("property_value") is None or float(stored["property_value"]) != value:
+    if stored.property_value is None or stored.property_value != value:
         changes["property_value"] = value
     unit = record["property_unit"]
     unit = None if pd.isna(unit) else unit
-    if unit != stored.get("property_unit"):
+    if unit != stored.property_unit:
         changes["property_unit"] = unit
     meta = record["metadata"]
     meta = None if not isinstance(meta, dict) else meta
-    if meta is not None and meta != stored.get("annotation_metadata"):
+    if meta is not None and meta != stored.annotation_metadata:
         changes["metadata"] = meta
     for fixed in ("char_source_type", "data_id"):
         mine = None if pd.isna(record[fixed]) else record[fixed]
-        if mine is not None and mine != stored.get(fixed):
+        if mine is not None and mine != getattr(stored, fixed):
             log.warning(
                 "annotation %s: %s differs (%r stored, %r given) but the API cannot change it",
-                stored.get("id"),
+                stored.id,
                 fixed,
-                stored.get(fixed),
+                getattr(stored, fixed),
                 mine,
             )
     return changes
 
 
-def _patch(uploader: _Uploader, annotation_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-    attempt = 1
+def _patch(uploader: _Uploader, annotation_id: str, changes: dict[str, Any]) -> AnnotationObject:
+    path = f"physical_samples/{uploader.sample_id}/annotations/{check_uuid(annotation_id)}"
+    body = _ENCODER.encode(changes)
+    attempt, started = 1, time.monotonic()
     while True:
         try:
-            return uploader.client.update_annotation(uploader.sample_id, annotation_id, changes)
+            raw = uploader.client.request("PATCH", path, data=body).content
+            # One object: read as a list of one, with the checks of every other answer.
+            return decode_annotations(b"[" + raw + b"]", "PATCH /" + path)[0]
         except (TransportError, ApiError) as exc:
             # PATCH sets values, so repeating it is harmless: retry any transient failure.
-            if not _transient(exc) or attempt >= uploader.policy.max_attempts:
+            if not _transient(exc) or not uploader.policy.allows(attempt, started):
                 raise
-            uploader.sleep(attempt, exc)
+            if not uploader.sleep(attempt, exc):
+                raise
             attempt += 1
+
+
+class _Pool:
+    """Worker threads for requests that an interrupt abandons rather than waits for.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads on shutdown and again at
+    interpreter exit, so Ctrl+C during an upload would wait for every request in flight
+    (up to the client's deadline each). These threads are daemons: an interrupted upload
+    returns at once, and a request still running ends with its deadline or the process.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._jobs = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def close(self) -> None:
+        """Let the threads end once the jobs queued so far are done."""
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
 
 
 def _run(
@@ -1512,60 +1652,121 @@ def _run(
     outcome: _Outcome,
     bar: _Progress,
 ) -> None:
-    """Send chunks on a pool, keeping a bounded number in flight (memory stays bounded)."""
-    in_flight: set[Future[_Outcome]] = set()
+    """Send chunks on a pool, keeping a bounded number in flight (memory stays bounded).
+
+    On Ctrl+C, the chunks in flight are accounted as unknown (a request may have taken
+    effect) and the interrupt goes on at once.
+    """
+    in_flight: dict[Future[_Outcome], Chunk] = {}
     limit = max_workers * 2
+    pool = _Pool(max_workers, "atomscale-upload")
 
     def collect(done: Iterable[Future[_Outcome]]) -> None:
         for future in done:
+            del in_flight[future]
             result = future.result()
             outcome.merge(result)
             bar.advance(result.n_done)
             if result.error is not None:
                 uploader.stop.set()
 
-    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="atomscale-upload") as pool:
-        try:
-            for chunk in chunks:
-                if uploader.stop.is_set():
-                    outcome.not_created.append(chunk)
-                    continue
-                in_flight.add(pool.submit(uploader.send, chunk))
-                if len(in_flight) >= limit:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    collect(done)
-        except BaseException:
-            uploader.stop.set()
-            raise
-        finally:
-            # Also when producing the next chunk failed: what is in flight gets accounted.
-            done, _ = wait(in_flight)
-            collect(done)
-
-
-def _check_late_commits(uploader: _Uploader, created: pd.DataFrame) -> None:
-    """Warn when a timed-out request committed after it was judged lost and resent.
-
-    Bulk create cannot be undone through the API, so this can only be reported.
-    """
-    if not len(created):
-        return
     try:
-        listed = _Answer.decode(uploader.list_existing())
-    except (TransportError, ApiError, ValueError) as exc:
-        log.warning("could not check for late commits after a timeout (%s)", _describe(exc))
+        for chunk in chunks:
+            if uploader.stop.is_set():
+                outcome.not_created.append(chunk)
+                continue
+            in_flight[pool.submit(uploader.send, chunk)] = chunk
+            if len(in_flight) >= limit:
+                collect(wait(in_flight, return_when=FIRST_COMPLETED).done)
+        # Also when producing the next chunk failed: what is in flight gets accounted.
+        collect(wait(in_flight).done)
+    except KeyboardInterrupt:
+        uploader.abandon()
+        collect([future for future in list(in_flight) if future.done()])
+        for future, chunk in in_flight.items():
+            if future.cancel():  # queued, never sent
+                outcome.not_created.append(chunk)
+                continue
+            # Rows written before the interrupt are created; nothing is written after.
+            written = uploader.result.written(chunk.positions)
+            outcome.done.append(chunk.positions[written])
+            outcome.unknown.append(chunk.take(~written))
+        raise
+    except BaseException:
+        uploader.stop.set()
+        collect(wait(in_flight).done)
+        raise
+    finally:
+        pool.close()
+
+
+def _check_unaccounted(
+    uploader: _Uploader, created: pd.DataFrame, listing: _Listing, *, strict: bool
+) -> None:
+    """Compare what the upload created with what the sample holds where it wrote.
+
+    Two things can be wrong: an annotation reported created is not stored (a 200 that
+    lied), or a position holds annotations that neither the state before the upload nor
+    the upload account for (a timed-out request committed after its records were resent,
+    or another writer). With ``strict``, raise :class:`UploadError` naming them;
+    otherwise warn of the second (bulk create cannot be undone through the API).
+    """
+    try:
+        objects = listing.fetch(uploader)
+    except (TransportError, ApiError) as exc:
+        if strict:
+            raise
+        log.warning("could not check for annotations stored twice (%s)", _describe(exc))
         return
+    listed = _Answer.from_objects(objects)
+    listed_ids = _IdSet()
+    listed_ids.add(id_hashes(listed.ids))
+    missing = ~listed_ids.contains(id_hashes(created["annotation_id"].tolist()))
     with uploader.lock:
-        extra = listed.without(uploader.known_ids())
-    _, late = _match(created, extra)
-    if late.any():
-        ids = [i for i, hit in zip(extra.ids, late.tolist(), strict=True) if hit]
-        log.warning(
-            "%d annotations are stored twice: a request that timed out was committed by the "
-            "server after the upload had resent its records (extra ids: %s)",
-            len(ids),
-            ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""),
+        fresh = ~uploader.claimed.contains(id_hashes(listed.ids))
+    mine = _key_frame(_record_keys(created), POSITION_KEY, count=False).drop_duplicates()
+    theirs = _key_frame({c: v[fresh] for c, v in listed.keys.items()}, POSITION_KEY, count=False)
+    theirs["_at"] = np.flatnonzero(fresh)
+    at = np.sort(theirs.merge(mine, on=list(POSITION_KEY), how="inner")["_at"].to_numpy())
+    extra = annotation_frame([objects[i] for i in at.tolist()], route=uploader.route)
+    problems = []
+    if missing.any() and strict:
+        problems.append(
+            f"{int(missing.sum())} annotations the server answered as created are not stored"
         )
+    if len(extra):
+        problems.append(
+            f"{len(extra)} annotations at the positions of this upload's records were stored "
+            f"by no one this upload knows of ({_positions(extra)}): a request that timed out "
+            "and was committed after its records were sent again, or another upload to the "
+            "same sample at the same time"
+        )
+    if not problems:
+        return
+    if not strict:
+        log.warning("%s; their ids: %s", problems[0], ", ".join(extra["annotation_id"][:10]))
+        return
+    raise UploadError(
+        f"the upload to sample {uploader.sample_id} was checked: "
+        + "; ".join(problems)
+        + ". .created holds the annotations that are stored, .unknown the records whose "
+        "annotations are not, .extra the annotations no one accounts for.",
+        created=created[~missing],
+        not_created=_ordered_records([]),
+        not_updated=_ordered_records([]),
+        unknown=created.loc[missing, list(RECORD_COLUMNS)],
+        cause=None,
+        extra=extra,
+    )
+
+
+def _positions(table: pd.DataFrame, shown: int = 5) -> str:
+    """A few of a table's positions, for a message."""
+    text = ", ".join(
+        f"{row.property_name} at ({row.coord_x:g}, {row.coord_y:g})"
+        for row in table.head(shown).itertuples()
+    )
+    return text + (f" and {len(table) - shown} more" if len(table) > shown else "")
 
 
 def _finish(
@@ -1594,7 +1795,23 @@ def _finish(
         not_updated=_ordered_records(outcome.not_updated),
         unknown=_ordered_records(outcome.unknown),
         cause=outcome.error,
+        mismatched=_mismatched_frame(outcome.mismatched),
     ) from outcome.error
+
+
+def _mismatched_frame(pairs: list[tuple[Chunk, _Answer]]) -> pd.DataFrame | None:
+    """What is stored for records stored with other content: id, position and value of
+    each stored annotation, indexed by the record's label, in input order."""
+    if not pairs:
+        return None
+    frame = pd.concat(
+        [
+            pd.DataFrame({"annotation_id": stored.ids, **stored.keys}, index=chunk.index)
+            for chunk, stored in pairs
+        ]
+    )
+    order = np.argsort(np.concatenate([chunk.positions for chunk, _ in pairs]), kind="stable")
+    return frame.iloc[order]
 
 
 def upload_error(
@@ -1605,6 +1822,7 @@ def upload_error(
     not_updated: pd.DataFrame,
     unknown: pd.DataFrame,
     cause: BaseException | None,
+    mismatched: pd.DataFrame | None = None,
 ) -> UploadError:
     """The :class:`UploadError` of an upload that stopped: what happened, the counts of
     each group of records, and how to complete the upload."""
@@ -1616,7 +1834,13 @@ def upload_error(
         + ".",
         "Re-run the same upload with if_exists='skip' to complete it without duplicates"
         + (" (with if_exists='update' to also apply the updates)" if len(not_updated) else "")
-        + "; .created, .not_created, .not_updated and .unknown hold the records.",
+        + "; .created, .not_created, .not_updated and .unknown hold the records"
+        + (
+            f"; .mismatched shows what is stored for {len(mismatched)} records stored with "
+            "other content than sent."
+            if mismatched is not None and len(mismatched)
+            else "."
+        ),
     ]
     return UploadError(
         "\n".join(lines),
@@ -1625,6 +1849,7 @@ def upload_error(
         not_updated=not_updated,
         unknown=unknown,
         cause=cause,
+        mismatched=mismatched,
     )
 
 

@@ -1,8 +1,9 @@
 """Run the records schema and turn its failures into one readable error.
 
-pandera runs lazily, so every failing check is found in one pass. The error's message is
-capped (a count per check and a handful of example rows); the complete failure table is
-kept on the exception for code that wants every case.
+pandera runs lazily, so every failing check is found in one pass. The failures go to one
+:class:`~atomscale_accessors.failures.FailureCollector`: the error's message is capped (a
+count per check and a handful of distinct examples), and the failure table on the
+exception keeps the first ``MAX_FAILURE_CASES`` cases, with every failure counted.
 """
 
 from __future__ import annotations
@@ -15,11 +16,22 @@ import pandas as pd
 import pandera.errors
 
 from .errors import AnnotationValidationError
-from .schemas import POSITION_KEY, compact_records, records_schema
+from .failures import (
+    FAILURE_COLUMNS,
+    MAX_EXAMPLES,
+    FailureCollector,
+    failure_message,
+    failure_table,
+    problem_message,
+    quote,
+    quote_list,
+)
+from .schemas import POSITION_KEY, compact_records, metadata_problem, records_schema
 
 __all__ = [
     "MAX_EXAMPLES",
     "ValidationReport",
+    "check_records",
     "failure_message",
     "problem_message",
     "validate_records",
@@ -27,9 +39,6 @@ __all__ = [
 
 log = logging.getLogger("atomscale_accessors")
 
-#: Example rows shown in an error message; the rest are only in ``failure_cases``.
-MAX_EXAMPLES = 10
-_FAILURE_COLUMNS = ["index", "column", "check", "failure_case"]
 _FRAME_CHECK_COLUMNS = {
     "coord_units_given_with_coordinates": "coord_units",
     "x_and_y_together": "coord_x, coord_y",
@@ -42,7 +51,7 @@ class ValidationReport:
     """What validation changed: rows dropped on request, with the reason."""
 
     def __init__(self, dropped: pd.DataFrame | None = None) -> None:
-        self.dropped = dropped if dropped is not None else pd.DataFrame(columns=_FAILURE_COLUMNS)
+        self.dropped = dropped if dropped is not None else failure_table()
 
     @property
     def n_dropped(self) -> int:
@@ -81,19 +90,46 @@ def validate_records(
     Raises
     ------
     AnnotationValidationError
-        Listing the failing checks with counts and at most ``MAX_EXAMPLES`` example rows;
-        ``.failure_cases`` holds every failure.
+        Listing the failing checks with counts and at most ``MAX_EXAMPLES`` distinct
+        example rows; ``.failure_cases`` holds the first ``MAX_FAILURE_CASES`` failures.
+    """
+    failures = FailureCollector()
+    if prior is not None:
+        failures.add(prior.failure_cases)
+    valid = check_records(
+        records, failures, dropna=dropna, allow_duplicates=allow_duplicates, report=report
+    )
+    if failures or prior is not None:
+        reasons = prior.reasons if prior is not None else []
+        n_rows = len(valid) + (_left_out(prior.failure_cases, valid) if prior is not None else 0)
+        raise failures.error(n_rows, reasons=reasons) from None
+    return valid
+
+
+def check_records(
+    records: pd.DataFrame,
+    failures: FailureCollector,
+    *,
+    dropna: bool = False,
+    allow_duplicates: bool = False,
+    report: ValidationReport | None = None,
+) -> pd.DataFrame:
+    """:func:`validate_records` that adds the failures to ``failures`` instead of raising,
+    so that a caller validating in parts (the blocks of a map) reports them all at once.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The records, less the rows dropped by ``dropna``.
     """
     if dropna:
         missing = records["property_value"].isna().to_numpy()
         if missing.any():
             dropped = records.index[missing]
-            shown = ", ".join(repr(label) for label in dropped[:5])
             log.warning(
-                "dropping %d records whose value is NaN (rows %s%s)",
+                "dropping %d records whose value is NaN (rows %s)",
                 missing.sum(),
-                shown,
-                ", ..." if len(dropped) > 5 else "",
+                quote_list(dropped, limit=5),
             )
             if report is not None:
                 report.dropped = pd.DataFrame(
@@ -106,7 +142,6 @@ def validate_records(
                 )
             records = records.loc[~missing]
     schema = records_schema(allow_duplicates=allow_duplicates)
-    table = None
     try:
         # Positional index while validating: pandera's unique check and failure table want
         # plain labels, and user indexes may repeat (wide input) or be a MultiIndex.
@@ -114,16 +149,22 @@ def validate_records(
         positional = compact_records(records.reset_index(drop=True))
         schema.validate(positional, lazy=True, inplace=True)
     except pandera.errors.SchemaErrors as exc:
-        table = _with_unencodable_rows(_failure_table(exc.failure_cases, records), records)
-    if prior is not None:
-        both = prior.failure_cases if table is None else pd.concat([prior.failure_cases, table])
-        both = both.reset_index(drop=True)
-        raise AnnotationValidationError(
-            problem_message(prior.reasons, both, len(records)), both, reasons=prior.reasons
-        ) from None
-    if table is not None:
-        raise AnnotationValidationError(failure_message(table, len(records)), table) from None
+        table = _failure_table(exc.failure_cases, records)
+        failures.add(_with_unreportable_rows(table, records, schema))
     return records
+
+
+def _left_out(prior: pd.DataFrame, records: pd.DataFrame) -> int:
+    """Input rows with a failure that are not among the records (a cell that could not be
+    read leaves its row out of the schema checks): they count among the rows checked."""
+    labels = pd.unique(prior["index"].dropna().to_numpy(dtype=object))
+    if not len(labels):
+        return 0
+    try:
+        present = records.index[records.index.isin(list(labels))]
+        return len(labels) - len(set(present) & set(labels.tolist()))
+    except TypeError:  # labels that cannot be compared or hashed
+        return 0
 
 
 def _failure_table(cases: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
@@ -151,6 +192,12 @@ def _failure_table(cases: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
         if wide.any():
             table.loc[wide, "column"] = column
             table.loc[wide, "failure_case"] = None
+    # One check tests metadata; name the rule each row breaks.
+    meta = (table["column"] == "metadata") & (table["check"] == "json_object")
+    if meta.any():
+        table.loc[meta, "check"] = [
+            metadata_problem(case) or "json_object" for case in table.loc[meta, "failure_case"]
+        ]
     table = table.drop_duplicates(subset=["index", "column", "check"], ignore_index=True)
     _explain_units(table, records)
     table = table.drop(columns="_pos")
@@ -186,27 +233,46 @@ def _explain_units(table: pd.DataFrame, records: pd.DataFrame) -> None:
                 first.setdefault(g, u)
         for row in rows:
             pos = int(table.at[row, "_pos"])
-            what = f" for {groups[pos]!r}" if group else ""
+            what = f" for {quote(groups[pos])}" if group else ""
             table.at[row, "failure_case"] = (
-                f"{units[pos]!r}{what}, where other rows have {first.get(groups[pos])!r}"
+                f"{quote(units[pos])}{what}, where other rows have {quote(first.get(groups[pos]))}"
             )
 
 
-def _with_unencodable_rows(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
-    """Replace pandera's report of text it could not print (a lone surrogate makes its
-    error formatter fail) with one row per offending cell."""
-    broken = table["index"].isna() & table["failure_case"].map(
-        lambda case: isinstance(case, str) and case.startswith("UnicodeEncodeError")
-    )
-    if not broken.any():
+def _with_unreportable_rows(
+    table: pd.DataFrame, records: pd.DataFrame, schema: Any
+) -> pd.DataFrame:
+    """Replace pandera's reports of values it could not print (its error formatter fails on
+    a lone surrogate, and on metadata nested past the recursion limit) with one row per
+    offending cell."""
+    cases = table["failure_case"]
+    whole = table["index"].isna()
+
+    def failed_with(error: str) -> pd.Series:
+        return whole & cases.map(lambda case: isinstance(case, str) and case.startswith(error))
+
+    unencodable, too_deep = failed_with("UnicodeEncodeError"), failed_with("RecursionError")
+    if not (unencodable.any() or too_deep.any()):
         return table
     rows = []
-    for column in table.loc[broken, "column"].unique():
+    for column in table.loc[unencodable, "column"].unique():
         for label, value in zip(records.index, records[column].tolist(), strict=True):
             if isinstance(value, str) and not _encodes(value):
                 rows.append((label, column, "text", ascii(value)))
-    fixed = pd.DataFrame(rows, columns=_FAILURE_COLUMNS)
-    return pd.concat([table[~broken], fixed], ignore_index=True)
+    labels = np.array(records.index, dtype=object)
+    for column, check in dict.fromkeys(
+        zip(table.loc[too_deep, "column"], table.loc[too_deep, "check"], strict=True)
+    ):
+        test = next(c for c in schema.columns[column].checks if c.name == check)
+        passed = test(records[column].reset_index(drop=True)).check_output
+        for position in passed.index[~passed.to_numpy(dtype=bool)]:
+            # Quoted: the object itself cannot be printed, not even by the failure table.
+            value = records[column].iloc[position]
+            if column == "metadata":
+                check = metadata_problem(value) or check
+            rows.append((labels[position], column, check, quote(value)))
+    fixed = pd.DataFrame(rows, columns=list(FAILURE_COLUMNS))
+    return pd.concat([table[~(unencodable | too_deep)], fixed], ignore_index=True)
 
 
 def _encodes(text: str) -> bool:
@@ -225,37 +291,3 @@ def _check_name(check: str) -> str:
     if check.startswith("column_in_schema"):
         return "unknown_column"
     return check
-
-
-def problem_message(reasons: list[str], table: pd.DataFrame, n_rows: int) -> str:
-    """The reasons a frame could not become records, then the capped failure summary."""
-    lines = ["the frame cannot be turned into annotations:"]
-    lines += [f"  - {reason}" for reason in dict.fromkeys(reasons)]
-    return "\n".join([*lines, failure_message(table, n_rows)])
-
-
-def failure_message(table: pd.DataFrame, n_rows: int, *, subject: str = "records") -> str:
-    """A capped summary of a failure table: counts per check, then a few examples."""
-    if table.empty:
-        return f"{subject} failed validation"
-    counts = table.groupby(["column", "check"], sort=False, dropna=False).size()
-    n_bad = table["index"].dropna().nunique()
-    lines = [
-        f"{n_bad} of {n_rows} {subject} failed validation ({len(table)} failures):"
-        if n_bad
-        else f"{subject} failed validation ({len(table)} failures):"
-    ]
-    for (column, check), count in counts.items():
-        lines.append(f"  - {column}: {check} ({count} {'case' if count == 1 else 'cases'})")
-    examples = table.head(MAX_EXAMPLES)
-    lines.append(f"examples (first {len(examples)}; all in .failure_cases):")
-    for row in examples.itertuples(index=False):
-        lines.append(
-            f"  row {_fmt(row.index)}: {row.column} = {_fmt(row.failure_case)} ({row.check})"
-        )
-    return "\n".join(lines)
-
-
-def _fmt(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -113,6 +113,7 @@ class _MapAccessor:
         max_workers: int | None = None,
         progress: Any = None,
         dry_run: bool = False,
+        verify: bool = False,
         dropna: bool = False,
         allow_duplicates: bool | None = None,
         block_rows: int | None = None,
@@ -132,7 +133,7 @@ class _MapAccessor:
             Default: configured from the environment (``AS_API_KEY``, ``AS_API_ENDPOINT``).
         if_exists : {"fail", "skip", "append", "update"}, default "fail"
             What to do with annotations already stored at the same positions.
-        chunk_size, max_chunk_bytes, max_workers, progress, dry_run
+        chunk_size, max_chunk_bytes, max_workers, progress, dry_run, verify
             See :func:`~atomscale_accessors.upload.upload_records`.
         dropna, allow_duplicates
             As for :meth:`validate`.
@@ -177,6 +178,7 @@ class _MapAccessor:
             dropna=dropna,
             allow_duplicates=allow_duplicates,
             block_rows=block_rows,
+            verify=verify,
             **options,
         )
 

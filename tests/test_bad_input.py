@@ -118,6 +118,19 @@ FRAME_CASES: dict[str, Bad] = {
     "value-datetime": Bad(
         lambda: frame(thk=pd.date_range("2026-01-01", periods=5)), says=("thk", "datetime64")
     ),
+    "value-text-missing-and-infinite-at-once": Bad(
+        lambda: frame(
+            thk=pd.Series([101.5, "n/a", np.nan, np.inf, 99.0], index=LABELS, dtype=object)
+        ),
+        says=("'p1'", "not numbers", "not_nullable", "finite", "3 of 5 records"),
+        where=(("p1", "thk"), ("p2", "property_value"), ("p3", "property_value")),
+    ),
+    "canonical-columns-without-property-name": Bad(
+        lambda: pd.DataFrame({"property_value": THK, "x": XS, "y": YS}, index=LABELS.copy()),
+        options={"x": None, "y": None, "value": None, "property_name": None},
+        says=("property_name",),
+        where=((None, "property_name"),),
+    ),
     "value-object-array-mixed": Bad(
         lambda: frame(thk=pd.Series([101.5, "99", None, 100.0, b"1"], index=LABELS, dtype=object)),
         says=("thk", "'p1'"),
@@ -801,6 +814,13 @@ FILE_CASES = {
         says=("thk", "row 3", "'n/a?'"),
         # Lines 2 and 4 hold numbers: the message must not blame them.
         absent=("row 2:", "row 4:"),
+    ),
+    "csv-text-empty-and-inf-values": BadFile(
+        "points.csv",
+        b"x_mm,y_mm,thk\n0,0,101.5\n5,0,abc\n10,0,\n15,0,inf\n20,0,1e400\n25,0,99\n",
+        # One error for all four: the text, the missing value, the two infinite ones.
+        says=("row 3: thk = 'abc'", "row 4:", "row 5:", "row 6:", "not_nullable", "finite"),
+        absent=("row 2:", "row 7:"),
     ),
     "csv-inf-value": BadFile(
         "points.csv", b"x_mm,y_mm,thk\n0,0,101.5\n5,0,inf\n", says=("finite", "row 3")

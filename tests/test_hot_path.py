@@ -181,7 +181,7 @@ def test_text_key_that_varies_within_a_chunk_is_not_guessed():
     records.loc[records.index[::2], "property_name"] = "sheet_resistance"
     raw, _ = answer_bytes(records)
     assert _expected_answer(whole_chunk(records), raw) == (None, None)
-    assert len(_Answer.decode(raw)) == len(records)  # the general path reads it
+    assert len(_Answer.decode(raw, "POST /bulk")) == len(records)  # the general path reads it
 
 
 # -- the result ----------------------------------------------------------------------------

@@ -8,8 +8,19 @@ import pytest
 from conftest import THICKNESS_MAPPING, thickness_frame
 
 from atomscale_accessors.errors import AnnotationValidationError
+from atomscale_accessors.failures import MAX_FAILURE_CASES
 from atomscale_accessors.records import to_records
+from atomscale_accessors.schemas import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
 from atomscale_accessors.validation import MAX_EXAMPLES, ValidationReport, validate_records
+
+
+def nested(depth: int) -> dict:
+    """Metadata ``depth`` levels deep, alternating objects and arrays."""
+    value: dict | list = {"leaf": 1}
+    for level in range(depth - 1):
+        # Arrays and objects in turn; the outermost is an object.
+        value = [value] if level % 2 == 0 and level < depth - 2 else {"a": value}
+    return value
 
 
 def records(n: int = 6, **changes) -> pd.DataFrame:
@@ -46,7 +57,9 @@ def test_valid_records_come_back_unchanged():
         ("metadata", {"when": object()}, "json_object"),
         ("metadata", {"x": float("nan")}, "json_object"),
         ("metadata", [1, 2], "json_object"),
-        ("metadata", {"blob": "x" * 70_000}, "json_object"),
+        ("metadata", {"blob": "x" * 70_000}, f"encoded_at_most_{MAX_METADATA_BYTES}_bytes"),
+        ("metadata", nested(MAX_METADATA_DEPTH + 1), f"depth_at_most_{MAX_METADATA_DEPTH}"),
+        ("metadata", nested(200), f"depth_at_most_{MAX_METADATA_DEPTH}"),
         ("property_unit", 5, "text"),
     ],
 )
@@ -108,16 +121,18 @@ def test_dropna_drops_and_reports():
     assert report.dropped["index"].tolist() == ["site-001", "site-004"]
 
 
-def test_message_is_capped_and_table_is_complete():
-    n = 200_000
+def test_message_and_table_are_capped_and_counts_exact():
+    n = MAX_FAILURE_CASES + 50_000
     df = pd.DataFrame({"x": np.arange(n, dtype=float), "y": 0.0, "v": np.nan})
     rec = to_records(df, value="v", property_name="p", property_unit="1", coord_units="mm")
     with pytest.raises(AnnotationValidationError) as info:
         validate_records(rec)
     message = str(info.value)
-    assert len(info.value.failure_cases) == n
+    assert len(info.value.failure_cases) == MAX_FAILURE_CASES
     assert message.count("\n") < 20
-    assert f"{n} of {n} records failed" in message
+    assert f"{n:,} of {n:,} records failed validation ({n:,} failures)" in message
+    assert f"property_value: not_nullable ({n:,} cases)" in message
+    assert "50,000 more only counted" in message
     assert f"first {MAX_EXAMPLES}" in message
     # examples come in input order
     assert "row 0:" in message
