@@ -28,7 +28,6 @@ import time
 import unicodedata
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -40,6 +39,7 @@ import urllib3.connection
 
 from . import __version__
 from .errors import ApiError, ConfigurationError, InvalidIdentifierError, TransportError
+from .retry import RetryPolicy
 from .schemas import is_uuid
 
 __all__ = ["DEFAULT_ENDPOINT", "Client", "RetryPolicy", "check_uuid", "resolve_client"]
@@ -50,48 +50,6 @@ _decode = msgspec.json.Decoder().decode
 DEFAULT_ENDPOINT = "https://api.atomscale.ai/"
 _KEY_VARIABLES = ("AS_API_KEY", "ATOMSCALE_API_KEY")
 _ENDPOINT_VARIABLE = "AS_API_ENDPOINT"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard an upload tries before giving up on a chunk.
-
-    Attributes
-    ----------
-    max_attempts : int
-        Attempts per chunk for failures that provably did not take effect (refused
-        connections, 429, 503), the first attempt included.
-    backoff : float
-        First wait in seconds when the server gives no ``Retry-After``; doubles each time.
-    max_wait : float
-        Cap on any single wait, including one asked for by ``Retry-After``.
-    settle : float or None
-        Seconds to wait after a timeout (or a 504) before asking the server what landed,
-        since it may still be working on the request. Default: twice the read timeout,
-        capped by ``max_wait``.
-    give_up_after : float
-        Seconds after the first attempt of a request (or of a chunk) after which a
-        failure is not retried: with ``max_attempts``, it bounds how long an upload
-        keeps trying a server that does not answer.
-    """
-
-    max_attempts: int = 6
-    backoff: float = 0.25
-    max_wait: float = 30.0
-    settle: float | None = None
-    give_up_after: float = 120.0
-
-    def allows(self, attempt: int, started: float) -> bool:
-        """Whether attempt number ``attempt`` of a series begun at ``started`` (a
-        ``time.monotonic()`` reading) may be followed by another: the one rule for how
-        long any request is retried."""
-        return attempt < self.max_attempts and time.monotonic() - started < self.give_up_after
-
-    def wait(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before attempt number ``attempt + 1`` (``attempt`` >= 1)."""
-        if retry_after is not None:
-            return max(0.0, min(retry_after, self.max_wait))
-        return min(self.backoff * 2 ** (attempt - 1), self.max_wait)
 
 
 def check_uuid(value: Any, what: str = "sample id") -> str:

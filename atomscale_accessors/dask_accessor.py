@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import logging
 import pickle
-import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,9 +44,12 @@ from .frames import (
     decode_annotations,
     empty_annotation_frame,
 )
+from .keys import FLOAT_KEYS, NULL_TEXT
 from .records import RecordMapping, build_records, to_records, validated_records
-from .schemas import COORD_COLUMNS, POSITION_KEY, RECORD_COLUMNS
-from .upload import IF_EXISTS, IfExists, _Existing, _exists_error, upload_error, upload_records
+from .retry import retry_safe
+from .schemas import POSITION_KEY, RECORD_COLUMNS
+from .upload import IF_EXISTS, IfExists, upload_error, upload_records
+from .upload.existing import MAX_NAMED_LISTINGS, Existing, exists_error
 from .validation import failure_message, problem_message, validate_records
 
 __all__ = [
@@ -62,12 +64,7 @@ __all__ = [
 
 log = logging.getLogger("atomscale_accessors")
 
-_FLOATS = frozenset({"property_value", *COORD_COLUMNS})
-_NULL_TEXT = "\x00"  # stands for "unset" in position keys, where NaN and None must agree
-# Statuses after which a GET may simply be sent again.
-_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Up to this many properties the sample is listed one property at a time (as upload does).
-_MAX_NAMED_LISTINGS = 4
 
 
 # -- the accessor --------------------------------------------------------------------------
@@ -465,7 +462,7 @@ def _stored_by_earlier_run(
     ]
     if not objects:
         return empty_annotation_frame(records.index[:0])
-    existing = _Existing(objects)
+    existing = Existing(objects)
     stored = existing.lookup(records)  # one stored annotation per record, at most
     hit = stored >= 0
     return existing.frame(stored[hit], records.index[hit])
@@ -477,18 +474,9 @@ def _relabel(frame: pd.DataFrame, labels: pd.Index) -> pd.DataFrame:
 
 
 def _list_annotations(client: Client, sample_id: str, **filters: Any) -> list[AnnotationObject]:
-    """List annotations, retrying transient failures: a GET changes nothing."""
-    attempt, started = 1, time.monotonic()
-    while True:
-        try:
-            raw = client.list_annotations_raw(sample_id, **filters)
-            return decode_annotations(raw, f"GET /physical_samples/{sample_id}/annotations/")
-        except (TransportError, ApiError) as exc:
-            transient = isinstance(exc, TransportError) or exc.status_code in _TRANSIENT_STATUSES
-            if not transient or not client.retry.allows(attempt, started):
-                raise
-            time.sleep(client.retry.wait(attempt, getattr(exc, "retry_after", None)))
-            attempt += 1
+    """List annotations, retrying any failure that may pass: a GET changes nothing."""
+    raw = retry_safe(lambda: client.list_annotations_raw(sample_id, **filters), client.retry)
+    return decode_annotations(raw, f"GET /physical_samples/{sample_id}/annotations/")
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -693,11 +681,11 @@ def _validated_checks(
     _raise_repeats(found, allow_duplicates, sum(check.n_records for check in checks))
     if refuse_stored and checks.stored:
         records = pd.concat(found)
-        existing = _Existing(checks.stored)
+        existing = Existing(checks.stored)
         at = existing.lookup(records, consume=False)
         hit = at >= 0
         if hit.any():
-            checks.clashes = _exists_error(existing.frame(at[hit], records.index[hit]))
+            checks.clashes = exists_error(existing.frame(at[hit], records.index[hit]))
     return checks
 
 
@@ -775,7 +763,7 @@ def _list_stored(
         filters["x_range"] = (float(corners[:, 0].min()), float(corners[:, 1].max()))
         filters["y_range"] = (float(corners[:, 2].min()), float(corners[:, 3].max()))
     objects: list[AnnotationObject] = []
-    for name in names if 0 < len(names) <= _MAX_NAMED_LISTINGS else [None]:
+    for name in names if 0 < len(names) <= MAX_NAMED_LISTINGS else [None]:
         objects += _list_annotations(client, sample_id, property_name=name, **filters)
     return objects
 
@@ -816,13 +804,13 @@ def _normalised_keys(records: pd.DataFrame) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     for column in POSITION_KEY:
         values = records[column]
-        if column in _FLOATS:
+        if column in FLOAT_KEYS:
             floats = values.to_numpy(dtype="float64", na_value=np.nan) + 0.0  # -0.0 -> 0.0
             floats[np.isnan(floats)] = np.nan
             columns[column] = floats
         else:
             text = values.to_numpy(dtype=object, na_value=None)
-            columns[column] = np.where(pd.isna(text), _NULL_TEXT, text).astype(object)
+            columns[column] = np.where(pd.isna(text), NULL_TEXT, text).astype(object)
     return pd.DataFrame(columns, index=records.index)
 
 
@@ -832,7 +820,7 @@ def _object_keys(objects: list[AnnotationObject]) -> pd.DataFrame:
         {
             column: np.array(
                 [getattr(obj, column) for obj in objects],
-                dtype="float64" if column in _FLOATS else object,
+                dtype="float64" if column in FLOAT_KEYS else object,
             )
             for column in POSITION_KEY
         }
@@ -872,7 +860,7 @@ def _records_meta(ddf: dd.DataFrame) -> pd.DataFrame:
     """An empty frame of canonical records, indexed like the input."""
     return pd.DataFrame(
         {
-            column: pd.Series(dtype="float64" if column in _FLOATS else object)
+            column: pd.Series(dtype="float64" if column in FLOAT_KEYS else object)
             for column in RECORD_COLUMNS
         },
         index=ddf._meta.index[:0],

@@ -19,13 +19,9 @@ from hypothesis import strategies as st
 from atomscale_accessors.frames import FrameBuilder, _column, parse_times, text_codes
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import POSITION_KEY, compact_records, repeated_positions
-from atomscale_accessors.upload import (
-    Chunk,
-    EncodedRecords,
-    _Answer,
-    _expected_answer,
-    iter_chunks,
-)
+from atomscale_accessors.upload.answers import Answer, expected_answer
+from atomscale_accessors.upload.chunks import Chunk, iter_chunks
+from atomscale_accessors.upload.encode import EncodedRecords
 
 SAMPLE = "961d9ac7-9321-4d10-b2ab-b6f8710b60e2"
 
@@ -124,7 +120,7 @@ def test_chunks_cut_by_bytes_hold_every_record_once():
 def test_the_usual_answer_is_read_with_its_time_and_version_as_literals():
     records = grid_records()
     raw, ids = answer_bytes(records)
-    answer, guessed = _expected_answer(whole_chunk(records), raw)
+    answer, guessed = expected_answer(whole_chunk(records), raw)
     assert guessed is True
     assert answer.ids == ids
     assert set(answer.last_updated) == {"2026-11-29T10:00:00.123456Z"}
@@ -135,14 +131,14 @@ def test_times_that_differ_are_read_row_by_row():
     records = grid_records()
     times = [f"2026-11-29T10:00:{s:02d}Z" for s in range(len(records))]
     raw, ids = answer_bytes(records, last_updated=times)
-    answer, guessed = _expected_answer(whole_chunk(records), raw)
+    answer, guessed = expected_answer(whole_chunk(records), raw)
     assert guessed is False  # the guess from the first row did not hold
     assert answer.ids == ids and answer.last_updated == times and answer.versions == ["1"] * 12
-    answer, guessed = _expected_answer(whole_chunk(records), raw, peek=False)
+    answer, guessed = expected_answer(whole_chunk(records), raw, peek=False)
     assert guessed is None and answer.last_updated == times
     # Versions as numbers (one documented example has them): not guessed, read as they are.
     raw, ids = answer_bytes(records, version=[1] * len(records))
-    answer, guessed = _expected_answer(whole_chunk(records), raw)
+    answer, guessed = expected_answer(whole_chunk(records), raw)
     assert guessed is None and answer.ids == ids and answer.versions == [1] * 12
 
 
@@ -172,7 +168,7 @@ def test_any_other_answer_goes_to_the_matching_by_content(change):
     elif change == "one_less":
         objects.pop()
     raw = b"[{" if change == "not_json" else json.dumps(objects).encode()
-    answer, _ = _expected_answer(whole_chunk(records), raw)
+    answer, _ = expected_answer(whole_chunk(records), raw)
     assert answer is None
 
 
@@ -180,8 +176,8 @@ def test_text_key_that_varies_within_a_chunk_is_not_guessed():
     records = grid_records()
     records.loc[records.index[::2], "property_name"] = "sheet_resistance"
     raw, _ = answer_bytes(records)
-    assert _expected_answer(whole_chunk(records), raw) == (None, None)
-    assert len(_Answer.decode(raw, "POST /bulk")) == len(records)  # the general path reads it
+    assert expected_answer(whole_chunk(records), raw) == (None, None)
+    assert len(Answer.decode(raw, "POST /bulk")) == len(records)  # the general path reads it
 
 
 # -- the result ----------------------------------------------------------------------------
@@ -280,7 +276,7 @@ def test_records_of_a_dataframe_get_the_usual_answer_path():
     records = compact_records(to_records(thickness_frame(25), **THICKNESS_MAPPING))
     chunk = Chunk.of(records, np.arange(len(records)))
     raw, ids = answer_bytes(records)
-    answer, _ = _expected_answer(chunk, raw)
+    answer, _ = expected_answer(chunk, raw)
     assert answer is not None and answer.ids == ids
 
 

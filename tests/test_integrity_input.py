@@ -16,7 +16,6 @@ import xarray as xr
 from conftest import THICKNESS_MAPPING, thickness_frame
 
 import atomscale_accessors
-from atomscale_accessors import upload
 from atomscale_accessors.errors import AnnotationValidationError, AtomscaleError
 from atomscale_accessors.failures import (
     FAILURE_COLUMNS,
@@ -35,6 +34,7 @@ from atomscale_accessors.schemas import (
     MAX_TEXT_LENGTH,
     encode_metadata,
 )
+from atomscale_accessors.upload import chunks, encode
 from atomscale_accessors.validation import validate_records
 
 _ = atomscale_accessors  # registers the accessors
@@ -218,8 +218,8 @@ def test_the_largest_valid_record_encodes_to_the_stated_bound():
         }
     )
     validate_records(record)  # at every limit, and valid
-    assert int(upload.EncodedRecords(record).sizes[0]) == MAX_RECORD_BYTES
-    assert MAX_RECORD_BYTES <= upload._MIN_CHUNK_BYTES  # one record always fits a chunk
+    assert int(encode.EncodedRecords(record).sizes[0]) == MAX_RECORD_BYTES
+    assert MAX_RECORD_BYTES <= chunks.MIN_CHUNK_BYTES  # one record always fits a chunk
 
 
 # -- item 9: messages bounded whatever the input -------------------------------------------------

@@ -394,7 +394,9 @@ def test_progress_callback(client, sample_id):
 
 def test_answers_are_matched_by_content_not_position():
     from atomscale_accessors.frames import AnnotationObject
-    from atomscale_accessors.upload import _Answer, _match
+    from atomscale_accessors.keys import match
+    from atomscale_accessors.upload.answers import Answer
+    from atomscale_accessors.upload.columns import Columns
 
     records = to_records(thickness_frame(6), **THICKNESS_MAPPING)
     objects = [
@@ -404,7 +406,7 @@ def test_answers_are_matched_by_content_not_position():
     objects.reverse()
     objects[0]["property_value"] += 1e-12  # the server stored something else for this one
     stored = msgspec.convert(objects, list[AnnotationObject])
-    paired, used = _match(records, _Answer.from_objects(stored))
+    paired, used = match(Columns.of(records), Answer.from_objects(stored))
     assert paired.tolist() == [5, 4, 3, 2, 1, -1]
     assert used.tolist() == [False, True, True, True, True, True]
 

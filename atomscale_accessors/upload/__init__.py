@@ -1,0 +1,434 @@
+"""Chunking, encoding, sending, retrying and reconciling an upload of canonical records.
+
+The rules that keep an upload exactly-once, since bulk create is not idempotent:
+
+* retry blindly only what provably did not take effect: a refused connection, 429, 503,
+  and 413 (split the chunk, then send the halves);
+* after an ambiguous failure (the request reached the server but no success came back: a
+  read timeout, a reset, 500, 502, 504) list what the sample holds and resend only the
+  records that are not there;
+* match what the server created to the input rows by content (the position key and the
+  value), never by position in the answer alone.
+
+Every outcome is accounted for: the return value is the frame of created annotations,
+indexed like the input; on failure :class:`~atomscale_accessors.errors.UploadError` says
+what was created, what was not, and what could not be established.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ..client import check_uuid, resolve_client
+from ..errors import AnnotationValidationError, ApiError, TransportError, UploadError
+from ..frames import AnnotationObject, FrameBuilder, annotation_frame
+from ..keys import FLOAT_KEYS, key_frame, record_keys
+from ..locking import sample_lock
+from ..retry import describe
+from ..schemas import POSITION_KEY, RECORD_COLUMNS, compact_records
+from ..validation import validate_records
+from .answers import Answer, IdSet, id_hashes
+from .chunks import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_CHUNK_BYTES,
+    DEFAULT_MAX_WORKERS,
+    MIN_CHUNK_BYTES,
+    Chunk,
+    dry_run_frame,
+    iter_chunks,
+)
+from .columns import Columns
+from .encode import EncodedRecords
+from .existing import (
+    Existing,
+    Listing,
+    apply_if_exists,
+    apply_updates,
+    describe_positions,
+    refuse_clashes,
+)
+from .ledger import Outcome
+from .progress import Progress
+from .send import Uploader, run_chunks
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_CHUNK_BYTES",
+    "DEFAULT_MAX_WORKERS",
+    "IF_EXISTS",
+    "EncodedRecords",
+    "IfExists",
+    "upload_error",
+    "upload_records",
+]
+
+log = logging.getLogger("atomscale_accessors")
+
+IfExists = Literal["fail", "skip", "append", "update"]
+IF_EXISTS: tuple[str, ...] = ("fail", "skip", "append", "update")
+
+
+def upload_records(
+    records: pd.DataFrame | Iterable[pd.DataFrame] | Callable[[], Iterable[pd.DataFrame]],
+    sample_id: str,
+    *,
+    client: Any = None,
+    if_exists: IfExists = "fail",
+    chunk_size: int | None = None,
+    max_chunk_bytes: int | None = None,
+    max_workers: int | None = None,
+    progress: bool | Callable[[int, int | None], None] | None = None,
+    dry_run: bool = False,
+    dropna: bool = False,
+    allow_duplicates: bool = False,
+    validated: bool = False,
+    ignore_ids: Collection[str] = (),
+    total: int | None = None,
+    verify: bool = False,
+) -> pd.DataFrame:
+    """Upload canonical records to a sample, exactly once; return what was created.
+
+    Parameters
+    ----------
+    records : pandas.DataFrame, iterable of DataFrames, or a function returning one
+        Canonical records, or blocks of them (with ``validated=True``: blocks the caller
+        has validated already, e.g. a map streamed from dask). A function is called again
+        when every block must be looked at before anything is sent (``if_exists="fail"``
+        on a sample that holds annotations), so the blocks are never all held at once; a
+        plain iterable is held in memory in that case.
+    sample_id : str
+        UUID of the physical sample; checked before any request.
+    client : Client or SDK client, optional
+        Default: configured from the environment.
+    if_exists : {"fail", "skip", "append", "update"}, default "fail"
+        What to do with records whose property is already stored at the same position:
+        raise :class:`AnnotationExistsError` and send nothing; send only the new ones;
+        send everything; or PATCH the stored ones with the new values and create the rest.
+    chunk_size : int, default 5000
+        Records per request at most.
+    max_chunk_bytes : int, default 8 MiB
+        Request body size at most.
+    max_workers : int, default 4
+        Requests in flight at once.
+    progress : bool or callable, optional
+        ``None``: a progress bar on a terminal or notebook, none otherwise; ``False``:
+        never; ``True``: always; a callable is called as ``progress(done, total)``.
+    dry_run : bool, default False
+        Send nothing; return the records that would be sent with a ``chunk`` column.
+    dropna, allow_duplicates : bool, default False
+        Passed to :func:`~atomscale_accessors.validation.validate_records`.
+    validated : bool, default False
+        The caller has validated the records already.
+    ignore_ids : collection of str, optional
+        Stored annotations to treat as absent when applying ``if_exists``. A job that runs
+        uploads in parts (dask partitions) passes the ids that existed before it started,
+        with ``if_exists="skip"``: a part run twice then skips what its first run stored,
+        and nothing else.
+    total : int, optional
+        How many records the blocks hold, when known: the result's columns are then
+        allocated once, at their final size.
+    verify : bool, default False
+        After the upload, list the sample where it wrote and raise :class:`UploadError`
+        (with ``.extra``) when a position holds annotations that neither the state before
+        the upload nor the upload account for. Uploads to one sample from one machine are
+        serialised (see :mod:`atomscale_accessors.locking`); this also catches what an
+        upload from another machine at the same time doubled, after the fact.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The annotation frame of the created annotations, indexed by the labels of the
+        input records, in input order. With ``if_exists="update"``: created and updated.
+
+    Raises
+    ------
+    AnnotationValidationError
+        Invalid input; nothing was sent.
+    AnnotationExistsError
+        ``if_exists="fail"`` and some records are stored already; nothing was sent.
+    UploadError
+        The upload stopped part way; ``.created``, ``.not_created`` and ``.unknown`` say
+        where it stands, and a re-run with ``if_exists="skip"`` completes it.
+    """
+    sid = check_uuid(sample_id)
+    if if_exists not in IF_EXISTS:
+        raise ValueError(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
+    chunk_size = _positive_int(chunk_size, DEFAULT_CHUNK_SIZE, "chunk_size")
+    max_workers = _positive_int(max_workers, DEFAULT_MAX_WORKERS, "max_workers")
+    max_chunk_bytes = _positive_int(max_chunk_bytes, DEFAULT_MAX_CHUNK_BYTES, "max_chunk_bytes")
+    if max_chunk_bytes < MIN_CHUNK_BYTES:
+        raise ValueError(f"max_chunk_bytes must be at least {MIN_CHUNK_BYTES}")
+
+    source: Callable[[], Iterable[pd.DataFrame]] | None = None
+    whole: pd.DataFrame | None = None
+    if isinstance(records, pd.DataFrame):
+        # Text columns as categoricals once: validation, encoding and the result then work
+        # on each column's few distinct values.
+        records = compact_records(records)
+        if not validated:
+            records = validate_records(records, dropna=dropna, allow_duplicates=allow_duplicates)
+        if len(records) == 0:
+            raise AnnotationValidationError("nothing to upload: the input has no records")
+        whole = records
+        total = len(records)
+        source = lambda: [records]  # noqa: E731
+        blocks: Iterable[pd.DataFrame] = [records]
+    else:
+        if not validated:
+            raise ValueError("blocks of records must be validated first (validated=True)")
+        if callable(records):
+            source = records
+            blocks = records()
+        else:
+            blocks = records
+
+    if dry_run:
+        return dry_run_frame(blocks, chunk_size, max_chunk_bytes)
+
+    resolved = resolve_client(client)
+    result = FrameBuilder(sid, total, whole.index if whole is not None else None)
+    with sample_lock(resolved.endpoint, sid):
+        return _upload(
+            Uploader(resolved, sid, result),
+            blocks,
+            source,
+            whole,
+            if_exists=if_exists,
+            ignore_ids=ignore_ids,
+            chunking=(chunk_size, max_chunk_bytes),
+            max_workers=max_workers,
+            bar=Progress(progress, total),
+            verify=verify,
+        )
+
+
+def _upload(
+    uploader: Uploader,
+    blocks: Iterable[pd.DataFrame],
+    source: Callable[[], Iterable[pd.DataFrame]] | None,
+    whole: pd.DataFrame | None,
+    *,
+    if_exists: str,
+    ignore_ids: Collection[str],
+    chunking: tuple[int, int],
+    max_workers: int,
+    bar: Progress,
+    verify: bool,
+) -> pd.DataFrame:
+    """The upload proper, with the sample's lock held: list what is stored, apply
+    ``if_exists``, send, update, check, and account."""
+    listing = Listing.of(whole)
+    existing = Existing.list(uploader, listing, ignore=set(ignore_ids))
+    # Reconciliation must not take stored annotations for new ones, ignored or not.
+    uploader.claimed.add(id_hashes([*existing.ids, *ignore_ids]))
+    if if_exists == "fail" and len(existing):
+        # Decide before anything is sent: look at every block first.
+        if source is not None:
+            refuse_clashes(source(), existing)
+            blocks = source() if whole is None else blocks
+        else:
+            log.warning("holding every block in memory to check for stored annotations first")
+            blocks = list(blocks)
+            refuse_clashes(blocks, existing)
+
+    outcome = Outcome()
+    updates: list[tuple[pd.DataFrame, np.ndarray, list[AnnotationObject]]] = []
+    interrupted = False
+    try:
+        to_send = apply_if_exists(blocks, existing, if_exists, updates, outcome, bar)
+        chunk_size, max_chunk_bytes = chunking
+        chunks = iter_chunks(to_send, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes)
+        run_chunks(uploader, chunks, max_workers, outcome, bar)
+        # apply_if_exists fills ``updates`` as the blocks stream past, so PATCH after the creates.
+        if updates:
+            apply_updates(uploader, updates, max_workers, outcome, bar)
+    except KeyboardInterrupt:
+        interrupted = True
+        outcome.error = KeyboardInterrupt("interrupted (Ctrl+C)")
+    except Exception as exc:  # anything unforeseen still ends with an account of the upload
+        if outcome.error is None:
+            outcome.error = exc
+        log.exception("the upload stopped on an unexpected error")
+    finally:
+        bar.close()
+    created = uploader.result.frame()
+    if interrupted:
+        try:
+            _finish(outcome, uploader.sample_id, created, whole)
+        except UploadError as error:
+            raise KeyboardInterrupt(
+                "the upload was interrupted; its account is the UploadError in __cause__"
+            ) from error
+    if (verify or uploader.timed_out) and len(created):
+        _check_unaccounted(uploader, created, listing, strict=verify)
+    return _finish(outcome, uploader.sample_id, created, whole)
+
+
+def _positive_int(value: int | None, default: int, name: str) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_unaccounted(
+    uploader: Uploader, created: pd.DataFrame, listing: Listing, *, strict: bool
+) -> None:
+    """Compare what the upload created with what the sample holds where it wrote.
+
+    Two things can be wrong: an annotation reported created is not stored (a 200 that
+    lied), or a position holds annotations that neither the state before the upload nor
+    the upload account for (a timed-out request committed after its records were resent,
+    or another writer). With ``strict``, raise :class:`UploadError` naming them;
+    otherwise warn of the second (bulk create cannot be undone through the API).
+    """
+    try:
+        objects = listing.fetch(uploader)
+    except (TransportError, ApiError) as exc:
+        if strict:
+            raise
+        log.warning("could not check for annotations stored twice (%s)", describe(exc))
+        return
+    listed = Answer.from_objects(objects)
+    listed_ids = IdSet()
+    listed_ids.add(id_hashes(listed.ids))
+    missing = ~listed_ids.contains(id_hashes(created["annotation_id"].tolist()))
+    with uploader.lock:
+        fresh = ~uploader.claimed.contains(id_hashes(listed.ids))
+    mine = key_frame(record_keys(Columns.of(created)), POSITION_KEY, count=False).drop_duplicates()
+    theirs = key_frame({c: v[fresh] for c, v in listed.keys.items()}, POSITION_KEY, count=False)
+    theirs["_at"] = np.flatnonzero(fresh)
+    at = np.sort(theirs.merge(mine, on=list(POSITION_KEY), how="inner")["_at"].to_numpy())
+    extra = annotation_frame([objects[i] for i in at.tolist()], route=uploader.route)
+    problems = []
+    if missing.any() and strict:
+        problems.append(
+            f"{int(missing.sum())} annotations the server answered as created are not stored"
+        )
+    if len(extra):
+        problems.append(
+            f"{len(extra)} annotations at the positions of this upload's records were stored "
+            f"by no one this upload knows of ({describe_positions(extra)}): a request that timed out "
+            "and was committed after its records were sent again, or another upload to the "
+            "same sample at the same time"
+        )
+    if not problems:
+        return
+    if not strict:
+        log.warning("%s; their ids: %s", problems[0], ", ".join(extra["annotation_id"][:10]))
+        return
+    raise UploadError(
+        f"the upload to sample {uploader.sample_id} was checked: "
+        + "; ".join(problems)
+        + ". .created holds the annotations that are stored, .unknown the records whose "
+        "annotations are not, .extra the annotations no one accounts for.",
+        created=created[~missing],
+        not_created=_ordered_records([]),
+        not_updated=_ordered_records([]),
+        unknown=created.loc[missing, list(RECORD_COLUMNS)],
+        cause=None,
+        extra=extra,
+    )
+
+
+def _finish(
+    outcome: Outcome, sample_id: str, created: pd.DataFrame, whole: pd.DataFrame | None
+) -> pd.DataFrame:
+    failed = bool(
+        outcome.error is not None or outcome.not_created or outcome.not_updated or outcome.unknown
+    )
+    if not failed:
+        return created
+    if whole is not None:
+        # Every input record is accounted for: what is in no other group was not created
+        # (or, with if_exists="skip"/"update", was stored before).
+        settled = np.concatenate(
+            outcome.done
+            + [c.positions for c in outcome.not_updated + outcome.unknown]
+            + outcome.skipped
+            + [np.empty(0, dtype=np.int64)]
+        )
+        rest = np.setdiff1d(np.arange(len(whole)), settled)
+        outcome.not_created = [Chunk.of(whole.iloc[rest], rest)]
+    raise upload_error(
+        f"the upload to sample {sample_id} stopped: {outcome.error}",
+        created=created,
+        not_created=_ordered_records(outcome.not_created),
+        not_updated=_ordered_records(outcome.not_updated),
+        unknown=_ordered_records(outcome.unknown),
+        cause=outcome.error,
+        mismatched=_mismatched_frame(outcome.mismatched),
+    ) from outcome.error
+
+
+def _mismatched_frame(pairs: list[tuple[Chunk, Answer]]) -> pd.DataFrame | None:
+    """What is stored for records stored with other content: id, position and value of
+    each stored annotation, indexed by the record's label, in input order."""
+    if not pairs:
+        return None
+    frame = pd.concat(
+        [
+            pd.DataFrame({"annotation_id": stored.ids, **stored.keys}, index=chunk.index)
+            for chunk, stored in pairs
+        ]
+    )
+    order = np.argsort(np.concatenate([chunk.positions for chunk, _ in pairs]), kind="stable")
+    return frame.iloc[order]
+
+
+def upload_error(
+    headline: str,
+    *,
+    created: pd.DataFrame,
+    not_created: pd.DataFrame,
+    not_updated: pd.DataFrame,
+    unknown: pd.DataFrame,
+    cause: BaseException | None,
+    mismatched: pd.DataFrame | None = None,
+) -> UploadError:
+    """The :class:`UploadError` of an upload that stopped: what happened, the counts of
+    each group of records, and how to complete the upload."""
+    lines = [
+        headline,
+        f"{len(created)} annotations were created or updated, {len(not_created)} were not created"
+        + (f", {len(not_updated)} stored ones were not updated" if len(not_updated) else "")
+        + (f", and {len(unknown)} may or may not have been stored" if len(unknown) else "")
+        + ".",
+        "Re-run the same upload with if_exists='skip' to complete it without duplicates"
+        + (" (with if_exists='update' to also apply the updates)" if len(not_updated) else "")
+        + "; .created, .not_created, .not_updated and .unknown hold the records"
+        + (
+            f"; .mismatched shows what is stored for {len(mismatched)} records stored with "
+            "other content than sent."
+            if mismatched is not None and len(mismatched)
+            else "."
+        ),
+    ]
+    return UploadError(
+        "\n".join(lines),
+        created=created,
+        not_created=not_created,
+        not_updated=not_updated,
+        unknown=unknown,
+        cause=cause,
+        mismatched=mismatched,
+    )
+
+
+def _ordered_records(chunks: list[Chunk]) -> pd.DataFrame:
+    if not chunks:
+        return pd.DataFrame(
+            {c: pd.Series(dtype="float64" if c in FLOAT_KEYS else object) for c in RECORD_COLUMNS}
+        )
+    frame = pd.concat([c.records for c in chunks])
+    order = np.argsort(np.concatenate([c.positions for c in chunks]), kind="stable")
+    return frame.iloc[order]
+
+
+# -- progress ------------------------------------------------------------------------------

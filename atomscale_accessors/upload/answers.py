@@ -1,0 +1,289 @@
+"""Bulk answers and listings read into arrays (typed: what cannot be read is an
+:class:`~atomscale_accessors.errors.ApiError`), and the fast path for the usual answer."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from operator import attrgetter
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+
+from ..frames import (
+    AnnotationObject,
+    decode_annotations,
+)
+from ..keys import MATCH_KEY, key_dtype
+from ..schemas import (
+    COORD_COLUMNS,
+    POSITION_KEY,
+)
+from .chunks import Chunk
+
+log = logging.getLogger("atomscale_accessors")
+
+
+class Stored(msgspec.Struct, gc=False):
+    """The fields of an answered annotation that an upload reads; the rest are skipped
+    while parsing, which is most of the cost of a bulk answer. (Not tracked by the garbage
+    collector: a million of them would make every collection walk a million objects.)"""
+
+    id: str
+    property_name: str | None = None
+    property_value: float | None = None
+    coord_ref_frame: str | None = None
+    coord_units: str | None = None
+    coord_x: float | None = None
+    coord_y: float | None = None
+    coord_z: float | None = None
+    last_updated: str | None = None
+    version: str | int | float | None = None
+
+
+DECODE_STORED = msgspec.json.Decoder(list[Stored])
+
+
+class Answer:
+    """Annotations answered by the server, as columns: ids, what the server added, and the
+    key fields used to pair them with records."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        last_updated: list[Any],
+        versions: list[Any],
+        keys: dict[str, np.ndarray],
+    ) -> None:
+        self.ids = ids
+        self.last_updated = last_updated
+        self.versions = versions
+        self.keys = keys
+
+    @classmethod
+    def decode(cls, raw: bytes, route: str) -> Answer:
+        """Parse a JSON array of annotation objects answered to ``route``; an
+        :class:`ApiError` naming the field and value when it is not one."""
+        items = decode_annotations(raw, route, DECODE_STORED)
+        get = {name: attrgetter(name) for name in Stored.__struct_fields__}
+        return cls(
+            list(map(get["id"], items)),
+            list(map(get["last_updated"], items)),
+            list(map(get["version"], items)),
+            {
+                column: np.array(list(map(get[column], items)), dtype=key_dtype(column))
+                for column in MATCH_KEY
+            },
+        )
+
+    @classmethod
+    def from_objects(cls, objects: list[AnnotationObject]) -> Answer:
+        """Annotation objects already parsed."""
+        return cls(
+            [obj.id for obj in objects],
+            [obj.last_updated for obj in objects],
+            [obj.version for obj in objects],
+            {
+                column: np.array(list(map(attrgetter(column), objects)), dtype=key_dtype(column))
+                for column in MATCH_KEY
+            },
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, positions: np.ndarray) -> Answer:
+        if len(positions) == len(self) and (positions == np.arange(len(self))).all():
+            return self
+        pick = positions.tolist()
+        return Answer(
+            [self.ids[i] for i in pick],
+            [self.last_updated[i] for i in pick],
+            [self.versions[i] for i in pick],
+            {column: values[positions] for column, values in self.keys.items()},
+        )
+
+    def without(self, ids: IdSet) -> Answer:
+        """The annotations whose id is not in ``ids``."""
+        keep = ~ids.contains(id_hashes(self.ids))
+        return self if keep.all() else self.take(np.flatnonzero(keep))
+
+
+def expected_answer(
+    chunk: Chunk, raw: bytes, *, peek: bool = True
+) -> tuple[Answer | None, bool | None]:
+    """The answer to a chunk, when it is the usual one: one annotation per record, in the
+    order sent, with every key field as sent. None when it is anything else.
+
+    The text key fields are checked while parsing (as literal values), and the floats
+    compared as arrays afterwards, so no key field becomes a column of Python objects.
+    With ``peek``, the first annotation's time and version are taken as literal values
+    too: a bulk answer usually has one of each (one transaction), and then no row's time
+    or version is made into an object either. When that guess fails, the answer is
+    parsed again without it. Returns the answer (or None) and whether the guess held
+    (None: not tried).
+    """
+    columns = chunk.columns
+    kinds: list[Any] = []
+    for column in _TEXT_KEYS:
+        same, value = columns.constant(column)
+        if not same:
+            return None, None
+        kinds.append(value)
+    for column in COORD_COLUMNS:
+        values = columns.floats[column]
+        isnan = np.isnan(values)
+        if isnan.all():
+            kinds.append(None)
+        elif isnan.any():
+            return None, None
+        else:
+            kinds.append(float)
+    shared = (_first_text(raw, b'"last_updated":'), _first_text(raw, b'"version":'))
+    guessed = None
+    items = None
+    if peek and None not in shared:
+        try:
+            items = _expected_decoder(tuple(kinds), shared).decode(raw)
+            guessed = True
+        except msgspec.DecodeError:
+            guessed = False
+    if items is None:
+        shared = (None, None)
+        try:
+            items = _expected_decoder(tuple(kinds)).decode(raw)
+        except msgspec.DecodeError:  # ValidationError too: something else than expected
+            return None, guessed
+    if len(items) != len(chunk):
+        return None, guessed
+    for column, kind in [("property_value", float), *zip(COORD_COLUMNS, kinds[3:], strict=True)]:
+        if kind is float:
+            answered = np.fromiter(map(attrgetter(column), items), np.float64, len(items))
+            if not np.array_equal(answered, columns.floats[column]):
+                return None, guessed
+    time, version = shared
+    answer = Answer(
+        list(map(_GET_ID, items)),
+        [time] * len(items) if time is not None else list(map(_GET_TIME, items)),
+        [version] * len(items) if version is not None else list(map(_GET_VERSION, items)),
+        {},
+    )
+    return answer, guessed
+
+
+def _first_text(raw: bytes, key: bytes) -> str | None:
+    """The first string value of a key in a JSON text, found without parsing (it may be
+    a nested key: it is only a guess, checked by the parse that uses it)."""
+    at = raw.find(key, 0, 4096)
+    if at < 0:
+        return None
+    start = at + len(key)
+    while raw[start : start + 1] in (b" ", b"\n", b"\r", b"\t"):
+        start += 1
+    if raw[start : start + 1] != b'"':
+        return None
+    end = raw.find(b'"', start + 1, start + 256)
+    value = raw[start + 1 : end]
+    if end < 0 or b"\\" in value:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+_TEXT_KEYS = tuple(c for c in POSITION_KEY if c not in COORD_COLUMNS)
+_GET_ID, _GET_TIME, _GET_VERSION = (
+    attrgetter("id"),
+    attrgetter("last_updated"),
+    attrgetter("version"),
+)
+
+
+def _expected_decoder(
+    kinds: tuple[Any, ...], shared: tuple[str, str] | None = None
+) -> msgspec.json.Decoder:
+    """A decoder of bulk answers whose text key fields must equal given values (None:
+    null or absent) and whose coordinates must be numbers (``float``) or null (None);
+    with ``shared``, every time and version must be these."""
+    if shared is None:
+        return _cached_decoder(kinds)
+    return _build_decoder(kinds, shared)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_decoder(kinds: tuple[Any, ...]) -> msgspec.json.Decoder:
+    return _build_decoder(kinds, None)
+
+
+def _build_decoder(kinds: tuple[Any, ...], shared: tuple[str, str] | None) -> msgspec.json.Decoder:
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("id", str)]
+    for column, kind in zip((*_TEXT_KEYS, *COORD_COLUMNS), kinds, strict=True):
+        if kind is None:
+            fields.append((column, None, None))
+        else:
+            fields.append((column, float if kind is float else Literal[kind]))
+    fields.append(("property_value", float))
+    if shared is None:
+        fields += [("last_updated", str | None, None), ("version", str | int | float | None, None)]
+    else:
+        fields += [("last_updated", Literal[shared[0]]), ("version", Literal[shared[1]])]
+    expected = msgspec.defstruct("_Expected", fields, kw_only=True, gc=False)
+    return msgspec.json.Decoder(list[expected])  # type: ignore[valid-type]
+
+
+class IdSet:
+    """A set of annotation ids held as 64-bit hashes: an upload of millions of annotations
+    remembers every id it was given, and a set of strings would cost ~100 bytes each.
+
+    The hashes are kept in sorted parts whose sizes at least halve from one to the next
+    (merged as they are added), so adding a chunk's ids and asking about the next chunk's
+    cost about the chunk's size times a logarithm, not the size of the whole set.
+
+    Two different ids share a hash with odds of about n**2 / 2**65 (one in a million for
+    four million ids); the cost of that is one record reconciled by a listing.
+    """
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._parts: list[np.ndarray] = []
+        self.add(id_hashes(list(ids)))
+
+    def add(self, hashes: np.ndarray) -> None:
+        if not len(hashes):
+            return
+        self._parts.append(np.unique(hashes))
+        while len(self._parts) > 1 and 2 * len(self._parts[-1]) >= len(self._parts[-2]):
+            last = self._parts.pop()
+            self._parts[-1] = np.union1d(self._parts[-1], last)
+
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        """For each hash, whether it is in the set."""
+        found = np.zeros(len(hashes), dtype=bool)
+        for part in self._parts:
+            at = np.searchsorted(part, hashes).clip(max=len(part) - 1)
+            found |= part[at] == hashes
+        return found
+
+
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """The 64-bit hashes of annotation ids, as :class:`IdSet` holds them."""
+    return np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids))
+
+
+def repeated(hashes: np.ndarray) -> np.ndarray:
+    """For each hash, whether another element has the same one."""
+    if len(hashes) < 2:
+        return np.zeros(len(hashes), dtype=bool)
+    order = np.argsort(hashes, kind="stable")
+    ranked = hashes[order]
+    same = ranked[1:] == ranked[:-1]
+    if not same.any():
+        return np.zeros(len(hashes), dtype=bool)
+    twin = np.zeros(len(hashes), dtype=bool)
+    twin[1:] |= same
+    twin[:-1] |= same
+    repeated = np.empty(len(hashes), dtype=bool)
+    repeated[order] = twin
+    return repeated
