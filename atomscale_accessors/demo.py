@@ -26,7 +26,7 @@ from .datasets import sheet_resistance_map, wafer_thickness_map
 from .errors import AnnotationExistsError
 from .frames import fetch
 
-__all__ = ["DEMO_GRID_POINTS", "DemoResult", "MapResult", "run_demo"]
+__all__ = ["DEMO_GRID_POINTS", "DemoResult", "MapResult", "format_table", "run_demo"]
 
 #: Grid points along x and along y of the demo's thickness map: a 1.5 mm pitch on a
 #: 300 mm wafer, 31,417 measured points.
@@ -131,7 +131,7 @@ class DemoResult:
             )
             for m in self.maps
         ]
-        return _format_table(header, rows, right={3, 4, 5})
+        return format_table(header, rows, right={3, 4, 5})
 
     def summary(self) -> str:
         """The table, then the checks, the pictures and the total time."""
@@ -269,10 +269,25 @@ def run_demo(
     )
 
 
-def _format_table(
+def format_table(
     header: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()
 ) -> str:
-    """A plain text table: a header, a rule, the rows; columns in ``right`` right-aligned."""
+    """A plain text table: a header, a rule, the rows; columns in ``right`` right-aligned.
+
+    Parameters
+    ----------
+    header : sequence of str
+        The column titles.
+    rows : sequence of sequence of str
+        The cells, one sequence per row, as many as there are titles.
+    right : collection of int, optional
+        Positions of the columns aligned right (numbers); the others are aligned left.
+
+    Returns
+    -------
+    str
+        The lines of the table, without trailing spaces or a final newline.
+    """
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:

@@ -2,8 +2,9 @@
 
 Canonical records have exactly the columns of :data:`~atomscale_accessors.schemas.RECORD_COLUMNS`
 and keep the input's index labels, so every later error and every result can point back
-at the user's own rows. Only lossless conversions happen here (integers to floats, float32
-to float64); anything else (text in a number column, booleans, a missing unit) is an
+at the user's own rows. Only lossless conversions happen (integers to floats, float32 to
+float64; see :mod:`~atomscale_accessors.record_values`); anything else (text in a number
+column, booleans, a missing unit) is an
 :class:`~atomscale_accessors.errors.AnnotationValidationError` naming the rows and columns.
 """
 
@@ -18,6 +19,7 @@ import pandas as pd
 
 from .errors import AnnotationValidationError
 from .failures import FailureCollector, failure_table, quote, quote_list
+from .record_values import is_missing, plain, to_float
 from .schemas import COORD_COLUMNS, RECORD_COLUMNS
 from .validation import check_records
 
@@ -30,8 +32,6 @@ __all__ = [
 ]
 
 DEFAULT_COORD_REF_FRAME = "sample_relative"
-# Integers beyond 2**53 do not all have an exact float64; converting them would change data.
-_MAX_EXACT_INT = 2**53
 _COORD_ALIASES = {
     "coord_x": ("coord_x", "x"),
     "coord_y": ("coord_y", "y"),
@@ -303,7 +303,7 @@ class _Builder:
             )
             return None
         col = self.column(key)
-        return _to_float(col, key, self)
+        return to_float(col, key, self)
 
     # -- the build -----------------------------------------------------------------------
     def build(self) -> pd.DataFrame:
@@ -402,45 +402,55 @@ class _Builder:
         return out
 
     def values_blocks(self) -> list[tuple[Any, pd.Series, Hashable]]:
+        """The values, one block per property column: ``(names, values, source column)``."""
+        if self.mapping.values is not None:
+            return self.wide_blocks()
+        return self.long_blocks()
+
+    def wide_blocks(self) -> list[tuple[Any, pd.Series, Hashable]]:
+        """``values=``: several value columns, one property each."""
         m = self.mapping
-        if m.values is not None:
-            if m.value is not None:
-                self.problem(
-                    "give value= (long form) or values= (wide form), not both",
-                    None,
-                    "value",
-                    "mapping",
-                    m.value,
-                )
-            if isinstance(m.values, Mapping):
-                pairs = list(m.values.items())
-            elif isinstance(m.values, str | bytes) or not isinstance(m.values, Sequence | pd.Index):
-                self.problem(
-                    "values= takes a list of columns or a {column: property_name} dict",
-                    None,
-                    "values",
-                    "mapping",
-                    m.values,
-                )
-                return []
-            else:
-                pairs = [(col, col) for col in m.values]
-            if not pairs:
-                self.problem("values= names no column", None, "values", "mapping", m.values)
-            if m.property_name is not None:
-                self.problem(
-                    "property_name= cannot be used with values= (each value column is its own property)",
-                    None,
-                    "property_name",
-                    "mapping",
-                    m.property_name,
-                )
-            blocks = []
-            for col, prop in pairs:
-                series = self.number("values", col)
-                if series is not None:
-                    blocks.append((self.constant(str(prop)), series, col))
-            return blocks
+        if m.value is not None:
+            self.problem(
+                "give value= (long form) or values= (wide form), not both",
+                None,
+                "value",
+                "mapping",
+                m.value,
+            )
+        if isinstance(m.values, Mapping):
+            pairs = list(m.values.items())
+        elif isinstance(m.values, str | bytes) or not isinstance(m.values, Sequence | pd.Index):
+            self.problem(
+                "values= takes a list of columns or a {column: property_name} dict",
+                None,
+                "values",
+                "mapping",
+                m.values,
+            )
+            return []
+        else:
+            pairs = [(col, col) for col in m.values]
+        if not pairs:
+            self.problem("values= names no column", None, "values", "mapping", m.values)
+        if m.property_name is not None:
+            self.problem(
+                "property_name= cannot be used with values= (each value column is its own property)",
+                None,
+                "property_name",
+                "mapping",
+                m.property_name,
+            )
+        blocks = []
+        for col, prop in pairs:
+            series = self.number("values", col)
+            if series is not None:
+                blocks.append((self.constant(str(prop)), series, col))
+        return blocks
+
+    def long_blocks(self) -> list[tuple[Any, pd.Series, Hashable]]:
+        """``value=``: one value column, its property names a column or a constant."""
+        m = self.mapping
         value_key = m.value if m.value is not None else "property_value"
         series = self.number("value", value_key)
         if series is None:
@@ -450,11 +460,7 @@ class _Builder:
                     f"columns: {quote_list(self.df.columns)}"
                 )
             return []
-        name_key = (
-            m.property_name
-            if m.property_name is not None
-            else ("property_name" if "property_name" in self.df.columns else None)
-        )
+        name_key = self.default("property_name")
         if name_key is None:
             if value_key == "property_value":
                 # Canonical columns without a name: the value column's name is no property.
@@ -500,31 +506,12 @@ class _Builder:
             col = self.column(meta)
             # Copies: the records (and the upload's result) must not share the input's dicts.
             return pd.Series(
-                [dict(m) if isinstance(m, dict) else (None if _missing(m) else m) for m in col],
+                [dict(m) if isinstance(m, dict) else (None if is_missing(m) else m) for m in col],
                 index=col.index,
                 dtype=object,
             )
         if isinstance(meta, Sequence) and not isinstance(meta, str):
-            missing = [c for c in meta if not self.is_column(c)]
-            if missing:
-                self.problem(
-                    f"metadata=: no columns {quote_list(missing)} in the frame",
-                    None,
-                    "metadata",
-                    "column_in_frame",
-                    missing,
-                )
-                return pd.Series(None, index=index, dtype=object)
-            for c in meta:
-                self.used.add(c)
-            sub = self.df[list(meta)].astype(object)
-            sub = sub.where(sub.notna(), None)
-            rows = sub.to_dict("records")
-            return pd.Series(
-                [{str(k): _plain(v) for k, v in row.items()} for row in rows],
-                index=index,
-                dtype=object,
-            )
+            return self.folded_metadata(meta, index)
         self.problem(
             "metadata= takes a column of dicts, a dict, or a list of columns",
             None,
@@ -533,6 +520,29 @@ class _Builder:
             meta,
         )
         return pd.Series(None, index=index, dtype=object)
+
+    def folded_metadata(self, columns: Sequence[Hashable], index: pd.Index) -> pd.Series:
+        """``metadata=[columns]``: each row's cells of those columns as its metadata dict."""
+        missing = [c for c in columns if not self.is_column(c)]
+        if missing:
+            self.problem(
+                f"metadata=: no columns {quote_list(missing)} in the frame",
+                None,
+                "metadata",
+                "column_in_frame",
+                missing,
+            )
+            return pd.Series(None, index=index, dtype=object)
+        for c in columns:
+            self.used.add(c)
+        sub = self.df[list(columns)].astype(object)
+        sub = sub.where(sub.notna(), None)
+        rows = sub.to_dict("records")
+        return pd.Series(
+            [{str(k): plain(v) for k, v in row.items()} for row in rows],
+            index=index,
+            dtype=object,
+        )
 
     def check_unknown(self) -> None:
         unknown = [c for c in self.df.columns if c not in self.used]
@@ -543,96 +553,3 @@ class _Builder:
                 "or fold them into metadata=[...], or drop them"
             )
             self.failures.add(failure_table((None, c, "unknown_columns", None) for c in unknown))
-
-
-def _to_float(col: pd.Series, key: Hashable, builder: _Builder) -> pd.Series:
-    """A number column as float64 (NaN where missing); cells that are not numbers, or not
-    exactly float64, are reported and their rows marked unread."""
-    dtype = col.dtype
-    if pd.api.types.is_float_dtype(dtype):
-        return col.astype("float64") if dtype != np.float64 else col
-    everything = np.ones(len(col), dtype=bool)
-    if pd.api.types.is_bool_dtype(dtype):
-        builder.problem(
-            f"column {quote(key)} holds booleans, not numbers",
-            None,
-            key,
-            "is_number",
-            None,
-            many=col.index,
-            cases=col,
-            soft=True,
-        )
-        builder.unread[key] = everything
-        return pd.Series(np.nan, index=col.index)
-    if pd.api.types.is_integer_dtype(dtype):
-        too_big = (col.abs() > _MAX_EXACT_INT).to_numpy(dtype=bool, na_value=False)
-        _not_exact(builder, col, key, too_big)
-        return pd.Series(col.to_numpy(dtype="float64", na_value=np.nan), index=col.index)
-    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
-        is_num = col.map(
-            lambda v: (
-                isinstance(v, int | float | np.integer | np.floating)
-                and not isinstance(v, bool | np.bool_)
-            ),
-            na_action="ignore",
-        ).astype(bool)
-        bad = (col.notna() & ~is_num).to_numpy()
-        if bad.any():
-            builder.problem(
-                f"column {quote(key)} holds values that are not numbers (text is never converted)",
-                None,
-                key,
-                "is_number",
-                None,
-                many=col.index[bad],
-                cases=col[bad],
-                soft=True,
-            )
-        numbers = col.where(is_num)
-        too_big = numbers.map(
-            lambda v: isinstance(v, int | np.integer) and abs(int(v)) > _MAX_EXACT_INT,
-            na_action="ignore",
-        ).to_numpy(dtype=bool, na_value=False)
-        _not_exact(builder, col, key, too_big)
-        if bad.any() or too_big.any():
-            builder.unread[key] = bad | too_big
-        return pd.Series(numbers.to_numpy(dtype="float64", na_value=np.nan), index=col.index)
-    builder.problem(
-        f"column {quote(key)} has dtype {dtype}, not a number",
-        None,
-        key,
-        "is_number",
-        str(dtype),
-        soft=True,
-    )
-    builder.unread[key] = everything
-    return pd.Series(np.nan, index=col.index)
-
-
-def _not_exact(builder: _Builder, col: pd.Series, key: Hashable, too_big: np.ndarray) -> None:
-    if too_big.any():
-        builder.problem(
-            f"column {quote(key)} holds integers beyond 2**53 that float64 cannot represent "
-            "exactly",
-            None,
-            key,
-            "exact_float",
-            None,
-            many=col.index[too_big],
-            cases=col[too_big],
-            soft=True,
-        )
-        builder.unread[key] = too_big | builder.unread.get(key, False)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)

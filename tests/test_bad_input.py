@@ -791,9 +791,9 @@ def _parquet_with_bytes(path: Path) -> None:
 
 def _netcdf(ds: xr.Dataset) -> Callable[[Path], None]:
     def write(path: Path) -> None:
-        from atomscale_accessors import cli
+        from atomscale_accessors.cli.files import netcdf_engines
 
-        engines = cli._netcdf_engines()
+        engines = netcdf_engines()
         if not engines:
             pytest.skip("no netCDF engine for xarray (h5netcdf, netCDF4 or scipy)")
         ds.to_netcdf(path, engine=engines[0])

@@ -18,7 +18,8 @@ import xarray as xr
 from conftest import thickness_frame
 
 from atomscale_accessors import cli
-from atomscale_accessors.cli import EXIT_API, EXIT_INVALID, EXIT_OK, EXIT_USAGE, main
+from atomscale_accessors.cli import EXIT_API, EXIT_INVALID, EXIT_OK, EXIT_USAGE, files, main
+from atomscale_accessors.cli.options import map_options, table_mapping
 from atomscale_accessors.datasets import sheet_resistance_map, wafer_thickness_map
 
 MAPPING = [
@@ -35,7 +36,7 @@ MAPPING = [
     "--coord-units",
     "mm",
 ]
-HAS_NETCDF = bool(cli._netcdf_engines())
+HAS_NETCDF = bool(files.netcdf_engines())
 needs_netcdf = pytest.mark.skipif(
     not HAS_NETCDF, reason="no netCDF engine for xarray (h5netcdf, netCDF4 or scipy)"
 )
@@ -124,18 +125,18 @@ def test_mapping_options_reach_the_library(points_csv):
             "xrd",
         ]
     )
-    assert cli._table_mapping(args) == {
+    assert table_mapping(args) == {
         "values": ["a", "b", "c"],
         "units": {"a": "nm", "b": "eV", "c": "1"},
         "metadata": ["op"],
         "char_source_type": "xrd",
     }
     renamed = cli.build_parser().parse_args(["validate", "m.nc", "--values", "thk=thickness"])
-    assert cli._table_mapping(renamed) == {"values": {"thk": "thickness"}}
+    assert table_mapping(renamed) == {"values": {"thk": "thickness"}}
     nc = cli.build_parser().parse_args(
         ["validate", "m.nc", "--variables", "t", "--units", "t=nm", "--property-name", "t=thk"]
     )
-    assert cli._map_options(nc) == {
+    assert map_options(nc) == {
         "variables": ["t"],
         "property_unit": {"t": "nm"},
         "property_name": {"t": "thk"},
@@ -191,7 +192,7 @@ def test_unreadable_files_exit_1(run, tmp_path, monkeypatch):
     status, _, err = run("validate", broken)
     assert status == EXIT_INVALID
     assert "cannot read" in err
-    if cli._parquet_available():
+    if files.parquet_available():
         broken = tmp_path / "broken.parquet"
         broken.write_bytes(b"not parquet at all")
         status, _, err = run("validate", broken)
@@ -202,14 +203,14 @@ def test_unreadable_files_exit_1(run, tmp_path, monkeypatch):
 def test_missing_parquet_and_netcdf_engines_are_clear_errors(run, tmp_path, monkeypatch):
     path = tmp_path / "points.parquet"
     path.write_bytes(b"PAR1")
-    monkeypatch.setattr(cli, "_parquet_available", lambda: False)
+    monkeypatch.setattr(files, "parquet_available", lambda: False)
     status, _, err = run("validate", path)
     assert status == EXIT_INVALID
     assert "pip install pyarrow" in err
 
     nc = tmp_path / "map.nc"
     nc.write_bytes(b"CDF")
-    monkeypatch.setattr(cli, "_netcdf_engines", lambda: [])
+    monkeypatch.setattr(files, "netcdf_engines", lambda: [])
     status, _, err = run("validate", nc)
     assert status == EXIT_INVALID
     assert "netCDF engine" in err and "atomscale-accessors[netcdf]" in err
