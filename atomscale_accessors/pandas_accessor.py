@@ -6,13 +6,13 @@ accessor keeps no state and validates nothing in ``__init__``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .options import UploadOptions
 from .records import to_records, validated_records
-from .upload import IfExists, upload_records
+from .upload import upload_records
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -89,18 +89,11 @@ class AtomscaleDataFrameAccessor:
     def upload(
         self,
         sample_id: str,
+        options: UploadOptions | None = None,
         *,
-        client: Any = None,
-        if_exists: IfExists = "fail",
-        chunk_size: int | None = None,
-        max_chunk_bytes: int | None = None,
-        max_workers: int | None = None,
-        progress: bool | Callable[[int, int | None], None] | None = None,
-        dry_run: bool = False,
         dropna: bool = False,
         allow_duplicates: bool = False,
-        verify: bool = False,
-        **mapping: Any,
+        **kwargs: Any,
     ) -> pd.DataFrame:
         """Validate the frame and create its annotations on a sample, exactly once.
 
@@ -110,31 +103,17 @@ class AtomscaleDataFrameAccessor:
         ----------
         sample_id : str
             UUID of the physical sample.
-        client : Client or SDK client, optional
-            Default: a client configured from ``AS_API_KEY`` and ``AS_API_ENDPOINT``.
-        if_exists : {"fail", "skip", "append", "update"}, default "fail"
-            What to do with rows whose property is stored at the same position already:
-            raise and send nothing, send only new rows, send everything, or update the
-            stored values and create the rest.
-        chunk_size, max_chunk_bytes : int, optional
-            Bounds of one request (default 5000 records, 8 MiB).
-        max_workers : int, optional
-            Requests in flight at once (default 4).
-        progress : bool or callable, optional
-            Progress bar: by default on a terminal or in a notebook only.
-        dry_run : bool, default False
-            Send nothing; return the records that would be sent, with a ``chunk`` column.
+        options : UploadOptions, optional
+            How the upload runs; see :class:`~atomscale_accessors.options.UploadOptions`.
         dropna, allow_duplicates : bool, default False
             Drop rows whose value is NaN; accept several rows of one property at one
             position.
-        verify : bool, default False
-            After the upload, list what the sample holds where it wrote, and raise
-            :class:`UploadError` when an annotation reported created is not stored, or
-            a position holds annotations the upload does not account for (another
-            machine uploading the same data at the same time).
-        **mapping
-            Where each annotation field comes from (``x=``, ``value=``, ...); see
-            :func:`atomscale_accessors.records.to_records`.
+        **kwargs
+            The upload's options by name (``client``, ``if_exists``, ``chunk_size``,
+            ``max_chunk_bytes``, ``max_workers``, ``progress``, ``dry_run``, ``verify``:
+            see :class:`~atomscale_accessors.options.UploadOptions`), and where each
+            annotation field comes from (``x=``, ``value=``, ...; see
+            :func:`atomscale_accessors.records.to_records`).
 
         Returns
         -------
@@ -156,22 +135,11 @@ class AtomscaleDataFrameAccessor:
         --------
         atomscale_accessors.upload.upload_records : the retry and reconciliation rules.
         """
+        opts, mapping = UploadOptions.take(kwargs, options)
         records = validated_records(
             self._frame, dropna=dropna, allow_duplicates=allow_duplicates, **mapping
         )
-        return upload_records(
-            records,
-            sample_id,
-            client=client,
-            if_exists=if_exists,
-            chunk_size=chunk_size,
-            max_chunk_bytes=max_chunk_bytes,
-            max_workers=max_workers,
-            progress=progress,
-            dry_run=dry_run,
-            validated=True,
-            verify=verify,
-        )
+        return upload_records(records, sample_id, opts, validated=True)
 
     def plot(self, property_name: str | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
         """Draw one property of an annotation frame (or of canonical records) as a wafer map.
@@ -201,6 +169,6 @@ class AtomscaleDataFrameAccessor:
 
     def to_xarray(self, **options: Any) -> xr.Dataset:
         """An annotation frame back onto a grid (or along ``point``): one variable per property."""
-        from .flatten import frame_to_map
+        from .maps import frame_to_map
 
         return frame_to_map(self._frame, **options)

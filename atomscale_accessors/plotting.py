@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .flatten import COORD_NAMES, frame_to_map
+from .maps import COORD_NAMES, find_coordinates, frame_to_map
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -207,8 +207,9 @@ def plot_map(
         Where to draw; default a new pyplot figure.
     x, y : hashable, optional
         Names of the coordinates. Default: the coordinate with the CF attribute
-        ``axis="X"`` (``"Y"``), else the first of the usual names (``x``, ``X``, ``x_mm``,
-        ...; see :data:`~atomscale_accessors.flatten.COORD_NAMES`).
+        ``axis="X"`` (``"Y"``), else the one of the usual names (``x``, ``X``, ``x_mm``,
+        ...; see :data:`~atomscale_accessors.maps.COORD_NAMES`) that the map has; found
+        as for an upload (:func:`~atomscale_accessors.maps.find_coordinates`).
     outline : {"auto", "wafer", None}, default "auto"
         The wafer's outline, a circle around the origin: ``"auto"`` draws it when the map
         looks like a wafer (see :func:`wafer_diameter`) or when ``wafer_diameter`` is
@@ -234,8 +235,11 @@ def plot_map(
     ImportError
         When matplotlib is not installed (``pip install "atomscale-accessors[plot]"``).
     ValueError
-        When the variable or the coordinates cannot be found, or the variable has more
-        dimensions than the map (select one slice first).
+        When the variable cannot be found, or has more dimensions than the map (select one
+        slice first).
+    MapStructureError
+        (a ValueError) When the coordinates cannot be found, or several could serve as x
+        (or y): name one with ``x=`` (``y=``). Uploads refuse the same maps.
 
     Examples
     --------
@@ -250,8 +254,9 @@ def plot_map(
     mpl = _import_matplotlib()
     ds, name = _as_dataset(obj, variable)
     var = ds[name]
-    xname = _find_axis(ds, "x", x)
-    yname = _find_axis(ds, "y", y)
+    # The resolver of uploads: a map with two candidates for x is refused by both.
+    names = find_coordinates(ds, {"x": x, "y": y})
+    xname, yname = names["x"], names["y"]
     xc, yc = ds[xname], ds[yname]
     if ax is None:
         import matplotlib.pyplot as plt
@@ -340,7 +345,7 @@ def plot_annotations(
     """Draw one property of an annotation frame (or of canonical records) as a wafer map.
 
     The rows of the property are put on a map with
-    :func:`~atomscale_accessors.flatten.frame_to_map`: a grid when the points fill one
+    :func:`~atomscale_accessors.maps.frame_to_map`: a grid when the points fill one
     (drawn with ``pcolormesh``), else points (drawn with ``scatter``). Rows without an x or
     y position are left out.
 
@@ -454,26 +459,6 @@ def _as_dataset(
             else "the Dataset has no data variable to draw"
         )
     return obj, candidates[0]
-
-
-def _find_axis(ds: xr.Dataset, role: str, given: Hashable | None) -> Hashable:
-    if given is not None:
-        if given not in ds.variables:
-            raise ValueError(f"{role}={given!r}: no coordinate or variable of that name")
-        return given
-    by_axis = [
-        n for n, c in ds.coords.items() if str(c.attrs.get("axis", "")).upper() == role.upper()
-    ]
-    if len(by_axis) == 1:
-        return by_axis[0]
-    for pool in (ds.coords, ds.data_vars):
-        for name in COORD_NAMES[role]:
-            if name in pool:
-                return name
-    raise ValueError(
-        f"no {role} coordinate found (looked for axis={role.upper()!r} and the names "
-        f"{', '.join(COORD_NAMES[role][:6])}, ...): name it with {role}=..."
-    )
 
 
 def _check_dims(var: xr.DataArray, spatial: set[Hashable], name: Hashable) -> None:

@@ -4,7 +4,7 @@ Canonical records are the one shape every input is brought to before it is valid
 sent: one row per annotation, the columns of the API's annotation body, indexed by the
 labels of the input rows they came from. Annotation frames are what the API stored, in the
 columns and dtypes the official ``atomscale`` SDK uses, so frames from either library line
-up. The structure of xarray maps is checked in :mod:`atomscale_accessors.flatten` with a
+up. The structure of xarray maps is checked in :mod:`atomscale_accessors.maps` with a
 ``pandera.xarray`` schema built for the map at hand.
 """
 

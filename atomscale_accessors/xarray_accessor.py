@@ -1,9 +1,10 @@
 """The ``atomscale`` accessor on xarray Datasets and DataArrays.
 
 Argument plumbing only: each method normalises its arguments and makes one call into
-:mod:`atomscale_accessors.flatten`. The accessors hold nothing but the object they are
-attached to, and check nothing when they are created. A DataArray is turned into a
-one-variable Dataset and handled by the same code as a Dataset.
+:mod:`atomscale_accessors.maps` (or, to upload, :mod:`atomscale_accessors.map_upload`). The
+accessors hold nothing but the object they are attached to, and check nothing when they
+are created. A DataArray is turned into a one-variable Dataset and handled by the same code
+as a Dataset.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import pandas as pd
 import xarray as xr
 
 from .errors import MapStructureError
-from .flatten import flatten_map, upload_map, validate_map
+from .map_upload import upload_map
+from .maps import flatten_map, validate_map
+from .options import UploadOptions
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -41,7 +44,7 @@ class _MapAccessor:
             ``x``, ``y``, ``z``, ``variables``, ``property_name``, ``property_unit``,
             ``coord_units``, ``coord_ref_frame``, ``char_source_type``, ``data_id``,
             ``metadata``, ``extra_dims``: see
-            :func:`~atomscale_accessors.flatten.flatten_map`.
+            :func:`~atomscale_accessors.maps.flatten_map`.
 
         Returns
         -------
@@ -105,42 +108,34 @@ class _MapAccessor:
     def upload(
         self,
         sample_id: str,
+        options: UploadOptions | None = None,
         *,
-        client: Any = None,
-        if_exists: str = "fail",
-        chunk_size: int | None = None,
-        max_chunk_bytes: int | None = None,
-        max_workers: int | None = None,
-        progress: Any = None,
-        dry_run: bool = False,
-        verify: bool = False,
         dropna: bool = False,
         allow_duplicates: bool | None = None,
         block_rows: int | None = None,
-        **options: Any,
+        **kwargs: Any,
     ) -> pd.DataFrame:
         """Validate the whole map, then upload it as annotations of a sample.
 
         A dask-backed map is validated block by block first and then streamed block by
         block, so nothing is sent when any block is invalid and memory stays bounded by a
-        block (see :func:`~atomscale_accessors.flatten.upload_map`).
+        block (see :func:`~atomscale_accessors.map_upload.upload_map`).
 
         Parameters
         ----------
         sample_id : str
             UUID of the physical sample.
-        client : Client, optional
-            Default: configured from the environment (``AS_API_KEY``, ``AS_API_ENDPOINT``).
-        if_exists : {"fail", "skip", "append", "update"}, default "fail"
-            What to do with annotations already stored at the same positions.
-        chunk_size, max_chunk_bytes, max_workers, progress, dry_run, verify
-            See :func:`~atomscale_accessors.upload.upload_records`.
+        options : UploadOptions, optional
+            How the upload runs; see :class:`~atomscale_accessors.options.UploadOptions`.
         dropna, allow_duplicates
             As for :meth:`validate`.
         block_rows : int, optional
             Records per streamed block at most (dask-backed maps).
-        **options
-            As for :meth:`to_annotations`.
+        **kwargs
+            The upload's options by name (``client``, ``if_exists``, ``chunk_size``,
+            ``max_chunk_bytes``, ``max_workers``, ``progress``, ``dry_run``, ``verify``:
+            see :class:`~atomscale_accessors.options.UploadOptions`), and the map's
+            options, as for :meth:`to_annotations`.
 
         Returns
         -------
@@ -165,21 +160,15 @@ class _MapAccessor:
         >>> plan["chunk"].value_counts().sort_index().tolist()
         [40, 40, 1]
         """
+        opts, map_options = UploadOptions.take(kwargs, options)
         return upload_map(
-            self._dataset(options),
+            self._dataset(map_options),
             sample_id,
-            client=client,
-            if_exists=if_exists,
-            chunk_size=chunk_size,
-            max_chunk_bytes=max_chunk_bytes,
-            max_workers=max_workers,
-            progress=progress,
-            dry_run=dry_run,
+            opts,
             dropna=dropna,
             allow_duplicates=allow_duplicates,
             block_rows=block_rows,
-            verify=verify,
-            **options,
+            **map_options,
         )
 
     def plot(self, variable: Hashable | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:

@@ -22,11 +22,7 @@ from conftest import THICKNESS_MAPPING, thickness_frame  # noqa: E402
 
 import atomscale_accessors  # noqa: E402
 from atomscale_accessors import Client  # noqa: E402
-from atomscale_accessors.dask_accessor import (  # noqa: E402
-    PartitionUpload,
-    position_hashes,
-    upload_partition,
-)
+from atomscale_accessors.dask_accessor import position_hashes  # noqa: E402
 from atomscale_accessors.errors import (  # noqa: E402
     AnnotationExistsError,
     AnnotationValidationError,
@@ -287,87 +283,97 @@ def test_a_failed_partition_is_accounted_for(on_cluster, server, api, sid):
     assert server.annotation_count(sid) == N
 
 
-# -- exactly once when a task runs again -------------------------------------------------
-@pytest.mark.parametrize("if_exists", ["fail", "skip", "append", "update"])
-def test_a_partition_uploaded_twice_stores_nothing_twice(server, api, sid, if_exists):
-    part = frame().iloc[:12]
-    options = {"client": api, "if_exists": if_exists, "chunk_size": CHUNK}
-    first = upload_partition(part, sid, mapping=THICKNESS_MAPPING, **options)
-    requests_made = server.request_count("bulk_create")
-    second = upload_partition(part, sid, mapping=THICKNESS_MAPPING, **options)
-    assert isinstance(second, PartitionUpload)
-    assert second.error is None
-    assert server.annotation_count(sid) == len(part)
-    assert server.request_count("bulk_create") == requests_made  # nothing sent again
-    pd.testing.assert_frame_equal(
-        second.created.drop(columns="last_updated"), first.created.drop(columns="last_updated")
-    )
-    if if_exists != "update":
-        assert second.reused == len(part)
+# -- one upload, fed a partition at a time ------------------------------------------------
+class RecordingClient(Client):
+    """Notes each bulk request in a shared list of events."""
 
-
-def test_a_partition_cut_short_is_completed_by_its_rerun(server, api, sid):
-    part = frame().iloc[:12]
-    cut = upload_partition(part.iloc[:7], sid, client=api, mapping=THICKNESS_MAPPING)
-    rerun = upload_partition(part, sid, client=api, chunk_size=CHUNK, mapping=THICKNESS_MAPPING)
-    assert rerun.reused == 7
-    assert server.annotation_count(sid) == 12
-    assert list(rerun.created.index) == list(part.index)  # in partition order
-    assert list(rerun.created["annotation_id"][:7]) == list(cut.created["annotation_id"])
-
-
-@pytest.mark.parametrize(("if_exists", "stored"), [("append", 17), ("skip", 12)])
-def test_a_rerun_tells_its_own_annotations_from_those_stored_before(
-    server, api, sid, if_exists, stored
-):
-    part = frame().iloc[:12]
-    before = part.iloc[:5].atomscale.upload(sid, client=api, progress=False, **THICKNESS_MAPPING)
-    ids = frozenset(before["annotation_id"])
-    options = {"client": api, "if_exists": if_exists, "before_ids": ids}
-    first = upload_partition(part, sid, mapping=THICKNESS_MAPPING, **options)
-    second = upload_partition(part, sid, mapping=THICKNESS_MAPPING, **options)
-    # 5 stored before; then the job's rows once: all 12 (append) or the 7 new ones (skip)
-    assert server.annotation_count(sid) == stored
-    assert set(first.created["annotation_id"]).isdisjoint(ids)
-    expected = part if if_exists == "append" else part.iloc[5:]
-    assert list(first.created.index) == list(expected.index)
-    assert list(second.created["annotation_id"]) == list(first.created["annotation_id"])
-
-
-class KillingClient(Client):
-    """Kills its worker process right after the first bulk request of the whole job has
-    been stored (attempts are marked in a file, so the rerun goes through)."""
-
-    def __init__(self, *args, marker: str, **kwargs):
+    def __init__(self, *args, events: list, **kwargs):
         super().__init__(*args, **kwargs)
-        self.marker = marker
+        self.events = events
 
     def request(self, method, path, **kwargs):
-        first = False
         if method == "POST" and path.endswith("/bulk"):
-            try:
-                with open(self.marker, "x"):
-                    first = True
-            except FileExistsError:
-                pass
-        response = super().request(method, path, **kwargs)
-        if first:
-            os._exit(1)  # the worker dies with the request stored and unanswered to dask
-        return response
+            self.events.append("POST")
+        return super().request(method, path, **kwargs)
+
+
+def test_partitions_stream_through_one_upload(server, sid):
+    events: list[str] = []
+
+    def noted(part: pd.DataFrame) -> pd.DataFrame:
+        events.append(f"read {part.index[0]}")
+        return part
+
+    df = frame()
+    ddf = dask_frame(df).map_partitions(noted, meta=df.iloc[:0])
+    client = RecordingClient(api_key=server.api_key, endpoint=server.endpoint, events=events)
+    with dask.config.set(scheduler="synchronous"):
+        created = ddf.atomscale.upload(
+            sid, client=client, chunk_size=CHUNK, max_workers=1, **THICKNESS_MAPPING
+        )
+    assert server.request_count("list_annotations") == 1  # one listing for the whole frame
+    assert_exactly_once(server, sid, created, df)
+    reads = [i for i, event in enumerate(events) if event.startswith("read")]
+    assert len(reads) == 2 * PARTS  # validated, then read again to be sent
+    # The second pass reads a partition only when the upload wants more records: the last
+    # partition is read after the first requests were sent, not all of them up front.
+    assert events.index("POST") < reads[-1]
+
+
+def test_the_listing_is_bounded_by_the_frames_names_and_box(server, api, sid):
+    df = frame()
+    elsewhere = df.assign(x_mm=df["x_mm"] + 1_000.0).iloc[:5]
+    elsewhere.atomscale.upload(sid, client=api, progress=False, **THICKNESS_MAPPING)
+    # Stored far outside the frame's box: not listed, so "fail" finds nothing to refuse.
+    created = dask_frame(df).atomscale.upload(sid, client=api, **THICKNESS_MAPPING)
+    assert len(created) == N and server.annotation_count(sid) == N + 5
+
+
+def test_the_upload_takes_every_upload_option(server, api, sid):
+    df = frame()
+    plan = dask_frame(df).atomscale.upload(
+        sid,
+        client=api,
+        dry_run=True,
+        chunk_size=CHUNK,
+        max_chunk_bytes=2**17,
+        progress=False,
+        **THICKNESS_MAPPING,
+    )
+    assert plan["chunk"].nunique() == PARTS * -(-(N // PARTS) // CHUNK)  # chunks per partition
+    assert server.request_count() == 0
+    with pytest.raises(ValueError, match="max_chunk_bytes must be at least"):
+        dask_frame(df).atomscale.upload(sid, client=api, max_chunk_bytes=10, **THICKNESS_MAPPING)
+
+
+# -- exactly once when a worker dies -------------------------------------------------------
+def _dies_once(marker: str, calls: str):
+    """A partition function that kills its worker process the first time a partition is
+    read in the upload's pass (after every partition was read once to be validated)."""
+
+    def read(part: pd.DataFrame) -> pd.DataFrame:
+        Path(calls, f"{os.getpid()}-{id(part)}-{len(os.listdir(calls))}").touch()
+        if len(os.listdir(calls)) > PARTS + 1 and not os.path.exists(marker):
+            Path(marker).touch()
+            os._exit(1)  # the worker dies while its task is running
+        return part
+
+    return read
 
 
 def test_a_worker_killed_mid_upload_leaves_every_row_stored_once(
-    on_cluster, server, sid, tmp_path: Path
+    on_cluster, server, api, sid, tmp_path: Path
 ):
     df = frame()
-    marker = tmp_path / "first-attempt"
-    client = KillingClient(api_key=server.api_key, endpoint=server.endpoint, marker=str(marker))
+    marker, calls = tmp_path / "died", tmp_path / "calls"
+    calls.mkdir()
+    ddf = dask_frame(df).map_partitions(_dies_once(str(marker), str(calls)), meta=df.iloc[:0])
     workers_before = set(on_cluster.run(os.getpid).values())
-    created = dask_frame(df).atomscale.upload(
-        sid, client=client, chunk_size=CHUNK, max_workers=1, **THICKNESS_MAPPING
+    created = ddf.atomscale.upload(
+        sid, client=api, chunk_size=CHUNK, max_workers=1, **THICKNESS_MAPPING
     )
     assert marker.exists()
     assert set(on_cluster.run(os.getpid).values()) != workers_before  # a worker died
     assert_exactly_once(server, sid, created, df)
-    # Each chunk was sent once: the rerun took the stored chunk instead of sending it again.
-    assert server.request_count("bulk_create") == PARTS * -(-N // PARTS // CHUNK)
+    # Nothing was sent twice: one request per chunk of the whole frame.
+    assert server.request_count("bulk_create") == PARTS * -(-(N // PARTS) // CHUNK)

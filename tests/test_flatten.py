@@ -15,10 +15,19 @@ import pytest
 import xarray as xr
 
 import atomscale_accessors
-from atomscale_accessors import datasets, flatten, xarray_accessor
+from atomscale_accessors import datasets, maps, xarray_accessor
 from atomscale_accessors.datasets import sheet_resistance_map, wafer_thickness_map, xps_line_scan
 from atomscale_accessors.errors import AnnotationValidationError, MapStructureError
-from atomscale_accessors.flatten import flatten_map, frame_to_map, iter_flatten_map, validate_map
+from atomscale_accessors.maps import flatten as maps_flatten
+from atomscale_accessors.maps import (
+    flatten_map,
+    frame_to_map,
+    gridding,
+    iter_flatten_map,
+    structure,
+    validate_map,
+)
+from atomscale_accessors.maps import schema as maps_schema
 from atomscale_accessors.schemas import RECORD_COLUMNS
 
 UUID = "0b0e6b1c-3f4e-4a53-9d55-4c1f3f0f7a10"
@@ -368,7 +377,7 @@ def test_coord_units_argument_converts_attributes():
 
 
 def test_different_units_without_pint_are_an_error(monkeypatch):
-    monkeypatch.setattr(flatten, "_unit_registry", lambda: None)
+    monkeypatch.setattr(structure, "_unit_registry", lambda: None)
     ds = grid()
     ds["y"].attrs["units"] = "um"
     err = structure_error(ds)
@@ -560,7 +569,7 @@ def test_validate_rejects_a_bad_reference_frame_from_attributes():
 def test_structure_is_checked_with_a_pandera_schema():
     import pandera.xarray as pax
 
-    schema, unit_schemas = flatten.map_structure_schema(
+    schema, unit_schemas = maps.map_structure_schema(
         {"thickness": True}, {"x": True, "y": False}, ("y", "x")
     )
     assert isinstance(schema, pax.DatasetSchema)
@@ -740,7 +749,9 @@ def test_frame_is_not_modified():
 
 
 # -- docs ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("module", [flatten, datasets, xarray_accessor])
+@pytest.mark.parametrize(
+    "module", [structure, maps_schema, maps_flatten, gridding, datasets, xarray_accessor]
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from atomscale_accessors.flatten import flatten_map, frame_to_map, iter_flatten_map
+from atomscale_accessors.maps import flatten_map, frame_to_map, iter_flatten_map
 
 SETTINGS = settings(max_examples=40, deadline=None)
 # Finite values of every magnitude, signed zeros and subnormals included.

@@ -16,6 +16,7 @@ import xarray as xr
 from conftest import THICKNESS_MAPPING, thickness_frame
 
 import atomscale_accessors
+from atomscale_accessors import options
 from atomscale_accessors.errors import AnnotationValidationError, AtomscaleError
 from atomscale_accessors.failures import (
     FAILURE_COLUMNS,
@@ -34,7 +35,7 @@ from atomscale_accessors.schemas import (
     MAX_TEXT_LENGTH,
     encode_metadata,
 )
-from atomscale_accessors.upload import chunks, encode
+from atomscale_accessors.upload import encode
 from atomscale_accessors.validation import validate_records
 
 _ = atomscale_accessors  # registers the accessors
@@ -219,7 +220,7 @@ def test_the_largest_valid_record_encodes_to_the_stated_bound():
     )
     validate_records(record)  # at every limit, and valid
     assert int(encode.EncodedRecords(record).sizes[0]) == MAX_RECORD_BYTES
-    assert MAX_RECORD_BYTES <= chunks.MIN_CHUNK_BYTES  # one record always fits a chunk
+    assert MAX_RECORD_BYTES <= options.MIN_CHUNK_BYTES  # one record always fits a chunk
 
 
 # -- item 9: messages bounded whatever the input -------------------------------------------------

@@ -12,6 +12,7 @@ import xarray as xr
 import atomscale_accessors
 from atomscale_accessors import fetch, plotting
 from atomscale_accessors.datasets import sheet_resistance_map, wafer_thickness_map, xps_line_scan
+from atomscale_accessors.errors import MapStructureError
 from atomscale_accessors.plotting import OUTLINE_GID, new_axes, plot_map, wafer_diameter
 
 matplotlib = pytest.importorskip("matplotlib", reason="the plot extra is not installed")
@@ -126,6 +127,27 @@ def test_dataset_with_several_variables_needs_a_choice():
         ds.atomscale.plot(ax=new_axes())
     ax = ds.atomscale.plot("roughness", ax=new_axes())
     assert colorbar_label(ax) == "roughness [nm]"
+
+
+def test_plot_and_upload_find_the_coordinates_alike(client, atomscale_server, sample_id):
+    # Two candidates for x: plotting once took the first, while uploading refused to guess.
+    ds = wafer_thickness_map(n=11)
+    ds = ds.assign_coords(x_mm=ds.x)
+    with pytest.raises(MapStructureError) as plotted:
+        ds.atomscale.plot(ax=new_axes())
+    with pytest.raises(MapStructureError) as uploaded:
+        ds.atomscale.upload(sample_id, client=client, progress=False)
+    assert str(plotted.value) == str(uploaded.value)
+    assert "several candidates for the x coordinate: ['x', 'x_mm']; name one with x=" in str(
+        plotted.value
+    )
+    pd.testing.assert_frame_equal(plotted.value.failure_cases, uploaded.value.failure_cases)
+    assert atomscale_server.request_count() == 0
+    # Named, the coordinate is used by both.
+    ax = ds.atomscale.plot(x="x_mm", ax=new_axes())
+    assert ax.get_xlabel() == "x_mm [mm]"
+    created = ds.atomscale.upload(sample_id, client=client, x="x_mm", progress=False)
+    assert len(created) == int(ds.thickness.notnull().sum())
 
 
 def test_a_variable_with_extra_dimensions_asks_for_a_slice():

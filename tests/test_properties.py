@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from atomscale_accessors import Client, RetryPolicy, fetch
-from atomscale_accessors.flatten import flatten_map, frame_to_map
+from atomscale_accessors.maps import flatten_map, frame_to_map
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import RECORD_COLUMNS
 from atomscale_accessors.server import LocalServer

@@ -18,8 +18,8 @@ what was created, what was not, and what could not be established.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,15 +29,19 @@ from ..errors import AnnotationValidationError, ApiError, TransportError, Upload
 from ..frames import AnnotationObject, FrameBuilder, annotation_frame
 from ..keys import FLOAT_KEYS, key_frame, record_keys
 from ..locking import sample_lock
+from ..options import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_CHUNK_BYTES,
+    DEFAULT_MAX_WORKERS,
+    IF_EXISTS,
+    IfExists,
+    UploadOptions,
+)
 from ..retry import describe
 from ..schemas import POSITION_KEY, RECORD_COLUMNS, compact_records
 from ..validation import validate_records
 from .answers import Answer, IdSet, id_hashes
 from .chunks import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_MAX_CHUNK_BYTES,
-    DEFAULT_MAX_WORKERS,
-    MIN_CHUNK_BYTES,
     Chunk,
     dry_run_frame,
     iter_chunks,
@@ -52,7 +56,7 @@ from .existing import (
     describe_positions,
     refuse_clashes,
 )
-from .ledger import Outcome
+from .ledger import Ledger, Outcome
 from .progress import Progress
 from .send import Uploader, run_chunks
 
@@ -63,33 +67,26 @@ __all__ = [
     "IF_EXISTS",
     "EncodedRecords",
     "IfExists",
+    "Listing",
+    "UploadOptions",
     "upload_error",
     "upload_records",
 ]
 
 log = logging.getLogger("atomscale_accessors")
 
-IfExists = Literal["fail", "skip", "append", "update"]
-IF_EXISTS: tuple[str, ...] = ("fail", "skip", "append", "update")
-
 
 def upload_records(
     records: pd.DataFrame | Iterable[pd.DataFrame] | Callable[[], Iterable[pd.DataFrame]],
     sample_id: str,
+    options: UploadOptions | None = None,
     *,
-    client: Any = None,
-    if_exists: IfExists = "fail",
-    chunk_size: int | None = None,
-    max_chunk_bytes: int | None = None,
-    max_workers: int | None = None,
-    progress: bool | Callable[[int, int | None], None] | None = None,
-    dry_run: bool = False,
     dropna: bool = False,
     allow_duplicates: bool = False,
     validated: bool = False,
-    ignore_ids: Collection[str] = (),
     total: int | None = None,
-    verify: bool = False,
+    listing: Listing | None = None,
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """Upload canonical records to a sample, exactly once; return what was created.
 
@@ -103,41 +100,26 @@ def upload_records(
         plain iterable is held in memory in that case.
     sample_id : str
         UUID of the physical sample; checked before any request.
-    client : Client or SDK client, optional
-        Default: configured from the environment.
-    if_exists : {"fail", "skip", "append", "update"}, default "fail"
-        What to do with records whose property is already stored at the same position:
-        raise :class:`AnnotationExistsError` and send nothing; send only the new ones;
-        send everything; or PATCH the stored ones with the new values and create the rest.
-    chunk_size : int, default 5000
-        Records per request at most.
-    max_chunk_bytes : int, default 8 MiB
-        Request body size at most.
-    max_workers : int, default 4
-        Requests in flight at once.
-    progress : bool or callable, optional
-        ``None``: a progress bar on a terminal or notebook, none otherwise; ``False``:
-        never; ``True``: always; a callable is called as ``progress(done, total)``.
-    dry_run : bool, default False
-        Send nothing; return the records that would be sent with a ``chunk`` column.
+    options : UploadOptions, optional
+        How the upload runs (see :class:`~atomscale_accessors.options.UploadOptions`);
+        options given as keywords take precedence.
     dropna, allow_duplicates : bool, default False
         Passed to :func:`~atomscale_accessors.validation.validate_records`.
     validated : bool, default False
         The caller has validated the records already.
-    ignore_ids : collection of str, optional
-        Stored annotations to treat as absent when applying ``if_exists``. A job that runs
-        uploads in parts (dask partitions) passes the ids that existed before it started,
-        with ``if_exists="skip"``: a part run twice then skips what its first run stored,
-        and nothing else.
     total : int, optional
         How many records the blocks hold, when known: the result's columns are then
         allocated once, at their final size.
-    verify : bool, default False
-        After the upload, list the sample where it wrote and raise :class:`UploadError`
-        (with ``.extra``) when a position holds annotations that neither the state before
-        the upload nor the upload account for. Uploads to one sample from one machine are
-        serialised (see :mod:`atomscale_accessors.locking`); this also catches what an
-        upload from another machine at the same time doubled, after the fact.
+    listing : Listing, optional
+        What the blocks cover (their property names and bounding box), when the caller
+        knows it: only that part of the sample is listed. By default a DataFrame's own
+        extent; for blocks, the whole sample.
+    **kwargs
+        Any field of :class:`~atomscale_accessors.options.UploadOptions`: ``client``,
+        ``if_exists``, ``chunk_size``, ``max_chunk_bytes``, ``max_workers``, ``progress``,
+        ``dry_run``, ``verify``. With ``verify``, uploads to one sample from one machine
+        are serialised (see :mod:`atomscale_accessors.locking`), and what an upload from
+        another machine at the same time doubled is found after the fact.
 
     Returns
     -------
@@ -155,14 +137,10 @@ def upload_records(
         The upload stopped part way; ``.created``, ``.not_created`` and ``.unknown`` say
         where it stands, and a re-run with ``if_exists="skip"`` completes it.
     """
+    opts, unknown = UploadOptions.take(kwargs, options)
+    if unknown:
+        raise TypeError(f"upload_records() got unknown options: {', '.join(sorted(unknown))}")
     sid = check_uuid(sample_id)
-    if if_exists not in IF_EXISTS:
-        raise ValueError(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
-    chunk_size = _positive_int(chunk_size, DEFAULT_CHUNK_SIZE, "chunk_size")
-    max_workers = _positive_int(max_workers, DEFAULT_MAX_WORKERS, "max_workers")
-    max_chunk_bytes = _positive_int(max_chunk_bytes, DEFAULT_MAX_CHUNK_BYTES, "max_chunk_bytes")
-    if max_chunk_bytes < MIN_CHUNK_BYTES:
-        raise ValueError(f"max_chunk_bytes must be at least {MIN_CHUNK_BYTES}")
 
     source: Callable[[], Iterable[pd.DataFrame]] | None = None
     whole: pd.DataFrame | None = None
@@ -187,23 +165,20 @@ def upload_records(
         else:
             blocks = records
 
-    if dry_run:
-        return dry_run_frame(blocks, chunk_size, max_chunk_bytes)
+    if opts.dry_run:
+        return dry_run_frame(blocks, opts.chunk_size, opts.max_chunk_bytes)
 
-    resolved = resolve_client(client)
+    resolved = resolve_client(opts.client)
     result = FrameBuilder(sid, total, whole.index if whole is not None else None)
     with sample_lock(resolved.endpoint, sid):
         return _upload(
-            Uploader(resolved, sid, result),
+            Uploader(resolved, sid, Ledger(result)),
             blocks,
             source,
             whole,
-            if_exists=if_exists,
-            ignore_ids=ignore_ids,
-            chunking=(chunk_size, max_chunk_bytes),
-            max_workers=max_workers,
-            bar=Progress(progress, total),
-            verify=verify,
+            opts,
+            listing if listing is not None else Listing.of(whole),
+            Progress(opts.progress, total),
         )
 
 
@@ -212,21 +187,16 @@ def _upload(
     blocks: Iterable[pd.DataFrame],
     source: Callable[[], Iterable[pd.DataFrame]] | None,
     whole: pd.DataFrame | None,
-    *,
-    if_exists: str,
-    ignore_ids: Collection[str],
-    chunking: tuple[int, int],
-    max_workers: int,
+    opts: UploadOptions,
+    listing: Listing,
     bar: Progress,
-    verify: bool,
 ) -> pd.DataFrame:
     """The upload proper, with the sample's lock held: list what is stored, apply
     ``if_exists``, send, update, check, and account."""
-    listing = Listing.of(whole)
-    existing = Existing.list(uploader, listing, ignore=set(ignore_ids))
-    # Reconciliation must not take stored annotations for new ones, ignored or not.
-    uploader.claimed.add(id_hashes([*existing.ids, *ignore_ids]))
-    if if_exists == "fail" and len(existing):
+    existing = Existing.list(uploader, listing)
+    # Reconciliation must not take stored annotations for new ones.
+    uploader.ledger.claim_stored(existing.ids)
+    if opts.if_exists == "fail" and len(existing):
         # Decide before anything is sent: look at every block first.
         if source is not None:
             refuse_clashes(source(), existing)
@@ -240,13 +210,14 @@ def _upload(
     updates: list[tuple[pd.DataFrame, np.ndarray, list[AnnotationObject]]] = []
     interrupted = False
     try:
-        to_send = apply_if_exists(blocks, existing, if_exists, updates, outcome, bar)
-        chunk_size, max_chunk_bytes = chunking
-        chunks = iter_chunks(to_send, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes)
-        run_chunks(uploader, chunks, max_workers, outcome, bar)
+        to_send = apply_if_exists(blocks, existing, opts.if_exists, updates, outcome, bar)
+        chunks = iter_chunks(
+            to_send, chunk_size=opts.chunk_size, max_chunk_bytes=opts.max_chunk_bytes
+        )
+        run_chunks(uploader, chunks, opts.max_workers, outcome, bar)
         # apply_if_exists fills ``updates`` as the blocks stream past, so PATCH after the creates.
         if updates:
-            apply_updates(uploader, updates, max_workers, outcome, bar)
+            apply_updates(uploader, updates, opts.max_workers, outcome, bar)
     except KeyboardInterrupt:
         interrupted = True
         outcome.error = KeyboardInterrupt("interrupted (Ctrl+C)")
@@ -256,7 +227,7 @@ def _upload(
         log.exception("the upload stopped on an unexpected error")
     finally:
         bar.close()
-    created = uploader.result.frame()
+    created = uploader.ledger.result.frame()
     if interrupted:
         try:
             _finish(outcome, uploader.sample_id, created, whole)
@@ -264,17 +235,9 @@ def _upload(
             raise KeyboardInterrupt(
                 "the upload was interrupted; its account is the UploadError in __cause__"
             ) from error
-    if (verify or uploader.timed_out) and len(created):
-        _check_unaccounted(uploader, created, listing, strict=verify)
+    if (opts.verify or uploader.ledger.timed_out) and len(created):
+        _check_unaccounted(uploader, created, listing, strict=opts.verify)
     return _finish(outcome, uploader.sample_id, created, whole)
-
-
-def _positive_int(value: int | None, default: int, name: str) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_unaccounted(
@@ -299,8 +262,7 @@ def _check_unaccounted(
     listed_ids = IdSet()
     listed_ids.add(id_hashes(listed.ids))
     missing = ~listed_ids.contains(id_hashes(created["annotation_id"].tolist()))
-    with uploader.lock:
-        fresh = ~uploader.claimed.contains(id_hashes(listed.ids))
+    fresh = uploader.ledger.unclaimed(listed.ids)
     mine = key_frame(record_keys(Columns.of(created)), POSITION_KEY, count=False).drop_duplicates()
     theirs = key_frame({c: v[fresh] for c, v in listed.keys.items()}, POSITION_KEY, count=False)
     theirs["_at"] = np.flatnonzero(fresh)
@@ -429,6 +391,3 @@ def _ordered_records(chunks: list[Chunk]) -> pd.DataFrame:
     frame = pd.concat([c.records for c in chunks])
     order = np.argsort(np.concatenate([c.positions for c in chunks]), kind="stable")
     return frame.iloc[order]
-
-
-# -- progress ------------------------------------------------------------------------------

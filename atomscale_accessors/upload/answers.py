@@ -22,6 +22,17 @@ from ..schemas import (
     POSITION_KEY,
 )
 from .chunks import Chunk
+from .columns import Columns
+
+__all__ = [
+    "DECODE_STORED",
+    "Answer",
+    "IdSet",
+    "Stored",
+    "expected_answer",
+    "id_hashes",
+    "repeated",
+]
 
 log = logging.getLogger("atomscale_accessors")
 
@@ -125,43 +136,16 @@ def expected_answer(
     parsed again without it. Returns the answer (or None) and whether the guess held
     (None: not tried).
     """
-    columns = chunk.columns
-    kinds: list[Any] = []
-    for column in _TEXT_KEYS:
-        same, value = columns.constant(column)
-        if not same:
-            return None, None
-        kinds.append(value)
-    for column in COORD_COLUMNS:
-        values = columns.floats[column]
-        isnan = np.isnan(values)
-        if isnan.all():
-            kinds.append(None)
-        elif isnan.any():
-            return None, None
-        else:
-            kinds.append(float)
-    shared = (_first_text(raw, b'"last_updated":'), _first_text(raw, b'"version":'))
-    guessed = None
-    items = None
-    if peek and None not in shared:
-        try:
-            items = _expected_decoder(tuple(kinds), shared).decode(raw)
-            guessed = True
-        except msgspec.DecodeError:
-            guessed = False
-    if items is None:
-        shared = (None, None)
-        try:
-            items = _expected_decoder(tuple(kinds)).decode(raw)
-        except msgspec.DecodeError:  # ValidationError too: something else than expected
-            return None, guessed
-    if len(items) != len(chunk):
+    kinds = _expected_kinds(chunk.columns)
+    if kinds is None:
+        return None, None
+    items, shared, guessed = _parse_expected(raw, kinds, peek=peek)
+    if items is None or len(items) != len(chunk):
         return None, guessed
     for column, kind in [("property_value", float), *zip(COORD_COLUMNS, kinds[3:], strict=True)]:
         if kind is float:
             answered = np.fromiter(map(attrgetter(column), items), np.float64, len(items))
-            if not np.array_equal(answered, columns.floats[column]):
+            if not np.array_equal(answered, chunk.columns.floats[column]):
                 return None, guessed
     time, version = shared
     answer = Answer(
@@ -171,6 +155,46 @@ def expected_answer(
         {},
     )
     return answer, guessed
+
+
+def _expected_kinds(columns: Columns) -> list[Any] | None:
+    """What each key field of the usual answer holds: the one value of each text key, and
+    for each coordinate float or None (unset). None when the records have several values
+    of a text key, or a coordinate set in some and not in others: no usual answer then."""
+    kinds: list[Any] = []
+    for column in _TEXT_KEYS:
+        same, value = columns.constant(column)
+        if not same:
+            return None
+        kinds.append(value)
+    for column in COORD_COLUMNS:
+        isnan = np.isnan(columns.floats[column])
+        if isnan.all():
+            kinds.append(None)
+        elif isnan.any():
+            return None
+        else:
+            kinds.append(float)
+    return kinds
+
+
+def _parse_expected(
+    raw: bytes, kinds: list[Any], *, peek: bool
+) -> tuple[list[Any] | None, tuple[str | None, str | None], bool | None]:
+    """Parse an answer as the usual one: its items (None when it is not), the time and
+    version shared by every item (None when each has its own), and whether the guess of
+    a shared time and version held (None: not tried)."""
+    shared = (_first_text(raw, b'"last_updated":'), _first_text(raw, b'"version":'))
+    guessed = None
+    if peek and None not in shared:
+        try:
+            return _expected_decoder(tuple(kinds), shared).decode(raw), shared, True
+        except msgspec.DecodeError:
+            guessed = False
+    try:
+        return _expected_decoder(tuple(kinds)).decode(raw), (None, None), guessed
+    except msgspec.DecodeError:  # ValidationError too: something else than expected
+        return None, (None, None), guessed
 
 
 def _first_text(raw: bytes, key: bytes) -> str | None:

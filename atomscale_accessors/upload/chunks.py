@@ -9,19 +9,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..options import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CHUNK_BYTES
 from ..schemas import (
     RECORD_COLUMNS,
 )
 from .columns import Columns
 from .encode import BODY_OVERHEAD, EncodedRecords
 
+__all__ = [
+    "Chunk",
+    "dry_run_frame",
+    "iter_chunks",
+    "with_positions",
+]
+
 log = logging.getLogger("atomscale_accessors")
-
-
-DEFAULT_CHUNK_SIZE = 5_000
-DEFAULT_MAX_CHUNK_BYTES = 8 * 2**20
-DEFAULT_MAX_WORKERS = 4
-MIN_CHUNK_BYTES = 128 * 1024
 
 
 @dataclass
@@ -111,9 +113,6 @@ def iter_chunks(
                 )
                 number += 1
                 begin = end
-
-
-# -- answers and matching ------------------------------------------------------------------
 
 
 def dry_run_frame(

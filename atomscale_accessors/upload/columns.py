@@ -19,6 +19,10 @@ from ..schemas import (
     value_codes,
 )
 
+__all__ = [
+    "Columns",
+]
+
 log = logging.getLogger("atomscale_accessors")
 
 
@@ -105,6 +109,3 @@ class Columns:
                     self.codes[column], pd.Index(self.values[column], dtype=object)
                 )
         return pd.DataFrame(columns, index=index)
-
-
-# -- encoding ------------------------------------------------------------------------------

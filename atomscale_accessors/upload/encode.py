@@ -18,6 +18,14 @@ from ..schemas import (
 )
 from .columns import Columns
 
+__all__ = [
+    "BODY_OVERHEAD",
+    "ENCODER",
+    "EncodedRecords",
+    "column_tokens",
+    "float_tokens",
+]
+
 log = logging.getLogger("atomscale_accessors")
 
 
@@ -119,33 +127,10 @@ def column_tokens(columns: Columns, column: str) -> tuple[str | list[str] | None
     """JSON tokens of a column and their lengths: (None, 0) when unset on every row, one
     token when the same on every row, else a list of tokens (with, for floats, their
     comma-joined text in place of the lengths)."""
-    n = columns.n
     if column in columns.floats:
-        values = columns.floats[column]
-        if n == 0 or np.isnan(values).all():
-            return None, 0
-        if column in COORD_COLUMNS:
-            # Grid coordinates repeat: encode each distinct one once. (Distinct by bits,
-            # so that -0.0 and 0.0 stay apart.)
-            codes, bits = pd.factorize(values.view(np.int64))
-            if len(bits) <= n // 2:
-                table = np.array(float_tokens(bits.view(np.float64)), dtype=object)
-                sizes = np.fromiter(map(len, table), dtype=np.int64, count=len(table))
-                return table[codes].tolist(), sizes[codes]
-        text = ENCODER.encode(values.tolist())[1:-1].decode()
-        return text.split(","), text
+        return _float_column_tokens(columns, column)
     if column == "metadata":
-        values = columns.metadata
-        missing = pd.isna(values)
-        if n == 0 or missing.all():
-            return None, 0
-        first = values[0]
-        if not missing.any() and all(v is first for v in values):  # a map's one metadata dict
-            return encode_metadata(first), 0
-        tokens = [
-            "null" if gone else encode_metadata(v) for v, gone in zip(values, missing, strict=True)
-        ]
-        return tokens, np.fromiter(map(len, tokens), dtype=np.int64, count=n)
+        return _metadata_tokens(columns)
     same, value = columns.constant(column)
     if same:
         return (None, 0) if value is None else (encode_basestring_ascii(value), 0)
@@ -154,6 +139,36 @@ def column_tokens(columns: Columns, column: str) -> tuple[str | list[str] | None
     sizes = np.fromiter(map(len, table), dtype=np.int64, count=len(table))
     codes = columns.codes[column]
     return table[codes].tolist(), sizes[codes]
+
+
+def _float_column_tokens(columns: Columns, column: str) -> tuple[str | list[str] | None, Any]:
+    values = columns.floats[column]
+    if columns.n == 0 or np.isnan(values).all():
+        return None, 0
+    if column in COORD_COLUMNS:
+        # Grid coordinates repeat: encode each distinct one once. (Distinct by bits, so
+        # that -0.0 and 0.0 stay apart.)
+        codes, bits = pd.factorize(values.view(np.int64))
+        if len(bits) <= columns.n // 2:
+            table = np.array(float_tokens(bits.view(np.float64)), dtype=object)
+            sizes = np.fromiter(map(len, table), dtype=np.int64, count=len(table))
+            return table[codes].tolist(), sizes[codes]
+    text = ENCODER.encode(values.tolist())[1:-1].decode()
+    return text.split(","), text
+
+
+def _metadata_tokens(columns: Columns) -> tuple[str | list[str] | None, Any]:
+    values = columns.metadata
+    missing = pd.isna(values)
+    if columns.n == 0 or missing.all():
+        return None, 0
+    first = values[0]
+    if not missing.any() and all(v is first for v in values):  # a map's one metadata dict
+        return encode_metadata(first), 0
+    tokens = [
+        "null" if gone else encode_metadata(v) for v, gone in zip(values, missing, strict=True)
+    ]
+    return tokens, np.fromiter(map(len, tokens), dtype=np.int64, count=columns.n)
 
 
 def float_tokens(values: np.ndarray) -> list[str]:

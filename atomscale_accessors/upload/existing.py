@@ -38,6 +38,19 @@ from .ledger import Outcome
 from .progress import Progress
 from .send import Pool, Uploader
 
+__all__ = [
+    "MAX_NAMED_LISTINGS",
+    "Existing",
+    "Listing",
+    "apply_if_exists",
+    "apply_updates",
+    "changes",
+    "describe_positions",
+    "exists_error",
+    "patch",
+    "refuse_clashes",
+]
+
 log = logging.getLogger("atomscale_accessors")
 
 
@@ -49,8 +62,16 @@ MAX_NAMED_LISTINGS = 4
 @dataclass(frozen=True)
 class Listing:
     """Which of a sample's annotations an upload must look at: those of its properties
-    (listed one property at a time, up to a few) in its bounding box; for blocks streamed
-    from elsewhere, the whole sample."""
+    (listed one property at a time, up to a few) in its bounding box; for blocks whose
+    extent is not known, the whole sample.
+
+    Parameters
+    ----------
+    names : tuple of str, optional
+        The properties; ``None``: every property.
+    box : dict, optional
+        ``x_range`` and ``y_range`` filters, each ``(low, high)``, inclusive.
+    """
 
     names: tuple[str, ...] | None = None
     box: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -62,6 +83,21 @@ class Listing:
         names = tuple(whole["property_name"].unique().tolist())
         box = listing_filters(Columns.of(whole), with_name=False)
         return cls(names if len(names) <= MAX_NAMED_LISTINGS else None, box)
+
+    @classmethod
+    def covering(
+        cls, names: Iterable[str], boxes: Iterable[tuple[float, float, float, float] | None]
+    ) -> Listing:
+        """The listing of blocks with these property names and boxes
+        (``(x_min, x_max, y_min, y_max)``, ``None`` for a block with records lacking x or y)."""
+        distinct = tuple(sorted(set(names)))
+        corners = list(boxes)
+        box: dict[str, tuple[float, float]] = {}
+        if corners and all(c is not None for c in corners):
+            every = np.array(corners, dtype="float64")
+            box["x_range"] = (float(every[:, 0].min()), float(every[:, 1].max()))
+            box["y_range"] = (float(every[:, 2].min()), float(every[:, 3].max()))
+        return cls(distinct if 0 < len(distinct) <= MAX_NAMED_LISTINGS else None, box)
 
     def fetch(self, uploader: Uploader) -> list[AnnotationObject]:
         objects: list[AnnotationObject] = []
@@ -88,12 +124,9 @@ class Existing:
         self.free = np.ones(len(objects), dtype=bool)
 
     @classmethod
-    def list(cls, uploader: Uploader, listing: Listing, *, ignore: set[str]) -> Existing:
+    def list(cls, uploader: Uploader, listing: Listing) -> Existing:
         """List the sample's annotations that could clash: of these properties, in this box."""
-        objects = listing.fetch(uploader)
-        if ignore:
-            objects = [obj for obj in objects if obj.id not in ignore]
-        return cls(objects)
+        return cls(listing.fetch(uploader))
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -186,7 +219,7 @@ def apply_updates(
                 _update_group(uploader, pool, records, positions, stored_objects, outcome, bar)
             except KeyboardInterrupt:
                 # PATCH only sets values: what was not confirmed is "not updated".
-                uploader.abandon()
+                uploader.ledger.abandon()
                 for records, positions, _ in updates[number:]:
                     outcome.not_updated.append(Chunk.of(records, positions))
                 raise
@@ -228,7 +261,7 @@ def _update_group(
         outcome.not_updated.append(Chunk.of(records[~done], positions[~done]))
     if done.any():
         updated = annotation_frame(answers, index=records.index[done])
-        uploader.result.put(
+        uploader.ledger.result.put(
             positions[done],
             floats={c: updated[c].to_numpy() for c in FLOAT_COLUMNS},
             texts={

@@ -8,6 +8,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+__all__ = [
+    "Progress",
+]
+
 log = logging.getLogger("atomscale_accessors")
 
 

@@ -18,7 +18,6 @@ from ..errors import (
     TransportError,
 )
 from ..frames import (
-    FrameBuilder,
     metadata_copies,
     parse_times,
     text_codes,
@@ -26,40 +25,40 @@ from ..frames import (
 from ..keys import listing_filters, match
 from ..retry import Action, Tries, classify, describe, may_be_running, retry_safe
 from ..schemas import (
-    POSITION_KEY,
     RECORD_STRING_COLUMNS,
 )
-from .answers import Answer, IdSet, expected_answer, id_hashes, repeated
+from .answers import Answer, expected_answer, id_hashes, repeated
 from .chunks import Chunk
-from .ledger import Outcome
+from .ledger import Ledger, Outcome
 from .progress import Progress
+
+__all__ = [
+    "Pool",
+    "Uploader",
+    "run_chunks",
+]
 
 log = logging.getLogger("atomscale_accessors")
 
 
 class Uploader:
-    """One upload: the sample, the client, and the claims: every annotation id that is
-    accounted for (stored before the upload, or taken by one of its records). A record
-    takes an id only if no one has, checked and taken in one step under ``lock``."""
+    """Sends the chunks of one upload to a sample, recording every outcome in the
+    upload's :class:`~.ledger.Ledger`."""
 
-    def __init__(self, client: Client, sample_id: str, result: FrameBuilder) -> None:
+    def __init__(self, client: Client, sample_id: str, ledger: Ledger) -> None:
         self.client = client
         self.sample_id = sample_id
-        self.result = result
+        self.ledger = ledger
+        self.stop = ledger.stop
         self.policy = client.retry
         self.bulk_path = f"physical_samples/{sample_id}/annotations/bulk"
         self.route = f"GET /physical_samples/{sample_id}/annotations/"
-        self.claimed = IdSet()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.abandoned = False
-        self.timed_out = False
+        self._sizes = threading.Lock()
         # Learned from 413 answers, so later chunks are cut before they are refused.
         self.max_rows: int | None = None
         # Whether answers have one time and version each (see expected_answer).
         self.peek = True
 
-    # -- listing -------------------------------------------------------------------------
     def list_existing(self, **filters: Any) -> bytes:
         """List annotations as raw JSON, retrying any failure that may pass."""
         return retry_safe(
@@ -67,21 +66,6 @@ class Uploader:
             self.policy,
             self.stop,
         )
-
-    def abandon(self) -> None:
-        """Stop the upload at once (Ctrl+C): requests still running write nothing more into
-        the result, so what it shows stays what the account says."""
-        with self.lock:
-            self.abandoned = True
-        self.stop.set()
-
-    def claim(self, answer: Answer) -> np.ndarray:
-        """Take the answer's ids for records; which ones were free to take. An id repeated
-        within the answer, or taken already, is not free. (Call with the lock held.)"""
-        hashes = id_hashes(answer.ids)
-        free = ~(repeated(hashes) | self.claimed.contains(hashes))
-        self.claimed.add(hashes[free])
-        return free
 
     # -- one chunk -----------------------------------------------------------------------
     def send(self, chunk: Chunk) -> Outcome:
@@ -156,7 +140,7 @@ class Uploader:
         if action is Action.SPLIT:
             # Refused whole, nothing stored: halve it, and cut every later chunk to that.
             half = len(piece) // 2
-            with self.lock:
+            with self._sizes:
                 self.max_rows = min(self.max_rows or half, half)
             pending[:0] = list(piece.split())
         elif action is Action.RECONCILE:
@@ -222,28 +206,17 @@ class Uploader:
             matched = answer.take(paired[found])
         rows = np.flatnonzero(found)
         mine = chunk if len(rows) == len(chunk) else chunk.take(found)
-        rows_of = self._rows(mine, matched)  # prepared outside the lock
-        with self.lock:  # checked, written and claimed in one step
-            if self.abandoned:
-                return chunk.take(np.zeros(len(chunk), dtype=bool))
-            free = self.claim(matched)
-            if free.all():
-                self.result.put(mine.positions, **rows_of)
-                outcome.done.append(mine.positions)
-            else:
-                found[rows[~free]] = False
-        if not free.all():
-            self._created(chunk.take(found), matched.take(np.flatnonzero(free)), outcome)
+        free = self.ledger.take(mine.positions, matched, self._rows(mine, matched))
+        if free.all():
+            outcome.done.append(mine.positions)
+            return None if found.all() else chunk.take(~found)
+        found[rows[~free]] = False
+        self._created(chunk.take(found), matched.take(np.flatnonzero(free)), outcome)
         return None if found.all() else chunk.take(~found)
 
     def _created(self, chunk: Chunk, answer: Answer, outcome: Outcome) -> None:
-        """Write the created records' rows into the result."""
-        if len(chunk):
-            rows = self._rows(chunk, answer)
-            with self.lock:
-                if self.abandoned:
-                    return
-                self.result.put(chunk.positions, **rows)
+        """Write the rows of created records (their ids claimed) into the result."""
+        if len(chunk) and self.ledger.write(chunk.positions, self._rows(chunk, answer)):
             outcome.done.append(chunk.positions)
 
     def _rows(self, chunk: Chunk, answer: Answer) -> dict[str, Any]:
@@ -284,8 +257,7 @@ class Uploader:
             settle = self.policy.settle
             if settle is None:
                 settle = min(2 * self.client.timeout[1], self.policy.max_wait)
-            with self.lock:
-                self.timed_out = True
+            self.ledger.note_timeout()
             self.stop.wait(settle)
         try:
             listed = Answer.decode(self.list_existing(**listing_filters(chunk.columns)), self.route)
@@ -296,18 +268,9 @@ class Uploader:
             outcome.unknown.append(chunk)
             outcome.error = cause
             return None
-        with self.lock:  # matched and claimed in one step: two checks never take one id
-            candidates = listed.without(self.claimed)
-            paired, used = match(chunk.columns, candidates)
-            found = paired >= 0
-            matched = candidates.take(paired[found])
-            self.claim(matched)
-            others = candidates.take(np.flatnonzero(~used))
-            at, _ = match(chunk.columns, others, POSITION_KEY)
-            differs = (at >= 0) & ~found
-            stored_differently = others.take(at[differs])
-            self.claim(stored_differently)
-        self._created(chunk.take(found), matched, outcome)
+        checked = self.ledger.reconcile(chunk.columns, listed)
+        found, differs = checked.found, checked.differs
+        self._created(chunk.take(found), checked.matched, outcome)
         if differs.any():
             mismatched = chunk.take(differs)
             log.error(
@@ -316,7 +279,7 @@ class Uploader:
                 len(mismatched),
             )
             outcome.unknown.append(mismatched)
-            outcome.mismatched.append((mismatched, stored_differently))
+            outcome.mismatched.append((mismatched, checked.stored))
             outcome.error = outcome.error or ApiError(
                 getattr(cause, "status_code", 200),
                 f"{len(mismatched)} records are stored with other content than was sent "
@@ -333,9 +296,6 @@ class Uploader:
             int(rest.sum()),
         )
         return chunk.take(rest)
-
-
-# -- entry point ---------------------------------------------------------------------------
 
 
 class Pool:
@@ -416,14 +376,14 @@ def run_chunks(
         # Also when producing the next chunk failed: what is in flight gets accounted.
         collect(wait(in_flight).done)
     except KeyboardInterrupt:
-        uploader.abandon()
+        uploader.ledger.abandon()
         collect([future for future in list(in_flight) if future.done()])
         for future, chunk in in_flight.items():
             if future.cancel():  # queued, never sent
                 outcome.not_created.append(chunk)
                 continue
             # Rows written before the interrupt are created; nothing is written after.
-            written = uploader.result.written(chunk.positions)
+            written = uploader.ledger.result.written(chunk.positions)
             outcome.done.append(chunk.positions[written])
             outcome.unknown.append(chunk.take(~written))
         raise

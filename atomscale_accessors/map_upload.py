@@ -1,0 +1,76 @@
+"""Uploading a map: validate every block, then send.
+
+:func:`upload_map` is what ``Dataset.atomscale.upload`` calls. It reads the map's
+structure with :mod:`atomscale_accessors.maps`, then hands the records (or, for a
+dask-backed map, a factory of its blocks) to
+:func:`~atomscale_accessors.upload.upload_records`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import xarray as xr
+
+from .maps.flatten import flatten_plan, iter_plan_blocks, validate_plan_blocks
+from .maps.structure import plan_map
+from .options import UploadOptions
+from .upload import upload_records
+
+__all__ = ["upload_map"]
+
+
+def upload_map(
+    ds: xr.Dataset,
+    sample_id: str,
+    options: UploadOptions | None = None,
+    *,
+    dropna: bool = False,
+    allow_duplicates: bool | None = None,
+    block_rows: int | None = None,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """Validate a map completely, then upload it; return the created annotations.
+
+    A numpy-backed map is flattened whole and handed to
+    :func:`~atomscale_accessors.upload.upload_records`. A dask-backed map is read twice,
+    one block at a time: the first pass validates every block (and keeps none), the
+    second flattens the blocks again and streams them to the upload. So nothing is sent
+    when any block is invalid, and memory stays bounded by a block, at the price of
+    computing the map twice.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The map; never modified.
+    sample_id : str
+        UUID of the physical sample.
+    options : UploadOptions, optional
+        How the upload runs; see :class:`~atomscale_accessors.options.UploadOptions`.
+    dropna, allow_duplicates : bool
+        As for :func:`~atomscale_accessors.maps.validate_map`.
+    block_rows : int, optional
+        As for :func:`~atomscale_accessors.maps.iter_flatten_map` (dask-backed maps).
+    **kwargs
+        The upload's options by name (fields of
+        :class:`~atomscale_accessors.options.UploadOptions`), and the map's options, as
+        for :func:`~atomscale_accessors.maps.flatten_map`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The annotation frame of the created annotations, indexed like the records.
+    """
+    opts, map_options = UploadOptions.take(kwargs, options)
+    plan = plan_map(ds, **map_options)
+    allow = plan.allow_duplicates(allow_duplicates)
+    if not plan.chunked:
+        records = flatten_plan(plan)
+        return upload_records(records, sample_id, opts, dropna=dropna, allow_duplicates=allow)
+    n_records = validate_plan_blocks(plan, block_rows, dropna=dropna, allow_duplicates=allow)
+    # Flattening never yields a NaN value, so the blocks of pass 2 need no dropna.
+    # A factory, not one generator: the upload may need a second look at every block.
+    return upload_records(
+        lambda: iter_plan_blocks(plan, block_rows), sample_id, opts, validated=True, total=n_records
+    )
