@@ -85,7 +85,7 @@ class Client:
     timeout : float or (float, float), default (10, 60)
         Connect and read timeouts in seconds. The read timeout is the longest silence
         accepted from the server: waiting for the answer to start, or between two pieces
-        of it. While a request body is sent, each 16 kB piece must leave within the
+        of it. While a request body is sent, each 256 kB piece must leave within the
         connect timeout.
     deadline : float or None, default 180
         Most seconds one request may take in all: connecting, sending the body and
@@ -214,7 +214,7 @@ class Client:
             headers["Content-Type"] = "application/json"
             # urllib3 sends bytes with one sendall(), which must end within the socket
             # timeout: megabytes on a slow uplink would time out while still moving. A
-            # file goes out in 16 kB pieces, each of which must leave in time.
+            # file goes out in pieces (deadline.BODY_PIECE), each of which must leave in time.
             body = io.BytesIO(data)
         failure: BaseException | None = None
         deadline = WATCHDOG.begin(self.deadline)

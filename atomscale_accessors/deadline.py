@@ -25,7 +25,7 @@ import requests.adapters
 import urllib3
 import urllib3.connection
 
-__all__ = ["WATCHDOG", "DeadlineAdapter"]
+__all__ = ["BODY_PIECE", "WATCHDOG", "DeadlineAdapter"]
 
 
 class _Deadline:
@@ -129,8 +129,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=WATCHDOG._after_fork)
 
 
+#: Bytes of a request body sent at a time; each piece must leave within the connect
+#: timeout (256 kB: 1.4 s at 1.5 Mbit/s). urllib3's 16 kB meant 500 sends per 8 MiB chunk.
+BODY_PIECE = 256 * 1024
+
+
 class _HTTPConnection(urllib3.connection.HTTPConnection):
     """A connection that the deadline of the request using it can cut."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("blocksize", BODY_PIECE)
+        super().__init__(*args, **kwargs)
 
     def connect(self) -> None:
         WATCHDOG.attach(self)
@@ -144,6 +153,10 @@ class _HTTPConnection(urllib3.connection.HTTPConnection):
 
 class _HTTPSConnection(urllib3.connection.HTTPSConnection):
     """:class:`_HTTPConnection` over TLS."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("blocksize", BODY_PIECE)
+        super().__init__(*args, **kwargs)
 
     def connect(self) -> None:
         WATCHDOG.attach(self)

@@ -277,18 +277,39 @@ class IdSet:
     def add(self, hashes: np.ndarray) -> None:
         if not len(hashes):
             return
-        self._parts.append(np.unique(hashes))
+        self._parts.append(_distinct(np.sort(hashes)))
         while len(self._parts) > 1 and 2 * len(self._parts[-1]) >= len(self._parts[-2]):
             last = self._parts.pop()
-            self._parts[-1] = np.union1d(self._parts[-1], last)
+            # Two sorted runs: a stable sort (timsort) merges them in linear time, where
+            # np.union1d would hash every element again.
+            merged = np.concatenate((self._parts[-1], last))
+            merged.sort(kind="stable")
+            self._parts[-1] = _distinct(merged)
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         """For each hash, whether it is in the set."""
         found = np.zeros(len(hashes), dtype=bool)
+        if not len(hashes) or not self._parts:
+            return found
+        # Sorted needles walk each part in order: far fewer cache misses than random ones.
+        order = np.argsort(hashes, kind="stable")
+        needles = hashes[order]
+        hit = np.zeros(len(hashes), dtype=bool)
         for part in self._parts:
-            at = np.searchsorted(part, hashes).clip(max=len(part) - 1)
-            found |= part[at] == hashes
+            at = np.searchsorted(part, needles).clip(max=len(part) - 1)
+            hit |= part[at] == needles
+        found[order] = hit
         return found
+
+
+def _distinct(ordered: np.ndarray) -> np.ndarray:
+    """The distinct values of a sorted array."""
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:
