@@ -95,13 +95,15 @@ class Ledger:
         with self._lock:
             return ~self._claimed.contains(id_hashes(ids))
 
-    def take(self, positions: np.ndarray, answer: Answer, rows: dict[str, Any]) -> np.ndarray:
+    def take(
+        self, positions: np.ndarray, answer: Answer, rows: dict[str, Any]
+    ) -> np.ndarray | None:
         """Claim the answer's ids for the records at ``positions`` (in order) and, when
-        every one was free, write their rows. Returns which ids were free; none when the
-        upload was abandoned."""
+        every one was free, write their rows. Returns which ids were free; None when the
+        upload was abandoned (nothing is claimed or written then)."""
         with self._lock:
             if self._abandoned:
-                return np.zeros(len(answer), dtype=bool)
+                return None
             free = self._claim(answer)
             if free.all():
                 self.result.put(positions, **rows)

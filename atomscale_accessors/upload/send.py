@@ -183,8 +183,9 @@ class Uploader:
 
     def _accept_answer(self, chunk: Chunk, response: Any, outcome: Outcome) -> Chunk | None:
         """Take a 2xx bulk answer: records paired by content with annotations whose ids are
-        free are created. Returns the records the answer does not account for (None when
-        the answer cannot be read: the chunk's fate is then unknown)."""
+        free are created. Returns the records the answer does not account for; None when
+        nothing is left to do (every record accounted for, the answer unreadable so the
+        chunk's fate is unknown, or the upload abandoned)."""
         answer, guessed = expected_answer(chunk, response.content, peek=self.peek)
         if guessed is False:  # answers with times or versions that differ: stop guessing
             self.peek = False
@@ -207,6 +208,8 @@ class Uploader:
         rows = np.flatnonzero(found)
         mine = chunk if len(rows) == len(chunk) else chunk.take(found)
         free = self.ledger.take(mine.positions, matched, self._rows(mine, matched))
+        if free is None:  # abandoned (Ctrl+C): this chunk is accounted for already
+            return None
         if free.all():
             outcome.done.append(mine.positions)
             return None if found.all() else chunk.take(~found)
