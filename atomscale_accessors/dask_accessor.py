@@ -4,7 +4,7 @@ The partitions are validated by the workers of whatever dask scheduler is active
 by default, a ``distributed`` cluster when a client is connected); every partition must be
 valid, and no position may be in two partitions, before anything is sent. Then the
 partitions' records stream, one partition at a time, through the same exactly-once upload
-as a DataFrame or a map (:func:`~atomscale_accessors.upload.upload_records`): one listing of
+as a DataFrame or a map (:func:`~atomscale_accessors.upload.send_records`): one listing of
 the sample, one account of every record, memory bounded by a partition. A partition dask
 computes twice (a lost worker) is simply read again: nothing is sent twice.
 """
@@ -29,7 +29,7 @@ from .keys import FLOAT_KEYS, NULL_TEXT
 from .options import UploadOptions
 from .records import RecordMapping, build_records, to_records, validated_records
 from .schemas import POSITION_KEY, RECORD_COLUMNS
-from .upload import Listing, upload_records
+from .upload import Listing, send_records
 from .validation import failure_message, problem_message, validate_records
 
 __all__ = [
@@ -309,7 +309,7 @@ def upload_dask_frame(
     AnnotationValidationError
         Some partition is invalid, or two partitions share a position; nothing was sent.
     AnnotationExistsError, UploadError
-        As for :func:`~atomscale_accessors.upload.upload_records`.
+        As for :func:`~atomscale_accessors.upload.send_records`.
 
     Notes
     -----
@@ -332,11 +332,10 @@ def upload_dask_frame(
         clear_divisions=True,
     )
     parts = records.to_delayed()
-    return upload_records(
+    return send_records(
         lambda: (dask.compute(part)[0] for part in parts),
         sample_id,
         opts,
-        validated=True,
         total=n_records,
         listing=Listing.covering(
             [name for check in checks for name in check.names],

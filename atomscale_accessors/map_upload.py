@@ -3,7 +3,7 @@
 :func:`upload_map` is what ``Dataset.atomscale.upload`` calls. It reads the map's
 structure with :mod:`atomscale_accessors.maps`, then hands the records (or, for a
 dask-backed map, a factory of its blocks) to
-:func:`~atomscale_accessors.upload.upload_records`.
+:func:`~atomscale_accessors.upload.send_records`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import xarray as xr
 from .maps.flatten import flatten_plan, iter_plan_blocks, validate_plan_blocks
 from .maps.structure import plan_map
 from .options import UploadOptions
-from .upload import upload_records
+from .upload import send_records, upload_records
 
 __all__ = ["upload_map"]
 
@@ -34,7 +34,8 @@ def upload_map(
     """Validate a map completely, then upload it; return the created annotations.
 
     A numpy-backed map is flattened whole and handed to
-    :func:`~atomscale_accessors.upload.upload_records`. A dask-backed map is read twice,
+    :func:`~atomscale_accessors.upload.upload_records` (which validates it). A dask-backed
+    map is read twice,
     one block at a time: the first pass validates every block (and keeps none), the
     second flattens the blocks again and streams them to the upload. So nothing is sent
     when any block is invalid, and memory stays bounded by a block, at the price of
@@ -71,6 +72,6 @@ def upload_map(
     n_records = validate_plan_blocks(plan, block_rows, dropna=dropna, allow_duplicates=allow)
     # Flattening never yields a NaN value, so the blocks of pass 2 need no dropna.
     # A factory, not one generator: the upload may need a second look at every block.
-    return upload_records(
-        lambda: iter_plan_blocks(plan, block_rows), sample_id, opts, validated=True, total=n_records
+    return send_records(
+        lambda: iter_plan_blocks(plan, block_rows), sample_id, opts, total=n_records
     )

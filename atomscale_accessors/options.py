@@ -1,7 +1,7 @@
 """How an upload runs: one definition of its options, their types and defaults.
 
 Every way of uploading (the pandas, xarray and dask accessors, :func:`upload_records`,
-:func:`upload_map` and the command line) takes the same options and turns them into one
+:func:`send_records`, :func:`upload_map` and the command line) takes the same options and turns them into one
 :class:`UploadOptions`, checked once, before anything is read or sent.
 """
 

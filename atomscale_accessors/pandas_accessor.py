@@ -12,7 +12,7 @@ import pandas as pd
 
 from .options import UploadOptions
 from .records import to_records, validated_records
-from .upload import upload_records
+from .upload import send_records
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -133,13 +133,13 @@ class AtomscaleDataFrameAccessor:
 
         See Also
         --------
-        atomscale_accessors.upload.upload_records : the retry and reconciliation rules.
+        atomscale_accessors.upload.send_records : the retry and reconciliation rules.
         """
         opts, mapping = UploadOptions.take(kwargs, options)
         records = validated_records(
             self._frame, dropna=dropna, allow_duplicates=allow_duplicates, **mapping
         )
-        return upload_records(records, sample_id, opts, validated=True)
+        return send_records(records, sample_id, opts)
 
     def plot(self, property_name: str | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
         """Draw one property of an annotation frame (or of canonical records) as a wafer map.

@@ -147,7 +147,7 @@ class _MapAccessor:
         MapStructureError, AnnotationValidationError
             Invalid map; nothing was sent.
         AnnotationExistsError, UploadError
-            See :func:`~atomscale_accessors.upload.upload_records`.
+            See :func:`~atomscale_accessors.upload.send_records`.
 
         Examples
         --------

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import pytest
 
+# The docs build writes docs/generated in the source tree: one worker builds it, never two
+# at once (addopts runs a group's tests on one worker).
+pytestmark = pytest.mark.xdist_group("docs")
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))

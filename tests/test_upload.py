@@ -22,7 +22,7 @@ from atomscale_accessors.errors import (
 )
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import ANNOTATION_COLUMNS
-from atomscale_accessors.upload import upload_records
+from atomscale_accessors.upload import send_records, upload_records
 
 FAST = RetryPolicy(max_attempts=4, backoff=0.01, max_wait=0.5, settle=0.0)
 
@@ -363,7 +363,7 @@ def test_server_rejection_is_an_upload_error(fast_client, atomscale_server, samp
     records = to_records(thickness_frame(4), **THICKNESS_MAPPING)
     records["coord_ref_frame"] = "wafer"  # slipped past validation on purpose
     with pytest.raises(UploadError) as info:
-        upload_records(records, sample_id, client=fast_client, validated=True)
+        send_records(records, sample_id, client=fast_client)
     assert info.value.cause.status_code == 422
     assert len(info.value.not_created) == 4
     assert len(info.value.created) == 0

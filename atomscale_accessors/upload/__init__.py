@@ -69,6 +69,7 @@ __all__ = [
     "IfExists",
     "Listing",
     "UploadOptions",
+    "send_records",
     "upload_error",
     "upload_records",
 ]
@@ -77,27 +78,21 @@ log = logging.getLogger("atomscale_accessors")
 
 
 def upload_records(
-    records: pd.DataFrame | Iterable[pd.DataFrame] | Callable[[], Iterable[pd.DataFrame]],
+    records: pd.DataFrame,
     sample_id: str,
     options: UploadOptions | None = None,
     *,
     dropna: bool = False,
     allow_duplicates: bool = False,
-    validated: bool = False,
-    total: int | None = None,
-    listing: Listing | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
-    """Upload canonical records to a sample, exactly once; return what was created.
+    """Validate canonical records, then upload them to a sample exactly once; return what
+    was created.
 
     Parameters
     ----------
-    records : pandas.DataFrame, iterable of DataFrames, or a function returning one
-        Canonical records, or blocks of them (with ``validated=True``: blocks the caller
-        has validated already, e.g. a map streamed from dask). A function is called again
-        when every block must be looked at before anything is sent (``if_exists="fail"``
-        on a sample that holds annotations), so the blocks are never all held at once; a
-        plain iterable is held in memory in that case.
+    records : pandas.DataFrame
+        Canonical records (see :func:`~atomscale_accessors.records.to_records`).
     sample_id : str
         UUID of the physical sample; checked before any request.
     options : UploadOptions, optional
@@ -105,8 +100,56 @@ def upload_records(
         options given as keywords take precedence.
     dropna, allow_duplicates : bool, default False
         Passed to :func:`~atomscale_accessors.validation.validate_records`.
-    validated : bool, default False
-        The caller has validated the records already.
+    **kwargs
+        Any field of :class:`~atomscale_accessors.options.UploadOptions`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As for :func:`send_records`.
+
+    Raises
+    ------
+    AnnotationValidationError
+        Invalid input; nothing was sent.
+    AnnotationExistsError, UploadError
+        As for :func:`send_records`.
+    """
+    opts = _options(kwargs, options)
+    check_uuid(sample_id)
+    # Text columns as categoricals once: validation, encoding and the result then work on
+    # each column's few distinct values.
+    records = compact_records(records)
+    records = validate_records(records, dropna=dropna, allow_duplicates=allow_duplicates)
+    return send_records(records, sample_id, opts)
+
+
+def send_records(
+    records: pd.DataFrame | Iterable[pd.DataFrame] | Callable[[], Iterable[pd.DataFrame]],
+    sample_id: str,
+    options: UploadOptions | None = None,
+    *,
+    total: int | None = None,
+    listing: Listing | None = None,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """Upload records that were validated already to a sample, exactly once; return what
+    was created.
+
+    This is the upload every accessor ends in, after validating its input its own way.
+
+    Parameters
+    ----------
+    records : pandas.DataFrame, iterable of DataFrames, or a function returning one
+        Validated canonical records, or blocks of them (a map streamed from dask). A
+        function is called again when every block must be looked at before anything is
+        sent (``if_exists="fail"`` on a sample that holds annotations), so the blocks are
+        never all held at once; a plain iterable is held in memory in that case.
+    sample_id : str
+        UUID of the physical sample; checked before any request.
+    options : UploadOptions, optional
+        How the upload runs (see :class:`~atomscale_accessors.options.UploadOptions`);
+        options given as keywords take precedence.
     total : int, optional
         How many records the blocks hold, when known: the result's columns are then
         allocated once, at their final size.
@@ -130,40 +173,30 @@ def upload_records(
     Raises
     ------
     AnnotationValidationError
-        Invalid input; nothing was sent.
+        No records at all; nothing was sent.
     AnnotationExistsError
         ``if_exists="fail"`` and some records are stored already; nothing was sent.
     UploadError
         The upload stopped part way; ``.created``, ``.not_created`` and ``.unknown`` say
         where it stands, and a re-run with ``if_exists="skip"`` completes it.
     """
-    opts, unknown = UploadOptions.take(kwargs, options)
-    if unknown:
-        raise TypeError(f"upload_records() got unknown options: {', '.join(sorted(unknown))}")
+    opts = _options(kwargs, options)
     sid = check_uuid(sample_id)
-
     source: Callable[[], Iterable[pd.DataFrame]] | None = None
     whole: pd.DataFrame | None = None
     if isinstance(records, pd.DataFrame):
-        # Text columns as categoricals once: validation, encoding and the result then work
-        # on each column's few distinct values.
         records = compact_records(records)
-        if not validated:
-            records = validate_records(records, dropna=dropna, allow_duplicates=allow_duplicates)
         if len(records) == 0:
             raise AnnotationValidationError("nothing to upload: the input has no records")
         whole = records
         total = len(records)
         source = lambda: [records]  # noqa: E731
         blocks: Iterable[pd.DataFrame] = [records]
+    elif callable(records):
+        source = records
+        blocks = records()
     else:
-        if not validated:
-            raise ValueError("blocks of records must be validated first (validated=True)")
-        if callable(records):
-            source = records
-            blocks = records()
-        else:
-            blocks = records
+        blocks = records
 
     if opts.dry_run:
         return dry_run_frame(blocks, opts.chunk_size, opts.max_chunk_bytes)
@@ -180,6 +213,13 @@ def upload_records(
             listing if listing is not None else Listing.of(whole),
             Progress(opts.progress, total),
         )
+
+
+def _options(kwargs: dict[str, Any], options: UploadOptions | None) -> UploadOptions:
+    opts, unknown = UploadOptions.take(kwargs, options)
+    if unknown:
+        raise TypeError(f"unknown upload options: {', '.join(sorted(unknown))}")
+    return opts
 
 
 def _upload(
