@@ -233,6 +233,17 @@ def _candidate_records(
     return records[np.isin(position_hashes(records), candidates)]
 
 
+def _checked_records(
+    partition: pd.DataFrame, *, dropna: bool, mapping: dict[str, Any]
+) -> pd.DataFrame:
+    """The records of a partition that :func:`check_partition` found valid, less the rows
+    ``dropna`` drops (which that check reported)."""
+    records = to_records(partition, **mapping)
+    if dropna:
+        records = records[records["property_value"].notna().to_numpy()]
+    return records
+
+
 # -- the driver ----------------------------------------------------------------------------
 def validate_dask_frame(
     ddf: dd.DataFrame, *, dropna: bool = False, allow_duplicates: bool = False, **mapping: Any
@@ -324,10 +335,9 @@ def upload_dask_frame(
     n_records = sum(check.n_records for check in checks)
     if n_records == 0:
         raise AnnotationValidationError("nothing to upload: the input has no records")
+    # Validated above: the partitions are only mapped again, not checked again.
     records = ddf.map_partitions(
-        functools.partial(
-            validated_records, dropna=dropna, allow_duplicates=allow_duplicates, **mapping
-        ),
+        functools.partial(_checked_records, dropna=dropna, mapping=mapping),
         meta=_records_meta(ddf),
         clear_divisions=True,
     )

@@ -320,6 +320,15 @@ def test_partitions_stream_through_one_upload(server, sid):
     assert events.index("POST") < reads[-1]
 
 
+def test_dropna_drops_the_same_rows_in_both_passes(server, api, sid):
+    df = frame()
+    df.iloc[[3, 30], df.columns.get_loc("thk")] = np.nan
+    created = dask_frame(df).atomscale.upload(sid, client=api, dropna=True, **THICKNESS_MAPPING)
+    kept = df.drop(df.index[[3, 30]])
+    assert list(created.index) == list(kept.index)
+    assert server.annotation_count(sid) == N - 2
+
+
 def test_the_listing_is_bounded_by_the_frames_names_and_box(server, api, sid):
     df = frame()
     elsewhere = df.assign(x_mm=df["x_mm"] + 1_000.0).iloc[:5]
