@@ -16,14 +16,14 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-# The docs build writes docs/generated in the source tree: one worker builds it, never two
-# at once (addopts runs a group's tests on one worker).
+# One worker runs this module's tests, so the documentation is built once per run.
 pytestmark = pytest.mark.xdist_group("docs")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,10 +73,16 @@ def html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The documentation built into a temporary directory, warnings being errors."""
     for module in ("sphinx", "myst_nb", "numpydoc", "sphinx_autosummary_accessors"):
         pytest.importorskip(module)
-    out = tmp_path_factory.mktemp("docs") / "html"
+    # Built from a copy: the build writes into its source folder (generated/, examples/),
+    # and two builds of one folder at once (two test runs, two workers) break each other.
+    tree = tmp_path_factory.mktemp("docs")
+    source = tree / "docs"
+    shutil.copytree(DOCS, source, ignore=shutil.ignore_patterns("_build", "generated"))
+    shutil.copytree(ROOT / "notebooks", tree / "notebooks")
+    out = tree / "html"
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
     result = subprocess.run(
-        [*command, str(DOCS), str(out)],
+        [*command, str(source), str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
