@@ -25,10 +25,10 @@ from dask.dataframe.extensions import register_dataframe_accessor
 
 from .client import check_uuid
 from .errors import AnnotationValidationError
-from .keys import FLOAT_KEYS, NULL_TEXT
+from .keys import NULL_TEXT
 from .options import UploadOptions
 from .records import RecordMapping, build_records, to_records, validated_records
-from .schemas import POSITION_KEY, RECORD_COLUMNS
+from .schemas import FLOAT_COLUMNS, POSITION_KEY, RECORD_COLUMNS
 from .upload import Listing, send_records
 from .validation import failure_message, problem_message, validate_records
 
@@ -467,7 +467,7 @@ def _normalised_keys(records: pd.DataFrame) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     for column in POSITION_KEY:
         values = records[column]
-        if column in FLOAT_KEYS:
+        if column in FLOAT_COLUMNS:
             floats = values.to_numpy(dtype="float64", na_value=np.nan) + 0.0  # -0.0 -> 0.0
             floats[np.isnan(floats)] = np.nan
             columns[column] = floats
@@ -488,7 +488,7 @@ def _records_meta(ddf: dd.DataFrame) -> pd.DataFrame:
     """An empty frame of canonical records, indexed like the input."""
     return pd.DataFrame(
         {
-            column: pd.Series(dtype="float64" if column in FLOAT_KEYS else object)
+            column: pd.Series(dtype="float64" if column in FLOAT_COLUMNS else object)
             for column in RECORD_COLUMNS
         },
         index=ddf._meta.index[:0],

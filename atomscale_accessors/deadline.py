@@ -134,38 +134,30 @@ if hasattr(os, "register_at_fork"):
 BODY_PIECE = 256 * 1024
 
 
-class _HTTPConnection(urllib3.connection.HTTPConnection):
-    """A connection that the deadline of the request using it can cut."""
+class _Cuttable:
+    """What makes a urllib3 connection one the deadline of the request using it can cut:
+    it registers with the watchdog, and sends bodies in :data:`BODY_PIECE` pieces."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("blocksize", BODY_PIECE)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
 
     def connect(self) -> None:
         WATCHDOG.attach(self)
-        super().connect()
+        super().connect()  # type: ignore[misc]
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         WATCHDOG.attach(self)  # also a kept-alive connection, which connects no more
-        _send_timeout(self)
-        super().request(*args, **kwargs)
+        _send_timeout(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+class _HTTPConnection(_Cuttable, urllib3.connection.HTTPConnection):
+    """A connection that the deadline of the request using it can cut."""
+
+
+class _HTTPSConnection(_Cuttable, urllib3.connection.HTTPSConnection):
     """:class:`_HTTPConnection` over TLS."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("blocksize", BODY_PIECE)
-        super().__init__(*args, **kwargs)
-
-    def connect(self) -> None:
-        WATCHDOG.attach(self)
-        super().connect()
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        WATCHDOG.attach(self)
-        _send_timeout(self)
-        super().request(*args, **kwargs)
 
 
 def _send_timeout(connection: urllib3.connection.HTTPConnection) -> None:

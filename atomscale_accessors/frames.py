@@ -15,9 +15,7 @@ by them.)
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
@@ -27,22 +25,21 @@ import pandas as pd
 
 from .client import check_uuid, resolve_client
 from .errors import ApiError
-from .schemas import ANNOTATION_COLUMNS
+from .schemas import ANNOTATION_COLUMNS, FLOAT_COLUMNS
 
 __all__ = [
-    "FLOAT_COLUMNS",
     "REPEATED_TEXT_COLUMNS",
-    "FrameBuilder",
+    "TEXT_DTYPE",
+    "TIME_UNIT",
     "annotation_frame",
+    "categorical",
+    "column_series",
     "decode_annotations",
     "empty_annotation_frame",
     "fetch",
     "metadata_copies",
-    "parse_times",
-    "text_codes",
 ]
 
-_FLOAT_COLUMNS = frozenset({"property_value", "coord_x", "coord_y", "coord_z"})
 #: Text columns stored as categoricals.
 REPEATED_TEXT_COLUMNS = (
     "data_id",
@@ -57,15 +54,15 @@ REPEATED_TEXT_COLUMNS = (
 # Where each frame column comes from in an API annotation object.
 _SOURCE = {"annotation_id": "id", "metadata": "annotation_metadata"}
 # pandas' default dtype for text: ``str`` on pandas 3, ``object`` on pandas 2.
-_TEXT_DTYPE = pd.Series(["text"]).dtype
+TEXT_DTYPE = pd.Series(["text"]).dtype
 # The resolution pandas gives parsed timestamps (us on pandas 3, ns on pandas 2): one
 # unit for every frame, empty or not, whatever precision the server wrote.
-_TIME_UNIT = pd.to_datetime(pd.Series(["2026-01-01T00:00:00.123456Z"]), utc=True).dt.unit
+TIME_UNIT = pd.to_datetime(pd.Series(["2026-01-01T00:00:00.123456Z"]), utc=True).dt.unit
 
 
-def _column(name: str, values: Any, index: pd.Index, route: str = "") -> pd.Series:
+def column_series(name: str, values: Any, index: pd.Index, route: str = "") -> pd.Series:
     """One annotation-frame column in its dtype, from a list or array of values."""
-    if name in _FLOAT_COLUMNS:
+    if name in FLOAT_COLUMNS:
         return pd.Series(np.asarray(values, dtype="float64"), index=index)
     if name == "last_updated":
         # Naive timestamps are UTC (the API has been seen answering both forms).
@@ -77,12 +74,12 @@ def _column(name: str, values: Any, index: pd.Index, route: str = "") -> pd.Seri
             raise unreadable(
                 route, f"last_updated is not an ISO 8601 time: {_quoted(bad)}"
             ) from None
-        return parsed.dt.as_unit(_TIME_UNIT)
+        return parsed.dt.as_unit(TIME_UNIT)
     if name == "metadata":
         return pd.Series(values, index=index, dtype=object)
     if name == "annotation_id":
-        return pd.Series(values, index=index, dtype=_TEXT_DTYPE)
-    return pd.Series(_categorical(values), index=index)
+        return pd.Series(values, index=index, dtype=TEXT_DTYPE)
+    return pd.Series(categorical(values), index=index)
 
 
 def _is_time(value: Any) -> bool:
@@ -95,16 +92,16 @@ def _is_time(value: Any) -> bool:
     return True
 
 
-def _categorical(values: Any) -> pd.Categorical:
+def categorical(values: Any) -> pd.Categorical:
     values = np.asarray(values, dtype=object)
     if len(values) and isinstance(values[0], str) and (values == values[0]).all():
         # One value on every row (one property, one unit, one sample): no hashing needed.
         return pd.Categorical.from_codes(
-            np.zeros(len(values), dtype=np.int8), pd.Index([values[0]], dtype=_TEXT_DTYPE)
+            np.zeros(len(values), dtype=np.int8), pd.Index([values[0]], dtype=TEXT_DTYPE)
         )
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     # Versions may be numbers in some answers: categories are always text.
-    categories = pd.Index([str(u) for u in uniques], dtype=_TEXT_DTYPE)
+    categories = pd.Index([str(u) for u in uniques], dtype=TEXT_DTYPE)
     if not categories.is_unique:  # 1 and "1" both present
         return pd.Categorical(np.where(codes >= 0, categories.to_numpy(dtype=object)[codes], None))
     return pd.Categorical.from_codes(codes, categories)
@@ -243,9 +240,9 @@ def annotation_frame(
             values = [obj.get(key) for obj in objects]  # type: ignore[union-attr]
         else:
             values = list(map(attrgetter(key), objects))
-        if name in _FLOAT_COLUMNS:
+        if name in FLOAT_COLUMNS:
             values = [np.nan if v is None else v for v in values]
-        columns[name] = _column(name, values, index, route)
+        columns[name] = column_series(name, values, index, route)
     return pd.DataFrame(columns, index=index)
 
 
@@ -292,317 +289,3 @@ def fetch(
     )
     route = f"GET /physical_samples/{sid}/annotations/"
     return annotation_frame(decode_annotations(raw, route), route=route)
-
-
-# -- an annotation frame built by input position ----------------------------------------------
-#: The float columns of an annotation frame, in the order of ``FrameBuilder``'s rows.
-FLOAT_COLUMNS: tuple[str, ...] = ("property_value", "coord_x", "coord_y", "coord_z")
-# Text columns written per row (physical_sample_id is one value, set at the end).
-_CODED_COLUMNS = tuple(c for c in REPEATED_TEXT_COLUMNS if c != "physical_sample_id")
-# Whether pandas' default text dtype keeps its data in Arrow buffers (pandas 3 with pyarrow):
-# then ids of one width are kept as fixed-width bytes and handed over without a copy.
-_ARROW_TEXT = isinstance(_TEXT_DTYPE, pd.StringDtype) and _TEXT_DTYPE.storage == "pyarrow"
-_NAT = np.iinfo(np.int64).min
-
-
-def parse_times(values: list[Any], route: str = "") -> np.ndarray:
-    """ISO 8601 timestamps (naive ones read as UTC) as int64 in the frames' unit, NaT for
-    None. Each distinct text is parsed once: a bulk answer repeats one or a few times.
-    ``route`` names the request they answer, for errors."""
-    if len(values) and values.count(values[0]) == len(values):  # one time: no hashing
-        return np.full(len(values), _ticks([values[0]], route)[0], dtype=np.int64)
-    distinct = dict.fromkeys(values)
-    ticks = _ticks(list(distinct), route)
-    lookup = dict(zip(distinct, ticks.tolist(), strict=True))
-    return np.fromiter(map(lookup.__getitem__, values), dtype=np.int64, count=len(values))
-
-
-def text_codes(values: list[Any]) -> tuple[np.ndarray, list[Any]]:
-    """Codes (-1 for None) and distinct values of a list of repeated values."""
-    if len(values) and values[0] is not None and values.count(values[0]) == len(values):
-        return np.zeros(len(values), dtype=np.int8), [values[0]]
-    distinct = dict.fromkeys(values)
-    distinct.pop(None, None)
-    if len(distinct) == 1 and None not in values:
-        return np.zeros(len(values), dtype=np.int8), list(distinct)
-    lookup: dict[Any, int] = {v: i for i, v in enumerate(distinct)}
-    lookup[None] = -1
-    return (
-        np.fromiter(map(lookup.__getitem__, values), dtype=np.int32, count=len(values)),
-        list(distinct),
-    )
-
-
-def _ticks(texts: list[Any], route: str = "") -> np.ndarray:
-    """Timestamps as int64 ticks of the frames' unit; the usual form without pandas."""
-    if (
-        len(texts) == 1
-        and _TICKS_PER_MICROSECOND
-        and isinstance(texts[0], str)
-        and _PLAIN_TIME.fullmatch(texts[0])
-    ):
-        moment = datetime.fromisoformat(texts[0])
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)  # naive times are UTC
-        micros = (moment - _EPOCH) // timedelta(microseconds=1)
-        return np.array([micros * _TICKS_PER_MICROSECOND], dtype=np.int64)
-    parsed = _column("last_updated", texts, pd.RangeIndex(len(texts)), route)
-    return parsed.array.asi8 if len(texts) else np.empty(0, dtype=np.int64)
-
-
-# ISO 8601 with at most microseconds, which datetime reads exactly as pandas does.
-_PLAIN_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)?", re.ASCII)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_TICKS_PER_MICROSECOND = {"us": 1, "ns": 1000}.get(_TIME_UNIT, 0)
-
-
-class FrameBuilder:
-    """An annotation frame filled in by input position, chunk by chunk, from any thread.
-
-    Every column is allocated once in its final dtype, for ``capacity`` rows (grown when a
-    position beyond arrives), and each chunk writes its rows in place: the frame never
-    exists twice, as pieces and joined. Text columns hold codes into the values seen so far
-    (they become categoricals); ids of one width (UUIDs) are held as fixed-width bytes and
-    become an Arrow-backed text column without a copy, when that is pandas' text dtype.
-
-    Parameters
-    ----------
-    sample_id : str
-        The sample, for the ``physical_sample_id`` column.
-    capacity : int, optional
-        How many input positions there are, when known.
-    index : pandas.Index, optional
-        The labels of every input position, when they are at hand; otherwise each
-        :meth:`put` brings the labels of its rows.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import pandas as pd
-    >>> from atomscale_accessors.frames import FrameBuilder
-    >>> builder = FrameBuilder("a1b2c3d4-5678-90ab-cdef-1234567890ab", capacity=3)
-    >>> builder.put(
-    ...     np.array([2, 0]),
-    ...     floats={"property_value": np.array([3.0, 1.0])},
-    ...     texts={"property_name": (np.array([0, 0]), ["thickness"])},
-    ...     ids=["0b0e6b1c-3f4e-4a53-9d55-4c1f3f0f7a12", "0b0e6b1c-3f4e-4a53-9d55-4c1f3f0f7a10"],
-    ...     times=np.zeros(2, dtype=np.int64),
-    ...     index=pd.Index(["c", "a"]),
-    ... )
-    >>> builder.frame()[["property_name", "property_value"]]
-      property_name  property_value
-    a     thickness             1.0
-    c     thickness             3.0
-    """
-
-    def __init__(
-        self, sample_id: str, capacity: int | None = None, index: pd.Index | None = None
-    ) -> None:
-        self.sample_id = sample_id
-        self._index = index
-        self._index_parts: list[tuple[np.ndarray, pd.Index]] = []
-        self._lock = threading.Lock()
-        self._size = 0
-        self._end = 0  # one past the highest position written
-        self._known = capacity is not None
-        self._filled = np.zeros(0, dtype=bool)
-        self._floats = np.empty((len(FLOAT_COLUMNS), 0))
-        self._codes = {name: np.empty(0, dtype=np.int8) for name in _CODED_COLUMNS}
-        self._values: dict[str, dict[str, int]] = {name: {} for name in _CODED_COLUMNS}
-        self._metadata = np.empty(0, dtype=object)
-        self._times = np.empty(0, dtype=np.int64)
-        # Ids as rows of fixed-width bytes (width 0: none put yet), or as text objects.
-        self._id_as_bytes = _ARROW_TEXT
-        self._width = 0
-        self._id_bytes = np.empty((0, 0), dtype=np.uint8)
-        self._id_objects = np.empty(0, dtype=object)
-        self._grow(capacity or 0)
-
-    def __len__(self) -> int:
-        return int(self._filled[: self._end].sum())
-
-    def _grow(self, size: int) -> None:
-        if size <= self._size:
-            return
-        if self._size:  # positions beyond a known capacity, or none known: double
-            size = max(size, 2 * self._size)
-
-        def grown(old: np.ndarray, fill: Any, shape: tuple[int, ...] = ()) -> np.ndarray:
-            # Positions run along the last axis after ``shape`` (floats), else the first.
-            new = np.empty((*shape, size) if shape else (size, *old.shape[1:]), dtype=old.dtype)
-            old_rows = (slice(None), slice(None, self._size)) if shape else slice(None, self._size)
-            new_rows = (slice(None), slice(self._size, None)) if shape else slice(self._size, None)
-            new[old_rows] = old
-            if fill is not None:
-                new[new_rows] = fill
-            return new
-
-        self._filled = grown(self._filled, False)
-        self._floats = grown(self._floats, np.nan, (len(FLOAT_COLUMNS),))
-        self._codes = {name: grown(codes, -1) for name, codes in self._codes.items()}
-        self._metadata = grown(self._metadata, None)
-        self._times = grown(self._times, _NAT)
-        if not self._id_as_bytes:
-            self._id_objects = grown(self._id_objects, None)
-        elif self._width:
-            self._id_bytes = grown(self._id_bytes, 0)
-        self._size = size
-
-    def put(
-        self,
-        positions: np.ndarray,
-        *,
-        floats: dict[str, np.ndarray],
-        texts: dict[str, tuple[np.ndarray, Sequence[Any]]],
-        ids: Sequence[str],
-        times: np.ndarray,
-        metadata: np.ndarray | None = None,
-        index: pd.Index | None = None,
-    ) -> None:
-        """Write rows at input ``positions``: float columns, text columns as (codes, values)
-        with -1 for unset, ids, ``last_updated`` as int64 ticks (see :func:`parse_times`),
-        metadata objects, and the rows' labels (when the builder has no index). Columns not
-        given are unset."""
-        n = len(positions)
-        if not n:
-            return
-        first, last = int(positions[0]), int(positions[-1])
-        at: np.ndarray | slice = positions
-        if last - first == n - 1 and (n < 2 or bool((np.diff(positions) == 1).all())):
-            at = slice(first, last + 1)  # consecutive rows (the usual chunk): plain copies
-        top = last + 1 if isinstance(at, slice) else int(positions.max()) + 1
-        if self._index is None and (index is None or len(index) != n):
-            raise ValueError("each put needs the labels of its rows")
-        with self._lock:
-            self._grow(top)
-            self._put_ids(at, ids)  # first: it may have to read the rows written before
-            self._end = max(self._end, top)
-            self._filled[at] = True
-            for row, name in enumerate(FLOAT_COLUMNS):
-                if name in floats:
-                    self._floats[row, at] = floats[name]
-            for name in _CODED_COLUMNS:
-                if name in texts:
-                    codes, values = texts[name]
-                    self._codes[name][at] = self._recode(name, codes, values)
-            if metadata is not None:
-                self._metadata[at] = metadata
-            self._times[at] = times
-            if self._index is None:
-                self._index_parts.append((positions, index))
-
-    def _recode(self, name: str, codes: np.ndarray, values: Sequence[Any]) -> np.ndarray:
-        """A chunk's codes as codes into the column's values (text: 1 and "1" are one)."""
-        known = self._values[name]
-        table = np.empty(len(values) + 1, dtype=np.int32)
-        table[-1] = -1  # code -1 (unset) picks the last entry
-        for i, value in enumerate(values):
-            table[i] = known.setdefault(value if isinstance(value, str) else str(value), len(known))
-        limit = np.iinfo(self._codes[name].dtype).max
-        if len(known) > limit:  # more distinct values than the codes' dtype holds
-            wider = np.int16 if len(known) <= np.iinfo(np.int16).max else np.int32
-            self._codes[name] = self._codes[name].astype(wider)
-        return table[codes]
-
-    def _put_ids(self, positions: np.ndarray | slice, ids: Sequence[str]) -> None:
-        if self._id_as_bytes:
-            joined = "".join(ids)
-            width = self._width or len(ids[0])
-            # Every id has the width when the lengths add up and none is shorter.
-            if (
-                width
-                and joined.isascii()
-                and len(joined) == width * len(ids)
-                and min(map(len, ids)) == width
-            ):
-                if not self._width:
-                    self._width = width
-                    self._id_bytes = np.zeros((self._size, width), dtype=np.uint8)
-                rows = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
-                self._id_bytes[positions] = rows.reshape(len(ids), width)
-                return
-            # Ids of several widths (or not ASCII): held as text objects from now on.
-            self._id_objects = np.empty(self._size, dtype=object)
-            if self._width:
-                held = np.flatnonzero(self._filled)
-                self._id_objects[held] = [bytes(r).decode("ascii") for r in self._id_bytes[held]]
-            self._id_as_bytes, self._id_bytes = False, np.empty((0, 0), dtype=np.uint8)
-        self._id_objects[positions] = np.asarray(ids, dtype=object)
-
-    def written(self, positions: np.ndarray) -> np.ndarray:
-        """For each input position, whether a row was written at it."""
-        with self._lock:
-            inside = positions < self._size
-            return inside & self._filled[np.where(inside, positions, 0)]
-
-    def ids_at(self, positions: np.ndarray) -> list[str]:
-        """The ids written at input positions."""
-        with self._lock:
-            if not self._id_as_bytes:
-                return self._id_objects[positions].tolist()
-            rows = np.ascontiguousarray(self._id_bytes[positions])
-            return [bytes(row).decode("ascii") for row in rows]
-
-    def frame(self) -> pd.DataFrame:
-        """The annotation frame of every row written, in input order."""
-        with self._lock:
-            end = self._size if self._known else self._end
-            filled = self._filled[:end]
-            rows: np.ndarray | slice = slice(0, end) if filled.all() else np.flatnonzero(filled)
-            index = self._frame_index(rows)
-            n = len(index)
-            columns: dict[str, Any] = {"annotation_id": self._ids_column(rows, n)}
-            for name in _CODED_COLUMNS:
-                columns[name] = self._categorical(name, self._codes[name][rows])
-            for i, name in enumerate(FLOAT_COLUMNS):
-                columns[name] = self._floats[i, rows]
-            columns["metadata"] = self._metadata[rows]
-            times = pd.Series(self._times[rows].view(f"M8[{_TIME_UNIT}]"), copy=False)
-            columns["last_updated"] = times.dt.tz_localize("UTC").array
-            columns["physical_sample_id"] = pd.Categorical.from_codes(
-                np.zeros(n, dtype=np.int8), pd.Index([self.sample_id], dtype=_TEXT_DTYPE)
-            )
-        series = {
-            name: pd.Series(columns[name], index=index, name=name, copy=False)
-            for name in ANNOTATION_COLUMNS
-        }
-        return pd.DataFrame(series, index=index, copy=False)
-
-    def _frame_index(self, rows: np.ndarray | slice) -> pd.Index:
-        if self._index is not None:
-            return self._index[rows]
-        parts = sorted(self._index_parts, key=lambda part: int(part[0][0]))
-        if not parts:
-            return pd.RangeIndex(0)
-        positions = np.concatenate([where for where, _ in parts])
-        labels = parts[0][1].append([labels for _, labels in parts[1:]])
-        if (positions[1:] < positions[:-1]).any():
-            labels = labels[np.argsort(positions, kind="stable")]
-        return labels
-
-    def _categorical(self, name: str, codes: np.ndarray) -> pd.Categorical:
-        values = list(self._values[name])
-        order = sorted(range(len(values)), key=values.__getitem__)
-        if order != list(range(len(values))):  # categories sorted, whatever came first
-            remap = np.empty(len(values) + 1, dtype=codes.dtype)
-            remap[order] = np.arange(len(values))
-            remap[-1] = -1
-            codes, values = remap[codes], sorted(values)
-        categorical = pd.Categorical.from_codes(codes, pd.Index(values, dtype=_TEXT_DTYPE))
-        # Values of rows that were not created (or of a chunk's other rows) are not kept.
-        if values and (np.bincount(codes + 1, minlength=len(values) + 1)[1:] == 0).any():
-            categorical = categorical.remove_unused_categories()
-        return categorical
-
-    def _ids_column(self, rows: np.ndarray | slice, n: int) -> Any:
-        if not self._id_as_bytes:
-            return pd.array(self._id_objects[rows], dtype=_TEXT_DTYPE)
-        if not self._width:  # nothing was put
-            return pd.array(np.empty(n, dtype=object), dtype=_TEXT_DTYPE)
-        import pyarrow as pa
-
-        data = np.ascontiguousarray(self._id_bytes[rows])
-        width = self._width
-        offsets = np.arange(0, width * (n + 1), width, dtype=np.int64)
-        array = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
-        return _TEXT_DTYPE.construct_array_type()(pa.chunked_array([array]), dtype=_TEXT_DTYPE)

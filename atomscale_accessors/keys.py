@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .schemas import COORD_COLUMNS, POSITION_KEY
+from .schemas import FLOAT_COLUMNS, POSITION_KEY
 
 if TYPE_CHECKING:
     from .upload.answers import Answer
     from .upload.columns import Columns
 
 __all__ = [
-    "FLOAT_KEYS",
     "MATCH_KEY",
     "NULL_TEXT",
     "joinable",
@@ -27,8 +26,6 @@ __all__ = [
     "same_content",
 ]
 
-#: Key columns compared as floats; the others are text.
-FLOAT_KEYS = frozenset({"property_value", *COORD_COLUMNS})
 #: Stands for "unset" in text keys, where NaN and None must agree.
 NULL_TEXT = "\x00"
 #: Two records are the same when these agree: the position key and the value.
@@ -36,13 +33,13 @@ MATCH_KEY = (*POSITION_KEY, "property_value")
 
 
 def key_dtype(column: str) -> str:
-    return "float64" if column in FLOAT_KEYS else "object"
+    return "float64" if column in FLOAT_COLUMNS else "object"
 
 
 def record_keys(columns: Columns) -> dict[str, np.ndarray]:
     """The key columns of records as arrays, text nulls as None like in an answer."""
     return {
-        column: columns.floats[column] if column in FLOAT_KEYS else columns.text(column)
+        column: columns.floats[column] if column in FLOAT_COLUMNS else columns.text(column)
         for column in MATCH_KEY
     }
 
@@ -59,7 +56,7 @@ def key_frame(
 
 
 def joinable(column: str, values: np.ndarray) -> np.ndarray:
-    return values if column in FLOAT_KEYS else np.where(pd.isna(values), NULL_TEXT, values)
+    return values if column in FLOAT_COLUMNS else np.where(pd.isna(values), NULL_TEXT, values)
 
 
 def match(
@@ -98,7 +95,7 @@ def same_content(
     """Whether row i of one set of key columns equals row i of the other, for every i."""
     for column in key:
         a, b = mine[column], theirs[column]
-        if column in FLOAT_KEYS:
+        if column in FLOAT_COLUMNS:
             if not np.array_equal(a, b, equal_nan=True):
                 return False
         elif not np.array_equal(joinable(column, a), joinable(column, b)):

@@ -20,7 +20,7 @@ import pandas as pd
 from .errors import AnnotationValidationError
 from .failures import FailureCollector, failure_table, quote, quote_list
 from .record_values import is_missing, plain, to_float
-from .schemas import COORD_COLUMNS, RECORD_COLUMNS
+from .schemas import COORD_COLUMNS, FLOAT_COLUMNS, RECORD_COLUMNS
 from .validation import check_records
 
 __all__ = [
@@ -38,7 +38,6 @@ _COORD_ALIASES = {
     "coord_z": ("coord_z", "z"),
 }
 _SERVER_COLUMNS = ("annotation_id", "last_updated", "physical_sample_id", "version")
-_FLOATS = frozenset({"property_value", *COORD_COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -345,7 +344,10 @@ class _Builder:
         self.check_unknown()
         if not frames:
             self.records = pd.DataFrame(
-                {c: pd.Series(dtype="float64" if c in _FLOATS else object) for c in RECORD_COLUMNS}
+                {
+                    c: pd.Series(dtype="float64" if c in FLOAT_COLUMNS else object)
+                    for c in RECORD_COLUMNS
+                }
             )
         else:
             self.records = frames[0] if len(frames) == 1 else pd.concat(frames)

@@ -27,6 +27,7 @@ __all__ = [
     "ANNOTATION_COLUMNS",
     "COORD_COLUMNS",
     "COORD_REF_FRAMES",
+    "FLOAT_COLUMNS",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",
     "MAX_RECORD_BYTES",
@@ -61,6 +62,8 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "metadata",
 )
 COORD_COLUMNS: tuple[str, ...] = ("coord_x", "coord_y", "coord_z")
+#: Record and annotation columns holding floats (NaN where unset), in this order.
+FLOAT_COLUMNS: tuple[str, ...] = ("property_value", *COORD_COLUMNS)
 #: Record columns holding text (``None``/NaN where unset).
 RECORD_STRING_COLUMNS: tuple[str, ...] = (
     "property_name",

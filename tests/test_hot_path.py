@@ -16,7 +16,8 @@ from conftest import THICKNESS_MAPPING, thickness_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atomscale_accessors.frames import FrameBuilder, _column, parse_times, text_codes
+from atomscale_accessors.frame_builder import FrameBuilder, parse_times, text_codes
+from atomscale_accessors.frames import column_series
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import POSITION_KEY, compact_records, repeated_positions
 from atomscale_accessors.upload.answers import Answer, expected_answer
@@ -238,7 +239,7 @@ def test_ids_of_another_width_and_text_categories():
     ],
 )
 def test_times_read_alike_with_or_without_pandas(text):
-    by_pandas = _column("last_updated", [text], pd.RangeIndex(1)).array.asi8[0]
+    by_pandas = column_series("last_updated", [text], pd.RangeIndex(1)).array.asi8[0]
     assert parse_times([text, text])[0] == by_pandas
     assert parse_times([text, "2020-01-01T00:00:00Z"])[0] == by_pandas
     assert parse_times([None])[0] == np.iinfo(np.int64).min  # NaT

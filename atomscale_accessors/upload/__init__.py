@@ -26,8 +26,9 @@ import pandas as pd
 
 from ..client import check_uuid, resolve_client
 from ..errors import AnnotationValidationError, ApiError, TransportError, UploadError
-from ..frames import AnnotationObject, FrameBuilder, annotation_frame
-from ..keys import FLOAT_KEYS, key_frame, record_keys
+from ..frame_builder import FrameBuilder
+from ..frames import AnnotationObject, annotation_frame
+from ..keys import key_frame, record_keys
 from ..locking import sample_lock
 from ..options import (
     DEFAULT_CHUNK_SIZE,
@@ -38,7 +39,7 @@ from ..options import (
     UploadOptions,
 )
 from ..retry import describe
-from ..schemas import POSITION_KEY, RECORD_COLUMNS, compact_records
+from ..schemas import FLOAT_COLUMNS, POSITION_KEY, RECORD_COLUMNS, compact_records
 from ..validation import validate_records
 from .answers import Answer, IdSet, id_hashes
 from .chunks import (
@@ -426,7 +427,10 @@ def upload_error(
 def _ordered_records(chunks: list[Chunk]) -> pd.DataFrame:
     if not chunks:
         return pd.DataFrame(
-            {c: pd.Series(dtype="float64" if c in FLOAT_KEYS else object) for c in RECORD_COLUMNS}
+            {
+                c: pd.Series(dtype="float64" if c in FLOAT_COLUMNS else object)
+                for c in RECORD_COLUMNS
+            }
         )
     frame = pd.concat([c.records for c in chunks])
     order = np.argsort(np.concatenate([c.positions for c in chunks]), kind="stable")

@@ -9,10 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..frames import (
-    FLOAT_COLUMNS,
-)
 from ..schemas import (
+    FLOAT_COLUMNS,
     RECORD_COLUMNS,
     RECORD_STRING_COLUMNS,
     compact_records,

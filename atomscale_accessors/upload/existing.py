@@ -19,7 +19,6 @@ from ..errors import (
     TransportError,
 )
 from ..frames import (
-    FLOAT_COLUMNS,
     REPEATED_TEXT_COLUMNS,
     AnnotationObject,
     annotation_frame,
@@ -28,6 +27,7 @@ from ..frames import (
 from ..keys import key_frame, listing_filters, record_keys
 from ..retry import retry_safe
 from ..schemas import (
+    FLOAT_COLUMNS,
     POSITION_KEY,
 )
 from .answers import Answer

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..frames import FrameBuilder
+from ..frame_builder import FrameBuilder
 from ..keys import match
 from ..schemas import POSITION_KEY
 from .answers import Answer, IdSet, id_hashes, repeated

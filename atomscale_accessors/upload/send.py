@@ -17,11 +17,8 @@ from ..errors import (
     ApiError,
     TransportError,
 )
-from ..frames import (
-    metadata_copies,
-    parse_times,
-    text_codes,
-)
+from ..frame_builder import parse_times, text_codes
+from ..frames import metadata_copies
 from ..keys import listing_filters, match
 from ..retry import Action, Tries, classify, describe, may_be_running, retry_safe
 from ..schemas import (
