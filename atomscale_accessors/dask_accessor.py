@@ -25,7 +25,8 @@ from dask.dataframe.extensions import register_dataframe_accessor
 
 from .client import check_uuid
 from .errors import AnnotationValidationError
-from .keys import NULL_TEXT
+from .failures import repeat_failures
+from .keys import bounding_box, position_hashes, records_key_frame
 from .options import UploadOptions
 from .records import RecordMapping, build_records, to_records, validated_records
 from .schemas import FLOAT_COLUMNS, POSITION_KEY, RECORD_COLUMNS
@@ -214,7 +215,7 @@ def check_partition(
         len(records),
         hashes=np.unique(position_hashes(records)),
         names=records["property_name"].unique().tolist(),
-        box=_box(records),
+        box=bounding_box(records["coord_x"], records["coord_y"]),
     )
 
 
@@ -421,7 +422,7 @@ def _raise_repeats(found: Sequence[pd.DataFrame], allow_duplicates: bool, n_reco
     if len(parts) < 2:
         return
     records = pd.concat([frame for _, frame in parts])
-    keys = _normalised_keys(records).reset_index(drop=True)
+    keys = records_key_frame(records)
     keys["_partition"] = np.concatenate([np.full(len(f), n) for n, f in parts])
     spread = keys.groupby(list(POSITION_KEY), dropna=False, sort=False)["_partition"].transform(
         "nunique"
@@ -431,21 +432,15 @@ def _raise_repeats(found: Sequence[pd.DataFrame], allow_duplicates: bool, n_reco
         return  # hash collisions only
     labels = records.index[across]
     if allow_duplicates:
-        check, case = "same_partition", "the same position is in another partition"
         reasons = [
             "records of one position are in different partitions: an exactly-once upload "
             "needs them in one partition (shuffle the frame on its coordinate columns first)"
         ]
+        table = repeat_failures(
+            labels, "same_partition", "the same position is in another partition"
+        )
     else:
-        check, case, reasons = "unique_position", "same property at the same position", []
-    table = pd.DataFrame(
-        {
-            "index": pd.Series(list(labels), dtype=object),
-            "column": ", ".join(POSITION_KEY),
-            "check": check,
-            "failure_case": case,
-        }
-    )
+        reasons, table = [], repeat_failures(labels)
     message = (
         problem_message(reasons, table, n_records) if reasons else failure_message(table, n_records)
     )
@@ -453,37 +448,6 @@ def _raise_repeats(found: Sequence[pd.DataFrame], allow_duplicates: bool, n_reco
 
 
 # -- helpers -------------------------------------------------------------------------------
-def position_hashes(records: pd.DataFrame) -> np.ndarray:
-    """A 64-bit hash of each record's position key (property, frame, units, x, y, z).
-
-    Records the upload would take for the same position hash alike: -0.0 as 0.0, every
-    NaN as one NaN, unset text as one marker. Equal hashes are candidates only; the
-    records are compared before anything is decided.
-    """
-    return pd.util.hash_pandas_object(_normalised_keys(records), index=False).to_numpy()
-
-
-def _normalised_keys(records: pd.DataFrame) -> pd.DataFrame:
-    columns: dict[str, Any] = {}
-    for column in POSITION_KEY:
-        values = records[column]
-        if column in FLOAT_COLUMNS:
-            floats = values.to_numpy(dtype="float64", na_value=np.nan) + 0.0  # -0.0 -> 0.0
-            floats[np.isnan(floats)] = np.nan
-            columns[column] = floats
-        else:
-            text = values.to_numpy(dtype=object, na_value=None)
-            columns[column] = np.where(pd.isna(text), NULL_TEXT, text).astype(object)
-    return pd.DataFrame(columns, index=records.index)
-
-
-def _box(records: pd.DataFrame) -> tuple[float, float, float, float] | None:
-    xs, ys = records["coord_x"], records["coord_y"]
-    if len(records) == 0 or xs.isna().any() or ys.isna().any():
-        return None
-    return float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
-
-
 def _records_meta(ddf: dd.DataFrame) -> pd.DataFrame:
     """An empty frame of canonical records, indexed like the input."""
     return pd.DataFrame(

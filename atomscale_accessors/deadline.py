@@ -102,7 +102,7 @@ class _Watchdog:
                     deadline = heapq.heappop(self._heap)[2]
                     if not deadline.finished:
                         deadline.expired = True
-                        _cut(deadline.connection)
+                        _shut_socket(deadline.connection)
                 # a new earliest deadline wakes the wait early (see begin)
                 self._lock.wait(self._heap[0][0] - now if self._heap else None)
 
@@ -114,7 +114,7 @@ class _Watchdog:
         self._tidy_at = 256
 
 
-def _cut(connection: Any) -> None:
+def _shut_socket(connection: Any) -> None:
     """Shut down the socket of a connection in use by another thread."""
     sock = getattr(connection, "sock", None)
     if isinstance(sock, socket.socket):

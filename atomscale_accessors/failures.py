@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import AnnotationValidationError
+from .fields import POSITION_KEY
 
 __all__ = [
     "FAILURE_COLUMNS",
@@ -141,6 +142,20 @@ def cap_message(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 # -- the table and the collector -------------------------------------------------------------
+#: How a record that repeats a property at a position is reported.
+REPEAT_COLUMN = ", ".join(POSITION_KEY)
+REPEAT_CHECK = "unique_position"
+REPEAT_CASE = "same property at the same position"
+
+
+def repeat_failures(
+    labels: Iterable[Any], check: str = REPEAT_CHECK, case: str = REPEAT_CASE
+) -> pd.DataFrame:
+    """The failure table of records that repeat a property at a position (by their
+    labels): one row each."""
+    return failure_table((label, REPEAT_COLUMN, check, case) for label in labels)
+
+
 def failure_table(rows: Iterable[Sequence[Any]] = ()) -> pd.DataFrame:
     """A failure table from ``(index, column, check, failure_case)`` rows (object columns)."""
     rows = list(rows)

@@ -1,14 +1,16 @@
-"""What "the same record" means: the position key, keys as joinable arrays, matching
-records to stored annotations by content, and the box that holds a set of records."""
+"""What "the same record" means: the position key and its one hash, keys as joinable
+arrays, matching records to stored annotations by content, and the box that holds a set of
+records."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from .schemas import FLOAT_COLUMNS, POSITION_KEY
+from .fields import FLOAT_COLUMNS, POSITION_KEY
 
 if TYPE_CHECKING:
     from .upload.answers import Answer
@@ -17,19 +19,28 @@ if TYPE_CHECKING:
 __all__ = [
     "MATCH_KEY",
     "NULL_TEXT",
+    "Box",
+    "bounding_box",
+    "box_filters",
     "joinable",
     "key_dtype",
     "key_frame",
     "listing_filters",
     "match",
+    "position_hashes",
     "record_keys",
+    "records_key_frame",
+    "repeated_positions",
     "same_content",
+    "value_codes",
 ]
 
 #: Stands for "unset" in text keys, where NaN and None must agree.
 NULL_TEXT = "\x00"
 #: Two records are the same when these agree: the position key and the value.
 MATCH_KEY = (*POSITION_KEY, "property_value")
+#: Where a set of records lies: ``(x_min, x_max, y_min, y_max)``, inclusive.
+Box = tuple[float, float, float, float]
 
 
 def key_dtype(column: str) -> str:
@@ -53,6 +64,19 @@ def key_frame(
     if count:
         frame["_n"] = frame.groupby(list(columns), dropna=False, sort=False).cumcount().to_numpy()
     return frame
+
+
+def records_key_frame(
+    records: pd.DataFrame, columns: tuple[str, ...] = POSITION_KEY
+) -> pd.DataFrame:
+    """The key columns of a records frame, ready to join or group on (no counter)."""
+    keys = {
+        column: records[column].to_numpy(dtype=key_dtype(column), na_value=None)
+        if column not in FLOAT_COLUMNS
+        else records[column].to_numpy(dtype="float64", na_value=np.nan)
+        for column in columns
+    }
+    return key_frame(keys, columns, count=False)
 
 
 def joinable(column: str, values: np.ndarray) -> np.ndarray:
@@ -110,8 +134,95 @@ def listing_filters(columns: Columns, *, with_name: bool = True) -> dict[str, An
     one, name = columns.constant("property_name")
     if one and with_name:
         filters["property_name"] = name
-    xs, ys = columns.floats["coord_x"], columns.floats["coord_y"]
-    if len(columns) and not (np.isnan(xs).any() or np.isnan(ys).any()):
-        filters["x_range"] = (float(xs.min()), float(xs.max()))
-        filters["y_range"] = (float(ys.min()), float(ys.max()))
+    filters.update(
+        box_filters([bounding_box(columns.floats["coord_x"], columns.floats["coord_y"])])
+    )
     return filters
+
+
+def bounding_box(xs: np.ndarray, ys: np.ndarray) -> Box | None:
+    """The box of some positions; ``None`` when there are none, or some lack x or y (a
+    listing must then take every position)."""
+    xs = np.asarray(xs, dtype="float64")
+    ys = np.asarray(ys, dtype="float64")
+    if len(xs) == 0 or np.isnan(xs).any() or np.isnan(ys).any():
+        return None
+    return float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+
+
+def box_filters(boxes: Iterable[Box | None]) -> dict[str, tuple[float, float]]:
+    """The ``x_range`` and ``y_range`` list filters of the box holding every given box;
+    no filter when there is no box, or one of them is ``None``."""
+    corners = list(boxes)
+    if not corners or any(box is None for box in corners):
+        return {}
+    every = np.array(corners, dtype="float64")
+    return {
+        "x_range": (float(every[:, 0].min()), float(every[:, 1].max())),
+        "y_range": (float(every[:, 2].min()), float(every[:, 3].max())),
+    }
+
+
+# -- one hash of the position key -----------------------------------------------------------
+def value_codes(values: pd.Series) -> tuple[np.ndarray, Any]:
+    """Codes of a column's distinct values (-1 where missing), and the values: a
+    categorical's own, else hashed (``TypeError`` for values that cannot be)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.codes.to_numpy(), values.cat.categories
+    return pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+
+
+def position_hashes(records: pd.DataFrame) -> np.ndarray:
+    """A 64-bit hash of each record's position key (``POSITION_KEY``).
+
+    Positions the upload takes for one hash alike: -0.0 as 0.0, every NaN as one NaN,
+    every unset text as one. The hash does not depend on the frame (text is hashed by
+    value, not by its code in one frame), so hashes of two partitions, computed in two
+    processes, compare. Equal hashes are candidates only: compare the records before
+    deciding anything. Raises ``TypeError`` or ``UnicodeEncodeError`` for text columns
+    holding what is not text.
+    """
+    mixed = np.zeros(len(records), dtype=np.uint64)
+    for column in POSITION_KEY:
+        mixed = (mixed ^ _column_hashes(records[column], column)) * _MIX
+        mixed ^= mixed >> np.uint64(29)
+    return mixed
+
+
+def _column_hashes(values: pd.Series, column: str) -> np.ndarray:
+    if column in FLOAT_COLUMNS:
+        floats = values.to_numpy(dtype="float64", na_value=np.nan)
+        # One bit pattern per value: every NaN alike, and -0.0 + 0.0 is 0.0.
+        return np.where(np.isnan(floats), np.nan, floats + 0.0).view(np.uint64)
+    codes, distinct = value_codes(values)
+    # Each distinct value hashed once; the last entry stands for "unset" (code -1).
+    hashed = pd.util.hash_array(np.append(np.asarray(distinct, dtype=object), NULL_TEXT))
+    return hashed[codes]
+
+
+def repeated_positions(records: pd.DataFrame, groups: np.ndarray | None = None) -> np.ndarray:
+    """For each record, whether another record has the same property at the same position
+    (the columns of ``POSITION_KEY``; NaN equals NaN there, and -0.0 equals 0.0), and,
+    with ``groups`` (one integer per record, a sample's say), in the same group.
+
+    One hashing pass finds the candidates; only rows whose hash repeats are compared
+    exactly.
+    """
+    n = len(records)
+    try:
+        hashes = position_hashes(records)
+    except (TypeError, UnicodeEncodeError):  # not text: the text checks report those rows
+        return np.zeros(n, dtype=bool)
+    if groups is not None:
+        hashes = (hashes ^ np.asarray(groups, dtype=np.int64).view(np.uint64)) * _MIX
+    candidates = np.flatnonzero(pd.Series(hashes).duplicated(keep=False).to_numpy())
+    repeated = np.zeros(n, dtype=bool)
+    if len(candidates):
+        subset = records.iloc[candidates][list(POSITION_KEY)]
+        if groups is not None:
+            subset = subset.assign(_group=np.asarray(groups)[candidates])
+        repeated[candidates] = subset.duplicated(keep=False).to_numpy()
+    return repeated
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it loses no bits

@@ -1,15 +1,18 @@
-"""How an upload runs: one definition of its options, their types and defaults.
+"""One definition of the options of an upload and of a map, their types and defaults.
 
 Every way of uploading (the pandas, xarray and dask accessors, :func:`upload_records`,
-:func:`send_records`, :func:`upload_map` and the command line) takes the same options and turns them into one
-:class:`UploadOptions`, checked once, before anything is read or sent.
+:func:`send_records`, :func:`upload_map` and the command line) takes the same options and
+turns them into one :class:`UploadOptions`, checked once, before anything is read or sent.
+Every way of reading a map (flatten, validate, upload) turns its options into one
+:class:`MapOptions` the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 
@@ -19,11 +22,15 @@ __all__ = [
     "DEFAULT_MAX_WORKERS",
     "IF_EXISTS",
     "MIN_CHUNK_BYTES",
+    "ExtraDims",
     "IfExists",
+    "MapOptions",
     "UploadOptions",
+    "split_options",
 ]
 
 IfExists = Literal["fail", "skip", "append", "update"]
+ExtraDims = Literal["error", "metadata"]
 IF_EXISTS: tuple[str, ...] = ("fail", "skip", "append", "update")
 DEFAULT_CHUNK_SIZE = 5_000
 DEFAULT_MAX_CHUNK_BYTES = 8 * 2**20
@@ -33,8 +40,37 @@ DEFAULT_MAX_WORKERS = 4
 MIN_CHUNK_BYTES = 128 * 1024
 
 
+class _Options:
+    """Taking a frozen dataclass of options out of keyword arguments."""
+
+    @classmethod
+    def take(
+        cls, given: Mapping[str, Any], options: Self | None = None
+    ) -> tuple[Self, dict[str, Any]]:
+        """Split keyword arguments into these options and the rest.
+
+        ``options``, when given, provides the options not named in ``given``.
+        """
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        mine = {k: v for k, v in given.items() if k in names}
+        rest = {k: v for k, v in given.items() if k not in names}
+        if options is not None:
+            mine = {**{name: getattr(options, name) for name in names}, **mine}
+        return cls(**mine), rest
+
+    @classmethod
+    def of(cls, options: Self | None, given: Mapping[str, Any]) -> Self:
+        """``options`` with the options named in ``given``; ``TypeError`` naming any other
+        keyword."""
+        mine, rest = cls.take(given, options)
+        if rest:
+            known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+            raise TypeError("unexpected keyword arguments: " + _unknown(rest, known))
+        return mine
+
+
 @dataclass(frozen=True)
-class UploadOptions:
+class UploadOptions(_Options):
     """The options of an upload, checked when made (every problem in one ``ValueError``).
 
     Parameters
@@ -87,10 +123,24 @@ class UploadOptions:
     verify: bool = False
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
+        problems = []
         if self.if_exists not in IF_EXISTS:
             allowed = ", ".join(map(repr, IF_EXISTS))
             problems.append(f"if_exists must be one of {allowed}, got {_shown(self.if_exists)}")
+        problems += self._size_problems()
+        if not (
+            self.progress is None or isinstance(self.progress, bool) or callable(self.progress)
+        ):
+            problems.append(f"progress must be a bool or a callable, got {_shown(self.progress)}")
+        for name in ("dry_run", "verify"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                problems.append(f"{name} must be True or False, got {_shown(getattr(self, name))}")
+        if problems:
+            raise ValueError("bad upload options: " + "; ".join(problems))
+
+    def _size_problems(self) -> list[str]:
+        """Check the sizes, putting in the default of each that is None."""
+        problems = []
         defaults = {
             "chunk_size": DEFAULT_CHUNK_SIZE,
             "max_chunk_bytes": DEFAULT_MAX_CHUNK_BYTES,
@@ -106,30 +156,139 @@ class UploadOptions:
                 object.__setattr__(self, name, int(value))
         if isinstance(self.max_chunk_bytes, int) and 0 < self.max_chunk_bytes < MIN_CHUNK_BYTES:
             problems.append(f"max_chunk_bytes must be at least {MIN_CHUNK_BYTES}")
-        if not (
-            self.progress is None or isinstance(self.progress, bool) or callable(self.progress)
-        ):
-            problems.append(f"progress must be a bool or a callable, got {_shown(self.progress)}")
-        for name in ("dry_run", "verify"):
-            if not isinstance(getattr(self, name), bool | np.bool_):
-                problems.append(f"{name} must be True or False, got {_shown(getattr(self, name))}")
+        return problems
+
+
+@dataclass(frozen=True)
+class MapOptions(_Options):
+    """How a map becomes records, checked when made (every problem in one ``ValueError``).
+
+    Parameters
+    ----------
+    x, y, z : hashable, optional
+        Names of the coordinates (or data variables) holding the positions. Default: the
+        coordinate with the CF attribute ``axis="X"`` (``"Y"``, ``"Z"``), else one of
+        :data:`~atomscale_accessors.maps.COORD_NAMES`. ``x`` and ``y`` are required, ``z``
+        is optional.
+    variables : hashable or list, optional
+        The data variables to flatten. Default: every data variable that has all the
+        spatial dimensions.
+    property_name : str or dict, optional
+        The property name: one string (one variable only) or ``{variable: name}``.
+        Default: the variable's ``property_name`` attribute, else its name.
+    property_unit : str or dict, optional
+        The unit of the values: one string for every variable or ``{variable: unit}``.
+        Default: the variable's ``units`` attribute. A missing unit is an error (use
+        ``"1"`` for a dimensionless quantity).
+    coord_units : str, optional
+        The unit of the positions. Default: the ``units`` attribute of ``x``. Coordinates
+        in other units are converted with pint when it is installed (and are an error
+        otherwise); a coordinate without a ``units`` attribute is taken to be in
+        ``coord_units``.
+    coord_ref_frame, char_source_type, data_id : str, optional
+        Default: the attribute of that name of the variable, else of the Dataset.
+        ``coord_ref_frame`` defaults to ``"sample_relative"``.
+    metadata : dict, optional
+        Metadata for every record.
+    extra_dims : {"error", "metadata"}, default "error"
+        What to do with a variable that has a dimension besides the spatial ones (a
+        wavelength, a time): raise, or flatten every slice and record the dimension's
+        coordinate value in each record's metadata (``{"wavelength": 633.0}``).
+    dropna : bool, default False
+        Validation: drop records whose value is NaN (flattening already skips NaN cells).
+    allow_duplicates : bool, optional
+        Validation: accept several records of one property at one position. Default:
+        only when ``extra_dims="metadata"`` flattens several slices.
+    block_rows : int, optional
+        Records per block at most, when a dask-backed map is read block by block.
+
+    Examples
+    --------
+    >>> from atomscale_accessors.options import MapOptions
+    >>> MapOptions(coord_units="mm").structure()["coord_units"]
+    'mm'
+    >>> MapOptions(extra_dims="drop", block_rows=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: bad map options: extra_dims must be 'error' or 'metadata', got 'drop'; block_rows must be a positive integer, got 0
+    """
+
+    x: Hashable | None = None
+    y: Hashable | None = None
+    z: Hashable | None = None
+    variables: Hashable | Sequence[Hashable] | None = None
+    property_name: str | Mapping[Hashable, str] | None = None
+    property_unit: str | Mapping[Hashable, str] | None = None
+    coord_units: str | None = None
+    coord_ref_frame: str | None = None
+    char_source_type: str | None = None
+    data_id: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    extra_dims: ExtraDims = "error"
+    dropna: bool = False
+    allow_duplicates: bool | None = None
+    block_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.extra_dims not in ("error", "metadata"):
+            problems.append(
+                f"extra_dims must be 'error' or 'metadata', got {_shown(self.extra_dims)}"
+            )
+        for name, (types, wanted) in _MAP_OPTION_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, types) and (value is not None or name == "dropna"):
+                problems.append(f"{name} must be {wanted}, got {_shown(value)}")
+        rows = self.block_rows
+        if rows is not None:
+            if isinstance(rows, bool) or not isinstance(rows, int | np.integer) or rows < 1:
+                problems.append(f"block_rows must be a positive integer, got {_shown(rows)}")
+            else:
+                object.__setattr__(self, "block_rows", int(rows))
         if problems:
-            raise ValueError("bad upload options: " + "; ".join(problems))
+            raise ValueError("bad map options: " + "; ".join(problems))
 
-    @classmethod
-    def take(
-        cls, given: Mapping[str, Any], options: UploadOptions | None = None
-    ) -> tuple[UploadOptions, dict[str, Any]]:
-        """Split keyword arguments into the upload's options and the rest.
+    def structure(self) -> dict[str, Any]:
+        """The options that say what the map is (all but the validation and block size)."""
+        skip = {"dropna", "allow_duplicates", "block_rows"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
-        ``options``, when given, provides the options not named in ``given``.
-        """
-        names = {f.name for f in fields(cls)}
-        mine = {k: v for k, v in given.items() if k in names}
-        rest = {k: v for k, v in given.items() if k not in names}
-        if options is not None:
-            mine = {**{f.name: getattr(options, f.name) for f in fields(cls)}, **mine}
-        return cls(**mine), rest
+
+#: The map options of one type (each may also be None, but ``dropna``).
+_MAP_OPTION_TYPES: dict[str, tuple[Any, str]] = {
+    "property_name": (str | Mapping, "a string or a dict"),
+    "property_unit": (str | Mapping, "a string or a dict"),
+    "coord_units": (str, "a string"),
+    "coord_ref_frame": (str, "a string"),
+    "char_source_type": (str, "a string"),
+    "data_id": (str, "a string"),
+    "metadata": (Mapping, "a dict"),
+    "dropna": (bool | np.bool_, "True or False"),
+    "allow_duplicates": (bool | np.bool_, "True, False or None"),
+}
+
+
+def split_options(
+    given: Mapping[str, Any],
+    upload: UploadOptions | None = None,
+    map_options: MapOptions | None = None,
+) -> tuple[UploadOptions, MapOptions]:
+    """The upload's and the map's options out of keyword arguments; ``TypeError`` naming
+    any other keyword (with the option it is probably a misspelling of)."""
+    upload_options, rest = UploadOptions.take(given, upload)
+    map_opts, rest = MapOptions.take(rest, map_options)
+    if rest:
+        known = [f.name for f in (*fields(UploadOptions), *fields(MapOptions))]
+        raise TypeError("unexpected keyword arguments: " + _unknown(rest, known))
+    return upload_options, map_opts
+
+
+def _unknown(given: Mapping[str, Any], known: Sequence[str]) -> str:
+    shown = []
+    for name in sorted(map(str, given))[:10]:
+        close = difflib.get_close_matches(name, known, n=1)
+        shown.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ", ".join(shown)
 
 
 def _shown(value: Any) -> str:

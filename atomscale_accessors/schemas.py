@@ -21,6 +21,15 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from .fields import (
+    ANNOTATION_COLUMNS,
+    COORD_COLUMNS,
+    FLOAT_COLUMNS,
+    POSITION_KEY,
+    RECORD_COLUMNS,
+    RECORD_STRING_COLUMNS,
+)
+from .keys import repeated_positions, value_codes
 from .limits import COORD_REF_FRAMES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH
 
 __all__ = [
@@ -43,64 +52,7 @@ __all__ = [
     "metadata_depth",
     "metadata_problem",
     "records_schema",
-    "repeated_positions",
-    "value_codes",
 ]
-
-#: Columns of canonical records, in order: the body fields of the annotation API.
-RECORD_COLUMNS: tuple[str, ...] = (
-    "property_name",
-    "property_value",
-    "property_unit",
-    "char_source_type",
-    "coord_ref_frame",
-    "coord_units",
-    "coord_x",
-    "coord_y",
-    "coord_z",
-    "data_id",
-    "metadata",
-)
-COORD_COLUMNS: tuple[str, ...] = ("coord_x", "coord_y", "coord_z")
-#: Record and annotation columns holding floats (NaN where unset), in this order.
-FLOAT_COLUMNS: tuple[str, ...] = ("property_value", *COORD_COLUMNS)
-#: Record columns holding text (``None``/NaN where unset).
-RECORD_STRING_COLUMNS: tuple[str, ...] = (
-    "property_name",
-    "property_unit",
-    "char_source_type",
-    "coord_ref_frame",
-    "coord_units",
-    "data_id",
-)
-#: What makes two annotations "the same property at the same position".
-POSITION_KEY: tuple[str, ...] = (
-    "property_name",
-    "coord_ref_frame",
-    "coord_units",
-    "coord_x",
-    "coord_y",
-    "coord_z",
-)
-
-#: Columns of an annotation frame, in order: the official SDK's, then two more.
-ANNOTATION_COLUMNS: tuple[str, ...] = (
-    "annotation_id",
-    "data_id",
-    "char_source_type",
-    "property_name",
-    "property_value",
-    "property_unit",
-    "coord_x",
-    "coord_y",
-    "coord_z",
-    "coord_ref_frame",
-    "coord_units",
-    "metadata",
-    "last_updated",
-    "physical_sample_id",
-    "version",
-)
 
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -383,14 +335,6 @@ def _agrees_with_first(values: pd.Series, groups: pd.Series | None) -> pd.Series
     return keyed.isna() | (keyed == first)
 
 
-def value_codes(values: pd.Series) -> tuple[np.ndarray, Any]:
-    """Codes of a column's distinct values (-1 where missing), and the values: a
-    categorical's own, else hashed (``TypeError`` for values that cannot be)."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        return values.cat.codes.to_numpy(), values.cat.categories
-    return pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
-
-
 def compact_records(records: pd.DataFrame) -> pd.DataFrame:
     """Records with their text columns as categoricals (one pass over each column).
 
@@ -457,41 +401,6 @@ def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:
         schema = copy.deepcopy(schema)  # to_schema() is cached: never change the shared one
         schema.checks = [c for c in schema.checks if c.name != "unique_position"]
     return schema
-
-
-def repeated_positions(records: pd.DataFrame) -> np.ndarray:
-    """For each record, whether another record has the same property at the same position
-    (the columns of ``POSITION_KEY``; NaN equals NaN there, and -0.0 equals 0.0).
-
-    The key columns are mixed into one 64-bit hash per row, so one hashing pass over a
-    million rows finds the candidates; only rows whose hash repeats are compared exactly.
-    """
-    n = len(records)
-    mixed = np.zeros(n, dtype=np.uint64)
-    try:
-        for column in POSITION_KEY:
-            if column in COORD_COLUMNS:
-                values = records[column].to_numpy(dtype="float64", na_value=np.nan)
-                # One bit pattern per value: every NaN alike, and -0.0 + 0.0 is 0.0.
-                key = np.where(np.isnan(values), np.nan, values + 0.0).view(np.uint64)
-            else:
-                codes = value_codes(records[column])[0]
-                if n and (codes == codes[0]).all():
-                    continue
-                key = codes.astype(np.int64).view(np.uint64)
-            mixed = (mixed ^ key) * _MIX
-            mixed ^= mixed >> np.uint64(29)
-    except (TypeError, UnicodeEncodeError):  # not text: the text checks report those rows
-        return np.zeros(n, dtype=bool)
-    candidates = np.flatnonzero(pd.Series(mixed).duplicated(keep=False).to_numpy())
-    repeated = np.zeros(n, dtype=bool)
-    if len(candidates):
-        subset = records.iloc[candidates][list(POSITION_KEY)]
-        repeated[candidates] = subset.duplicated(keep=False).to_numpy()
-    return repeated
-
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it loses no bits
 
 
 class AnnotationFrameModel(pa.DataFrameModel):

@@ -19,6 +19,9 @@ from .errors import AnnotationValidationError
 from .failures import (
     FAILURE_COLUMNS,
     MAX_EXAMPLES,
+    REPEAT_CASE,
+    REPEAT_CHECK,
+    REPEAT_COLUMN,
     FailureCollector,
     failure_message,
     failure_table,
@@ -26,7 +29,7 @@ from .failures import (
     quote,
     quote_list,
 )
-from .schemas import POSITION_KEY, compact_records, metadata_problem, records_schema
+from .schemas import compact_records, metadata_problem, records_schema
 
 __all__ = [
     "MAX_EXAMPLES",
@@ -203,14 +206,12 @@ def _failure_table(cases: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     table = table.drop(columns="_pos")
     # A failed uniqueness check lists each member column of each duplicate row; one line
     # per duplicate row says the same more plainly.
-    uniq = table["check"] == "unique_position"
+    uniq = table["check"] == REPEAT_CHECK
     if uniq.any():
         dups = (
             table[uniq]
             .drop_duplicates(subset="index")
-            .assign(
-                column=", ".join(POSITION_KEY), failure_case="same property at the same position"
-            )
+            .assign(column=REPEAT_COLUMN, failure_case=REPEAT_CASE)
         )
         table = pd.concat([table[~uniq], dups], ignore_index=True)
     return table

@@ -18,7 +18,7 @@ import xarray as xr
 from .errors import MapStructureError
 from .map_upload import upload_map
 from .maps import flatten_map, validate_map
-from .options import UploadOptions
+from .options import MapOptions, UploadOptions, split_options
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -32,19 +32,20 @@ class _MapAccessor:
     def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
         self._obj = obj
 
-    def _dataset(self, options: dict[str, Any]) -> xr.Dataset:
+    def _dataset(self, options: MapOptions) -> xr.Dataset:
         raise NotImplementedError
 
-    def to_annotations(self, **options: Any) -> pd.DataFrame:
+    def to_annotations(self, options: MapOptions | None = None, **kwargs: Any) -> pd.DataFrame:
         """Flatten the map into canonical annotation records (no value validation).
 
         Parameters
         ----------
-        **options
-            ``x``, ``y``, ``z``, ``variables``, ``property_name``, ``property_unit``,
-            ``coord_units``, ``coord_ref_frame``, ``char_source_type``, ``data_id``,
-            ``metadata``, ``extra_dims``: see
-            :func:`~atomscale_accessors.maps.flatten_map`.
+        options : MapOptions, optional
+            What the map is; see :class:`~atomscale_accessors.options.MapOptions`.
+        **kwargs
+            Those options by name (``x``, ``y``, ``z``, ``variables``, ``property_name``,
+            ``property_unit``, ``coord_units``, ``coord_ref_frame``, ``char_source_type``,
+            ``data_id``, ``metadata``, ``extra_dims``).
 
         Returns
         -------
@@ -64,22 +65,18 @@ class _MapAccessor:
         >>> len(rec), rec["property_unit"].iloc[0], rec["coord_units"].iloc[0]
         (49, 'ohm/sq', 'mm')
         """
-        return flatten_map(self._dataset(options), **options)
+        opts = MapOptions.of(options, kwargs)
+        return flatten_map(self._dataset(opts), opts)
 
-    def validate(
-        self, *, dropna: bool = False, allow_duplicates: bool | None = None, **options: Any
-    ) -> pd.DataFrame:
+    def validate(self, options: MapOptions | None = None, **kwargs: Any) -> pd.DataFrame:
         """Check the map's structure and values; return the validated records.
 
         Parameters
         ----------
-        dropna : bool, default False
-            Drop records whose value is NaN (flattening already skips NaN cells).
-        allow_duplicates : bool, optional
-            Accept several records of one property at one position. Default: only when
-            ``extra_dims="metadata"`` flattens several slices.
-        **options
-            As for :meth:`to_annotations`.
+        options : MapOptions, optional
+            What the map is, and how to validate it (``dropna``, ``allow_duplicates``).
+        **kwargs
+            Those options by name.
 
         Returns
         -------
@@ -101,18 +98,14 @@ class _MapAccessor:
         >>> rec["property_name"].unique().tolist()
         ['thickness']
         """
-        return validate_map(
-            self._dataset(options), dropna=dropna, allow_duplicates=allow_duplicates, **options
-        )
+        opts = MapOptions.of(options, kwargs)
+        return validate_map(self._dataset(opts), opts)
 
     def upload(
         self,
         sample_id: str,
         options: UploadOptions | None = None,
-        *,
-        dropna: bool = False,
-        allow_duplicates: bool | None = None,
-        block_rows: int | None = None,
+        map_options: MapOptions | None = None,
         **kwargs: Any,
     ) -> pd.DataFrame:
         """Validate the whole map, then upload it as annotations of a sample.
@@ -127,15 +120,13 @@ class _MapAccessor:
             UUID of the physical sample.
         options : UploadOptions, optional
             How the upload runs; see :class:`~atomscale_accessors.options.UploadOptions`.
-        dropna, allow_duplicates
-            As for :meth:`validate`.
-        block_rows : int, optional
-            Records per streamed block at most (dask-backed maps).
+        map_options : MapOptions, optional
+            What the map is and how it is validated (``dropna``, ``allow_duplicates``,
+            ``block_rows``: records per streamed block of a dask-backed map); see
+            :class:`~atomscale_accessors.options.MapOptions`.
         **kwargs
-            The upload's options by name (``client``, ``if_exists``, ``chunk_size``,
-            ``max_chunk_bytes``, ``max_workers``, ``progress``, ``dry_run``, ``verify``:
-            see :class:`~atomscale_accessors.options.UploadOptions`), and the map's
-            options, as for :meth:`to_annotations`.
+            Options of either kind by name (``if_exists="skip"``, ``coord_units="mm"``),
+            taking precedence over ``options`` and ``map_options``.
 
         Returns
         -------
@@ -160,16 +151,8 @@ class _MapAccessor:
         >>> plan["chunk"].value_counts().sort_index().tolist()
         [40, 40, 1]
         """
-        opts, map_options = UploadOptions.take(kwargs, options)
-        return upload_map(
-            self._dataset(map_options),
-            sample_id,
-            opts,
-            dropna=dropna,
-            allow_duplicates=allow_duplicates,
-            block_rows=block_rows,
-            **map_options,
-        )
+        opts, mopts = split_options(kwargs, options, map_options)
+        return upload_map(self._dataset(mopts), sample_id, opts, mopts)
 
     def plot(self, variable: Hashable | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
         """Draw the map as a wafer map: a grid with ``pcolormesh``, points with ``scatter``.
@@ -208,7 +191,7 @@ class AtomscaleDatasetAccessor(_MapAccessor):
 
     _obj: xr.Dataset
 
-    def _dataset(self, options: dict[str, Any]) -> xr.Dataset:
+    def _dataset(self, options: MapOptions) -> xr.Dataset:
         return self._obj
 
 
@@ -231,11 +214,11 @@ class AtomscaleDataArrayAccessor(_MapAccessor):
 
     _obj: xr.DataArray
 
-    def _dataset(self, options: dict[str, Any]) -> xr.Dataset:
+    def _dataset(self, options: MapOptions) -> xr.Dataset:
         da = self._obj
         name = da.name
         if name is None:
-            name = options.get("property_name")
+            name = options.property_name
             if not isinstance(name, str):
                 raise MapStructureError(
                     "the DataArray has no name: name it (da.rename('thickness')) or pass "

@@ -259,6 +259,8 @@ class FaultProxy:
     requests : list of (str, str)
         ``(method, path)`` of every request the proxy read, in order (the path without
         its query string), whatever happened to it.
+    targets : list of (str, str)
+        The same, with the query string.
 
     Notes
     -----
@@ -279,6 +281,7 @@ class FaultProxy:
         self.port: int = self._listener.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}{parts.path or '/'}"
         self.requests: list[tuple[str, str]] = []
+        self.targets: list[tuple[str, str]] = []
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -409,12 +412,14 @@ class FaultProxy:
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.targets.clear()
 
     def _take(self, request: _Request) -> tuple[_Fault | None, _Answer | None]:
         """The fault for ``request`` (spending one of its times), and for a replay the
         answer to replay (``None`` when there is none yet: forward and remember)."""
         with self._lock:
             self.requests.append((request.method, request.path))
+            self.targets.append((request.method, request.target))
             for fault in self._faults:
                 if not fault.matches(request):
                     continue

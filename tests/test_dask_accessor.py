@@ -22,13 +22,13 @@ from conftest import THICKNESS_MAPPING, thickness_frame  # noqa: E402
 
 import atomscale_accessors  # noqa: E402
 from atomscale_accessors import Client  # noqa: E402
-from atomscale_accessors.dask_accessor import position_hashes  # noqa: E402
 from atomscale_accessors.errors import (  # noqa: E402
     AnnotationExistsError,
     AnnotationValidationError,
     ApiError,
     UploadError,
 )
+from atomscale_accessors.keys import position_hashes  # noqa: E402
 from atomscale_accessors.server import LocalServer  # noqa: E402
 
 N = 48  # rows

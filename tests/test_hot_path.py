@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from atomscale_accessors.frame_builder import FrameBuilder, parse_times, text_codes
 from atomscale_accessors.frames import column_series
+from atomscale_accessors.keys import repeated_positions
 from atomscale_accessors.records import to_records
-from atomscale_accessors.schemas import POSITION_KEY, compact_records, repeated_positions
+from atomscale_accessors.schemas import POSITION_KEY, compact_records
 from atomscale_accessors.upload.answers import Answer, expected_answer
 from atomscale_accessors.upload.chunks import Chunk, iter_chunks
 from atomscale_accessors.upload.encode import EncodedRecords
@@ -135,7 +136,7 @@ def test_times_that_differ_are_read_row_by_row():
     answer, guessed = expected_answer(whole_chunk(records), raw)
     assert guessed is False  # the guess from the first row did not hold
     assert answer.ids == ids and answer.last_updated == times and answer.versions == ["1"] * 12
-    answer, guessed = expected_answer(whole_chunk(records), raw, peek=False)
+    answer, guessed = expected_answer(whole_chunk(records), raw, guess_shared=False)
     assert guessed is None and answer.last_updated == times
     # Versions as numbers (one documented example has them): not guessed, read as they are.
     raw, ids = answer_bytes(records, version=[1] * len(records))

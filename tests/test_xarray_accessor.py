@@ -136,3 +136,45 @@ def test_dry_run_sends_nothing(client, atomscale_server, sample_id):
     )
     assert planned["chunk"].max() >= 1
     assert atomscale_server.request_count() == 0
+
+
+def test_a_streamed_map_lists_only_its_properties_within_its_extent(atomscale_server, sample_id):
+    # A dask map in metres, uploaded in millimetres: the upload lists what the sample
+    # holds for the map's property, within the map's box converted to millimetres.
+    from urllib.parse import parse_qs, urlsplit
+
+    from fault_proxy import FaultProxy
+
+    ds = wafer_thickness_map(n=9, chunks=4)
+    ds = ds.assign_coords(
+        x=("x", ds.x.values / 1000.0, {"units": "m"}), y=("y", ds.y.values / 1000.0, {"units": "m"})
+    )
+    elsewhere = sheet_resistance_map().rename(sheet_resistance="thickness")
+    elsewhere["thickness"].attrs["units"] = "nm"
+    elsewhere = elsewhere.assign_coords(x=elsewhere.x + 1000.0)  # far to the right
+    with FaultProxy(atomscale_server.endpoint) as proxy:
+        client = atomscale_accessors.Client(
+            api_key=atomscale_server.api_key, endpoint=proxy.endpoint
+        )
+        before = len(elsewhere.atomscale.upload(sample_id, client=client, progress=False))
+        proxy.clear()
+        created = ds.atomscale.upload(
+            sample_id, client=client, coord_units="mm", if_exists="skip", progress=False
+        )
+        listings = [parse_qs(urlsplit(t).query) for m, t in proxy.targets if m == "GET"]
+    assert len(created) == int(ds.thickness.notnull().sum())
+    assert listings, "the upload did not list what the sample holds"
+    for query in listings:
+        assert query["property_name"] == ["thickness"]
+        assert float(query["x_min"][0]) == pytest.approx(float(created["coord_x"].min()))
+        assert float(query["x_max"][0]) == pytest.approx(float(created["coord_x"].max()))
+        assert float(query["y_max"][0]) == pytest.approx(float(created["coord_y"].max()))
+    assert atomscale_server.annotation_count(sample_id) == len(created) + before
+
+
+def test_unknown_keywords_are_named_with_a_suggestion(client, atomscale_server, sample_id):
+    with pytest.raises(TypeError, match=r"'coord_unit' \(did you mean 'coord_units'\?\)"):
+        sheet_resistance_map().atomscale.upload(sample_id, client=client, coord_unit="mm")
+    with pytest.raises(ValueError, match="block_rows must be a positive integer"):
+        sheet_resistance_map().atomscale.upload(sample_id, client=client, block_rows=0)
+    assert atomscale_server.request_count() == 0

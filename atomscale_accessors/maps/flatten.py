@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,12 @@ import xarray as xr
 
 from ..errors import AnnotationValidationError, MapStructureError
 from ..failures import FailureCollector, failure_table, quote
-from ..schemas import RECORD_COLUMNS, repeated_positions
+from ..keys import repeated_positions
+from ..options import MapOptions
+from ..schemas import RECORD_COLUMNS
 from ..validation import check_records, validate_records
 from .plan import MapAxis, MapPlan, MapProperty, is_dask, plain_label
-from .structure import ExtraDims, plan_map
+from .structure import plan_map
 
 __all__ = [
     "flatten_map",
@@ -41,22 +43,7 @@ _MAX_EXACT_INT = 2**53
 
 
 # -- public API ------------------------------------------------------------------------------
-def flatten_map(
-    ds: xr.Dataset,
-    *,
-    x: Hashable | None = None,
-    y: Hashable | None = None,
-    z: Hashable | None = None,
-    variables: Hashable | Sequence[Hashable] | None = None,
-    property_name: str | Mapping[Hashable, str] | None = None,
-    property_unit: str | Mapping[Hashable, str] | None = None,
-    coord_units: str | None = None,
-    coord_ref_frame: str | None = None,
-    char_source_type: str | None = None,
-    data_id: str | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    extra_dims: ExtraDims = "error",
-) -> pd.DataFrame:
+def flatten_map(ds: xr.Dataset, options: MapOptions | None = None, **kwargs: Any) -> pd.DataFrame:
     """Flatten a gridded or scattered map into canonical annotation records.
 
     Each data variable on the spatial dimensions becomes one property; each cell with a
@@ -67,34 +54,12 @@ def flatten_map(
     ds : xarray.Dataset
         The map; never modified. numpy- or dask-backed (a dask-backed map is computed one
         variable at a time here; use :func:`iter_flatten_map` to stream it block by block).
-    x, y, z : hashable, optional
-        Names of the coordinates (or data variables) holding the positions. Default: the
-        coordinate with the CF attribute ``axis="X"`` (``"Y"``, ``"Z"``), else one of
-        :data:`COORD_NAMES`. ``x`` and ``y`` are required, ``z`` is optional.
-    variables : hashable or list, optional
-        The data variables to flatten. Default: every data variable that has all the
-        spatial dimensions.
-    property_name : str or dict, optional
-        The property name: one string (one variable only) or ``{variable: name}``.
-        Default: the variable's ``property_name`` attribute, else its name.
-    property_unit : str or dict, optional
-        The unit of the values: one string for every variable or ``{variable: unit}``.
-        Default: the variable's ``units`` attribute. A missing unit is an error (use
-        ``"1"`` for a dimensionless quantity).
-    coord_units : str, optional
-        The unit of the positions. Default: the ``units`` attribute of ``x``. Coordinates
-        in other units are converted with pint when it is installed (and are an error
-        otherwise); a coordinate without a ``units`` attribute is taken to be in
-        ``coord_units``.
-    coord_ref_frame, char_source_type, data_id : str, optional
-        Default: the attribute of that name of the variable, else of the Dataset.
-        ``coord_ref_frame`` defaults to ``"sample_relative"``.
-    metadata : dict, optional
-        Metadata for every record.
-    extra_dims : {"error", "metadata"}, default "error"
-        What to do with a variable that has a dimension besides the spatial ones (a
-        wavelength, a time): raise, or flatten every slice and record the dimension's
-        coordinate value in each record's metadata (``{"wavelength": 633.0}``).
+    options : MapOptions, optional
+        What the map is; see :class:`~atomscale_accessors.options.MapOptions`.
+    **kwargs
+        Options by name (``x``, ``y``, ``z``, ``variables``, ``property_name``,
+        ``property_unit``, ``coord_units``, ``coord_ref_frame``, ``char_source_type``,
+        ``data_id``, ``metadata``, ``extra_dims``), taking precedence over ``options``.
 
     Returns
     -------
@@ -135,26 +100,12 @@ def flatten_map(
         5.0     thickness            99.0            nm      5.0      0.0
     5.0 5.0     thickness            98.0            nm      5.0      5.0
     """
-    plan = plan_map(
-        ds,
-        x=x,
-        y=y,
-        z=z,
-        variables=variables,
-        property_name=property_name,
-        property_unit=property_unit,
-        coord_units=coord_units,
-        coord_ref_frame=coord_ref_frame,
-        char_source_type=char_source_type,
-        data_id=data_id,
-        metadata=metadata,
-        extra_dims=extra_dims,
-    )
+    plan = plan_map(ds, MapOptions.of(options, kwargs))
     return flatten_plan(plan)
 
 
 def iter_flatten_map(
-    ds: xr.Dataset, *, block_rows: int | None = None, **options: Any
+    ds: xr.Dataset, options: MapOptions | None = None, **kwargs: Any
 ) -> Iterator[pd.DataFrame]:
     """Flatten a map block by block, for maps larger than memory.
 
@@ -167,10 +118,11 @@ def iter_flatten_map(
     ----------
     ds : xarray.Dataset
         The map; never modified.
-    block_rows : int, optional
-        Split the records of each block into frames of at most this many rows.
-    **options
-        As for :func:`flatten_map`.
+    options : MapOptions, optional
+        What the map is, and ``block_rows``: split the records of each block into frames
+        of at most this many rows.
+    **kwargs
+        Options by name, as for :func:`flatten_map` (and ``block_rows``).
 
     Returns
     -------
@@ -192,31 +144,21 @@ def iter_flatten_map(
     >>> [len(block) for block in iter_flatten_map(ds)]
     [26, 38, 17]
     """
-    if block_rows is not None and (isinstance(block_rows, bool) or int(block_rows) < 1):
-        raise ValueError(f"block_rows must be a positive integer, got {quote(block_rows)}")
-    plan = plan_map(ds, **options)
-    return iter_plan_blocks(plan, block_rows)
+    opts = MapOptions.of(options, kwargs)
+    return iter_plan_blocks(plan_map(ds, opts), opts.block_rows)
 
 
-def validate_map(
-    ds: xr.Dataset,
-    *,
-    dropna: bool = False,
-    allow_duplicates: bool | None = None,
-    **options: Any,
-) -> pd.DataFrame:
+def validate_map(ds: xr.Dataset, options: MapOptions | None = None, **kwargs: Any) -> pd.DataFrame:
     """Flatten a map and validate the records (structure, then values).
 
     Parameters
     ----------
     ds : xarray.Dataset
         The map; never modified.
-    dropna, allow_duplicates : bool
-        As for :func:`~atomscale_accessors.validation.validate_records`.
-        ``allow_duplicates`` defaults to True when ``extra_dims="metadata"`` puts several
-        records at one position, else False.
-    **options
-        As for :func:`flatten_map`.
+    options : MapOptions, optional
+        What the map is, and how to validate it (``dropna``, ``allow_duplicates``).
+    **kwargs
+        Options by name, as for :func:`flatten_map` (and ``dropna``, ``allow_duplicates``).
 
     Returns
     -------
@@ -246,12 +188,13 @@ def validate_map(
     atomscale_accessors.errors.AnnotationValidationError: 1 of 49 records failed validation (1 failure):
     ...
     """
-    plan = plan_map(ds, **options)
-    allow = plan.allow_duplicates(allow_duplicates)
+    opts = MapOptions.of(options, kwargs)
+    plan = plan_map(ds, opts)
+    allow = plan.allow_duplicates(opts.allow_duplicates)
     if not plan.chunked:
-        return validate_records(flatten_plan(plan), dropna=dropna, allow_duplicates=allow)
+        return validate_records(flatten_plan(plan), dropna=opts.dropna, allow_duplicates=allow)
     blocks: list[pd.DataFrame] = []
-    validate_plan_blocks(plan, None, dropna=dropna, allow_duplicates=allow, keep=blocks)
+    validate_plan_blocks(plan, None, dropna=opts.dropna, allow_duplicates=allow, keep=blocks)
     records = blocks[0] if len(blocks) == 1 else pd.concat(blocks)
     checked = allow or plan.positions_unique or len(blocks) == 1
     if not checked and repeated_positions(records).any():

@@ -19,6 +19,7 @@ import xarray as xr
 
 from ..errors import MapStructureError
 from ..failures import MAX_EXAMPLES, failure_table, format_message, quote
+from ..keys import Box
 
 __all__ = ["MapAxis", "MapPlan", "MapProperty", "StructureProblems"]
 
@@ -128,6 +129,20 @@ class MapPlan:
         if any(p.extra_dims for p in self.properties) or any(a.convert for a in self.axes):
             return False
         return self.separable or not any(is_dask(self.ds[a.name].data) for a in self.axes)
+
+    def box(self) -> Box | None:
+        """The box holding the map's positions, in the plan's unit (computing a dask
+        coordinate's minimum and maximum); ``None`` when there is no position."""
+        ends: list[float] = []
+        for role in ("x", "y"):
+            axis = next(a for a in self.axes if a.role == role)
+            values = self.ds[axis.name]
+            pair = np.array([float(values.min(skipna=True)), float(values.max(skipna=True))])
+            if np.isnan(pair).any():
+                return None
+            # A unit conversion is monotonic: the converted ends are the ends.
+            ends.extend(np.sort(axis.convert(pair)) if axis.convert else pair)
+        return ends[0], ends[1], ends[2], ends[3]
 
     def allow_duplicates(self, given: bool | None) -> bool:
         """``allow_duplicates`` as given, else whether the plan puts several records at

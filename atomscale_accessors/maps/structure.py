@@ -26,12 +26,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from ..failures import clip, quote, quote_list
+from ..options import ExtraDims, MapOptions
 from ..records import DEFAULT_COORD_REF_FRAME
 from .plan import MapAxis, MapPlan, MapProperty, StructureProblems, check_unique_positions
 from .schema import map_structure_schema, run_schema
@@ -64,7 +65,6 @@ COORD_NAMES: dict[str, tuple[str, ...]] = {
     )
     for role in ("x", "y", "z")
 }
-ExtraDims = Literal["error", "metadata"]
 
 
 # -- the coordinate resolver -----------------------------------------------------------------
@@ -206,34 +206,19 @@ def _not_found(ds: xr.Dataset, role: str, problems: StructureProblems) -> None:
 
 
 # -- the plan: what the map is, checked before any value is read --------------------------
-def plan_map(
-    ds: xr.Dataset,
-    *,
-    x: Hashable | None = None,
-    y: Hashable | None = None,
-    z: Hashable | None = None,
-    variables: Hashable | Sequence[Hashable] | None = None,
-    property_name: str | Mapping[Hashable, str] | None = None,
-    property_unit: str | Mapping[Hashable, str] | None = None,
-    coord_units: str | None = None,
-    coord_ref_frame: str | None = None,
-    char_source_type: str | None = None,
-    data_id: str | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    extra_dims: ExtraDims = "error",
-) -> MapPlan:
-    """Read and check the structure of a map (the options of
-    :func:`~atomscale_accessors.maps.flatten_map`); raise MapStructureError listing every
+def plan_map(ds: xr.Dataset, options: MapOptions) -> MapPlan:
+    """Read and check the structure of a map; raise MapStructureError listing every
     problem found, step by step."""
-    _check_arguments(ds, extra_dims, metadata)
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"expected an xarray Dataset, got {type(ds).__name__}")
     # 1. Where the positions are.
-    names = find_coordinates(ds, {"x": x, "y": y, "z": z})
+    names = find_coordinates(ds, {"x": options.x, "y": options.y, "z": options.z})
     problems = StructureProblems()
     ds, axes_dims, spatial = _spatial_layout(ds, names, problems)
     found = [n for n in names.values() if n is not None]
 
     # 2. Which variables are properties.
-    selected = _select_variables(ds, variables, set(found), spatial, problems)
+    selected = _select_variables(ds, options.variables, set(found), spatial, problems)
     problems.raise_if_any()
     first_dims = ds[selected[0]].dims
     spatial_dims = tuple(d for d in first_dims if d in spatial) + tuple(
@@ -241,8 +226,8 @@ def plan_map(
     )
 
     # 3. Structure, with pandera: real numbers, spatial dimensions, units attributes.
-    unit_given = _per_variable(property_unit, selected, "property_unit", problems)
-    coord_needs_units = {n: coord_units is None for n in found}
+    unit_given = _per_variable(options.property_unit, selected, "property_unit", problems)
+    coord_needs_units = {n: options.coord_units is None for n in found}
     schema, unit_schemas = map_structure_schema(
         {v: v not in unit_given for v in selected}, coord_needs_units, spatial_dims
     )
@@ -251,15 +236,15 @@ def plan_map(
         run_schema(unit_schema, ds[name], problems, set(found))
 
     # 4. Dimensions besides the spatial ones.
-    extras = _extra_dims(ds, selected, spatial_dims, extra_dims, problems)
+    extras = _extra_dims(ds, selected, spatial_dims, options.extra_dims, problems)
     problems.raise_if_any()
 
     # 5. Units of the positions.
-    axes, target = _resolve_axes(ds, names, axes_dims, coord_units, problems)
+    axes, target = _resolve_axes(ds, names, axes_dims, options.coord_units, problems)
 
     # 6. The properties and their text fields.
-    texts = {"char_source_type": char_source_type, "data_id": data_id}
-    names_given = _per_variable(property_name, selected, "property_name", problems)
+    texts = {"char_source_type": options.char_source_type, "data_id": options.data_id}
+    names_given = _per_variable(options.property_name, selected, "property_name", problems)
     properties = _properties(ds, selected, names_given, unit_given, texts, extras, problems)
     problems.raise_if_any()
 
@@ -269,23 +254,14 @@ def plan_map(
         spatial_dims=spatial_dims,
         properties=properties,
         coord_units=target,
-        coord_ref_frame=_option(coord_ref_frame, "coord_ref_frame", None, ds)
+        coord_ref_frame=_option(options.coord_ref_frame, "coord_ref_frame", None, ds)
         or DEFAULT_COORD_REF_FRAME,
-        metadata=dict(metadata) if metadata is not None else None,
+        metadata=dict(options.metadata) if options.metadata is not None else None,
     )
     # 7. Two cells at one position (checked on the coordinates alone, so also for dask maps).
     check_unique_positions(plan, problems)
     problems.raise_if_any()
     return plan
-
-
-def _check_arguments(ds: Any, extra_dims: Any, metadata: Any) -> None:
-    if not isinstance(ds, xr.Dataset):
-        raise TypeError(f"expected an xarray Dataset, got {type(ds).__name__}")
-    if extra_dims not in ("error", "metadata"):
-        raise ValueError(f"extra_dims must be 'error' or 'metadata', got {quote(extra_dims)}")
-    if metadata is not None and not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
 
 
 def _spatial_layout(

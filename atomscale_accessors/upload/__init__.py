@@ -217,10 +217,7 @@ def send_records(
 
 
 def _options(kwargs: dict[str, Any], options: UploadOptions | None) -> UploadOptions:
-    opts, unknown = UploadOptions.take(kwargs, options)
-    if unknown:
-        raise TypeError(f"unknown upload options: {', '.join(sorted(unknown))}")
-    return opts
+    return UploadOptions.of(options, kwargs)
 
 
 def _upload(

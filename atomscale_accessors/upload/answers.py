@@ -123,27 +123,27 @@ class Answer:
 
 
 def expected_answer(
-    chunk: Chunk, raw: bytes, *, peek: bool = True
+    chunk: Chunk, raw: bytes, *, guess_shared: bool = True
 ) -> tuple[Answer | None, bool | None]:
     """The answer to a chunk, when it is the usual one: one annotation per record, in the
     order sent, with every key field as sent. None when it is anything else.
 
     The text key fields are checked while parsing (as literal values), and the floats
     compared as arrays afterwards, so no key field becomes a column of Python objects.
-    With ``peek``, the first annotation's time and version are taken as literal values
+    With ``guess_shared``, the first annotation's time and version are taken as literal values
     too: a bulk answer usually has one of each (one transaction), and then no row's time
     or version is made into an object either. When that guess fails, the answer is
     parsed again without it. Returns the answer (or None) and whether the guess held
     (None: not tried).
     """
-    kinds = _expected_kinds(chunk.columns)
-    if kinds is None:
+    key_spec = _key_spec(chunk.columns)
+    if key_spec is None:
         return None, None
-    items, shared, guessed = _parse_expected(raw, kinds, peek=peek)
+    items, shared, guessed = _parse_expected(raw, key_spec, guess_shared=guess_shared)
     if items is None or len(items) != len(chunk):
         return None, guessed
-    for column, kind in [("property_value", float), *zip(COORD_COLUMNS, kinds[3:], strict=True)]:
-        if kind is float:
+    for column, spec in [("property_value", float), *zip(COORD_COLUMNS, key_spec[3:], strict=True)]:
+        if spec is float:
             answered = np.fromiter(map(attrgetter(column), items), np.float64, len(items))
             if not np.array_equal(answered, chunk.columns.floats[column]):
                 return None, guessed
@@ -157,42 +157,42 @@ def expected_answer(
     return answer, guessed
 
 
-def _expected_kinds(columns: Columns) -> list[Any] | None:
+def _key_spec(columns: Columns) -> list[Any] | None:
     """What each key field of the usual answer holds: the one value of each text key, and
     for each coordinate float or None (unset). None when the records have several values
     of a text key, or a coordinate set in some and not in others: no usual answer then."""
-    kinds: list[Any] = []
+    key_spec: list[Any] = []
     for column in _TEXT_KEYS:
         same, value = columns.constant(column)
         if not same:
             return None
-        kinds.append(value)
+        key_spec.append(value)
     for column in COORD_COLUMNS:
         isnan = np.isnan(columns.floats[column])
         if isnan.all():
-            kinds.append(None)
+            key_spec.append(None)
         elif isnan.any():
             return None
         else:
-            kinds.append(float)
-    return kinds
+            key_spec.append(float)
+    return key_spec
 
 
 def _parse_expected(
-    raw: bytes, kinds: list[Any], *, peek: bool
+    raw: bytes, key_spec: list[Any], *, guess_shared: bool
 ) -> tuple[list[Any] | None, tuple[str | None, str | None], bool | None]:
     """Parse an answer as the usual one: its items (None when it is not), the time and
     version shared by every item (None when each has its own), and whether the guess of
     a shared time and version held (None: not tried)."""
     shared = (_first_text(raw, b'"last_updated":'), _first_text(raw, b'"version":'))
     guessed = None
-    if peek and None not in shared:
+    if guess_shared and None not in shared:
         try:
-            return _expected_decoder(tuple(kinds), shared).decode(raw), shared, True
+            return _expected_decoder(tuple(key_spec), shared).decode(raw), shared, True
         except msgspec.DecodeError:
             guessed = False
     try:
-        return _expected_decoder(tuple(kinds)).decode(raw), (None, None), guessed
+        return _expected_decoder(tuple(key_spec)).decode(raw), (None, None), guessed
     except msgspec.DecodeError:  # ValidationError too: something else than expected
         return None, (None, None), guessed
 
@@ -227,28 +227,30 @@ _GET_ID, _GET_TIME, _GET_VERSION = (
 
 
 def _expected_decoder(
-    kinds: tuple[Any, ...], shared: tuple[str, str] | None = None
+    key_spec: tuple[Any, ...], shared: tuple[str, str] | None = None
 ) -> msgspec.json.Decoder:
     """A decoder of bulk answers whose text key fields must equal given values (None:
     null or absent) and whose coordinates must be numbers (``float``) or null (None);
     with ``shared``, every time and version must be these."""
     if shared is None:
-        return _cached_decoder(kinds)
-    return _build_decoder(kinds, shared)
+        return _cached_decoder(key_spec)
+    return _build_decoder(key_spec, shared)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_decoder(kinds: tuple[Any, ...]) -> msgspec.json.Decoder:
-    return _build_decoder(kinds, None)
+def _cached_decoder(key_spec: tuple[Any, ...]) -> msgspec.json.Decoder:
+    return _build_decoder(key_spec, None)
 
 
-def _build_decoder(kinds: tuple[Any, ...], shared: tuple[str, str] | None) -> msgspec.json.Decoder:
+def _build_decoder(
+    key_spec: tuple[Any, ...], shared: tuple[str, str] | None
+) -> msgspec.json.Decoder:
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("id", str)]
-    for column, kind in zip((*_TEXT_KEYS, *COORD_COLUMNS), kinds, strict=True):
-        if kind is None:
+    for column, spec in zip((*_TEXT_KEYS, *COORD_COLUMNS), key_spec, strict=True):
+        if spec is None:
             fields.append((column, None, None))
         else:
-            fields.append((column, float if kind is float else Literal[kind]))
+            fields.append((column, float if spec is float else Literal[spec]))
     fields.append(("property_value", float))
     if shared is None:
         fields += [("last_updated", str | None, None), ("version", str | int | float | None, None)]

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..keys import value_codes
 from ..schemas import (
     FLOAT_COLUMNS,
     RECORD_COLUMNS,
     RECORD_STRING_COLUMNS,
     compact_records,
-    value_codes,
 )
 
 __all__ = [

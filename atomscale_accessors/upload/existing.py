@@ -24,7 +24,7 @@ from ..frames import (
     annotation_frame,
     decode_annotations,
 )
-from ..keys import key_frame, listing_filters, record_keys
+from ..keys import Box, box_filters, key_frame, listing_filters, record_keys
 from ..retry import retry_safe
 from ..schemas import (
     FLOAT_COLUMNS,
@@ -85,19 +85,12 @@ class Listing:
         return cls(names if len(names) <= MAX_NAMED_LISTINGS else None, box)
 
     @classmethod
-    def covering(
-        cls, names: Iterable[str], boxes: Iterable[tuple[float, float, float, float] | None]
-    ) -> Listing:
-        """The listing of blocks with these property names and boxes
-        (``(x_min, x_max, y_min, y_max)``, ``None`` for a block with records lacking x or y)."""
+    def covering(cls, names: Iterable[str], boxes: Iterable[Box | None]) -> Listing:
+        """The listing of blocks with these property names and boxes (``None`` for a block
+        with records lacking x or y)."""
         distinct = tuple(sorted(set(names)))
-        corners = list(boxes)
-        box: dict[str, tuple[float, float]] = {}
-        if corners and all(c is not None for c in corners):
-            every = np.array(corners, dtype="float64")
-            box["x_range"] = (float(every[:, 0].min()), float(every[:, 1].max()))
-            box["y_range"] = (float(every[:, 2].min()), float(every[:, 3].max()))
-        return cls(distinct if 0 < len(distinct) <= MAX_NAMED_LISTINGS else None, box)
+        named = distinct if 0 < len(distinct) <= MAX_NAMED_LISTINGS else None
+        return cls(named, box_filters(boxes))
 
     def fetch(self, uploader: Uploader) -> list[AnnotationObject]:
         objects: list[AnnotationObject] = []

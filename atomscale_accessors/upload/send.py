@@ -54,7 +54,7 @@ class Uploader:
         # Learned from 413 answers, so later chunks are cut before they are refused.
         self.max_rows: int | None = None
         # Whether answers have one time and version each (see expected_answer).
-        self.peek = True
+        self.guess_shared = True
 
     def list_existing(self, **filters: Any) -> bytes:
         """List annotations as raw JSON, retrying any failure that may pass."""
@@ -183,9 +183,9 @@ class Uploader:
         free are created. Returns the records the answer does not account for; None when
         nothing is left to do (every record accounted for, the answer unreadable so the
         chunk's fate is unknown, or the upload abandoned)."""
-        answer, guessed = expected_answer(chunk, response.content, peek=self.peek)
+        answer, guessed = expected_answer(chunk, response.content, guess_shared=self.guess_shared)
         if guessed is False:  # answers with times or versions that differ: stop guessing
-            self.peek = False
+            self.guess_shared = False
         if answer is not None:  # the usual answer: every record paired, in order
             matched, found = answer, np.ones(len(chunk), dtype=bool)
         else:
