@@ -93,6 +93,17 @@ _WITH_STORED = {
 }
 
 
+def _report_dry_run(planned: pd.DataFrame, args: argparse.Namespace) -> None:
+    """Print what a dry run found: the requests it would make, and what is stored already."""
+    n_requests = int(planned["chunk"].nunique()) if len(planned) else 0
+    print(
+        f"dry run: {args.file} is valid; {len(planned):,} annotations would be sent to "
+        f"sample {args.sample} in {n_requests} request(s); nothing was sent"
+    )
+    if len(planned):
+        print(_stored_already(planned.drop(columns="chunk"), args))
+
+
 def _stored_already(records: pd.DataFrame, args: argparse.Namespace) -> str:
     """How many of a dry run's records the sample holds already, as a line of text; when no
     key is configured or the server cannot be asked, why that was not checked."""
@@ -229,13 +240,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - started
     if args.dry_run:
-        n_requests = int(created["chunk"].nunique()) if len(created) else 0
-        print(
-            f"dry run: {args.file} is valid; {len(created):,} annotations would be sent to "
-            f"sample {args.sample} in {n_requests} request(s); nothing was sent"
-        )
-        if len(created):
-            print(_stored_already(created.drop(columns="chunk"), args))
+        _report_dry_run(created, args)
         return EXIT_OK
     verb = "created or updated" if args.if_exists == "update" else "created"
     if len(created):
