@@ -124,3 +124,15 @@ def test_dry_run_without_a_key_or_a_server_still_succeeds(points_csv, capsys, mo
     out = capsys.readouterr().out
     assert "not compared with what the sample holds" in out and f":{port}/" in out
     assert "not-a-real-key-0123456789" not in out
+
+
+def test_rows_left_out_by_dropna_are_a_note_on_stderr(points_csv, capsys):
+    frame = thickness_frame(30)
+    frame.iloc[[4, 9], frame.columns.get_loc("thk")] = float("nan")
+    frame.to_csv(points_csv, index=False)
+    assert main(["validate", str(points_csv), *MAPPING, "--dropna"]) == EXIT_OK
+    out, err = capsys.readouterr()
+    # CSV rows are named by their line in the file: the header is line 1.
+    assert "note: dropna=True left out 2 records without a value (rows [6, 11])" in err
+    assert "Warning" not in err and ".py:" not in err  # a note, not a Python warning
+    assert "28 records" in out
