@@ -10,9 +10,10 @@ xarray Datasets and DataArrays::
     grid = stored.atomscale.to_xarray()
 """
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
-try:
+try:  # the one source of the version: the metadata of the installed distribution
     __version__ = version("atomscale-accessors")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
@@ -22,6 +23,10 @@ from .client import Client, RetryPolicy
 from .frames import fetch
 from .pandas_accessor import AtomscaleDataFrameAccessor
 from .xarray_accessor import AtomscaleDataArrayAccessor, AtomscaleDatasetAccessor
+
+# Each module logs on a logger of its own name under this one; an application that
+# configures no logging sees nothing of it (notices meant for users are warnings).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 try:  # dask's dataframe support is an extra: the accessor exists where it imports
     import dask.dataframe  # noqa: F401

@@ -51,7 +51,7 @@ __all__ = [
     "resolve_client",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 _decode = msgspec.json.Decoder().decode
 
 DEFAULT_ENDPOINT = "https://api.atomscale.ai/"

@@ -41,7 +41,7 @@ __all__ = [
     "validate_dask_frame",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 # Up to this many properties the sample is listed one property at a time (as upload does).
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ from .datasets import sheet_resistance_map, wafer_thickness_map
 from .errors import AnnotationExistsError
 from .frames import fetch
 
+if TYPE_CHECKING:
+    from .server import LocalServer
+
 __all__ = ["DEMO_GRID_POINTS", "DemoResult", "MapResult", "format_table", "run_demo"]
 
 #: Grid points along x and along y of the demo's thickness map: a 1.5 mm pitch on a
@@ -33,6 +36,7 @@ __all__ = ["DEMO_GRID_POINTS", "DemoResult", "MapResult", "format_table", "run_d
 DEMO_GRID_POINTS = 201
 _PLOT_EXTRA = 'pip install "atomscale-accessors[plot]"'
 _SERVER_EXTRA = 'pip install "atomscale-accessors[server]"'
+_SAMPLE_NAME = "demo wafer W01 (300 mm)"
 
 Echo = Callable[[str], None]
 
@@ -197,76 +201,108 @@ def run_demo(
             f"the demo runs the local server, which needs the server extra: {_SERVER_EXTRA}"
         ) from exc
 
-    thickness = wafer_thickness_map(n=grid_points)
-    sheet = sheet_resistance_map()
+    maps = [
+        _DemoMap(
+            "wafer thickness",
+            wafer_thickness_map(n=grid_points),
+            f"{grid_points} x {grid_points} grid over a 300 mm wafer",
+            "wafer_thickness.png",
+        ),
+        _DemoMap(
+            "sheet resistance",
+            sheet_resistance_map(),
+            "49-site four-point-probe pattern",
+            "sheet_resistance.png",
+        ),
+    ]
     with tempfile.TemporaryDirectory(prefix="atomscale-demo-") as tmp:
         server = LocalServer(db_path=Path(tmp) / "demo.sqlite")
         try:
             with server:
-                say(f"local server at {server.endpoint} (SQLite database in a temporary directory)")
-                client = Client(api_key=server.api_key, endpoint=server.endpoint)
-                sample_id = client.create_sample("demo wafer W01 (300 mm)")["id"]
-                say(f"new sample 'demo wafer W01 (300 mm)': {sample_id}")
-
-                thick, thick_grid = _run_map(
-                    "wafer thickness",
-                    thickness,
-                    sample_id,
-                    client,
-                    progress,
-                    say,
-                    f"{grid_points} x {grid_points} grid over a 300 mm wafer",
-                )
-                sheet_fields, sheet_map = _run_map(
-                    "sheet resistance",
-                    sheet,
-                    sample_id,
-                    client,
-                    progress,
-                    say,
-                    "49-site four-point-probe pattern",
-                )
-
-                refused, existing = False, 0
-                try:
-                    thickness.atomscale.upload(sample_id, client=client, progress=False)
-                except AnnotationExistsError as exc:
-                    refused, existing = True, len(exc.existing)
-                    say(
-                        f"re-running the thickness upload (if_exists='fail'): refused, "
-                        f"{existing:,} annotations already there, nothing sent"
-                    )
-                stored = len(fetch(sample_id, client=client))
-                say(f"annotations stored on the sample: {stored:,}")
+                story = _tell(server, maps, progress, say)
         finally:
             server.close()
 
-    pictures: list[Path] = []
-    note = None
-    try:
-        thick_png = _draw(thick_grid, out / "wafer_thickness.png")
-        sheet_png = _draw(sheet_map, out / "sheet_resistance.png")
-    except ImportError:
-        note = f"matplotlib is not installed; to get it: {_PLOT_EXTRA}"
-        thick_png = sheet_png = None
-        say(f"picture skipped: {note}")
-    else:
-        pictures = [thick_png, sheet_png]
-        say(f"pictures of the fetched maps: {thick_png}, {sheet_png}")
-    maps = (
-        MapResult(**thick, picture=thick_png),
-        MapResult(**sheet_fields, picture=sheet_png),
+    pictures, note = _draw_pictures(
+        [(grid, out / m.picture) for (_, grid), m in zip(story.maps, maps, strict=True)], say
     )
     return DemoResult(
-        maps=maps,
-        sample_id=sample_id,
-        rerun_refused=refused,
-        rerun_existing=existing,
-        stored=stored,
-        pictures=tuple(pictures),
+        maps=tuple(
+            MapResult(**fields, picture=picture)
+            for (fields, _), picture in zip(story.maps, pictures, strict=True)
+        ),
+        sample_id=story.sample_id,
+        rerun_refused=story.rerun_refused,
+        rerun_existing=story.rerun_existing,
+        stored=story.stored,
+        pictures=tuple(p for p in pictures if p is not None),
         picture_note=note,
         seconds=time.perf_counter() - started,
     )
+
+
+class _DemoMap(NamedTuple):
+    """A map of the demo: its name, the data, how it was measured, its picture's file name."""
+
+    name: str
+    data: xr.Dataset
+    what: str
+    picture: str
+
+
+@dataclass(frozen=True)
+class _Story:
+    """What happened on the server: per map the fields of its MapResult and the fetched map."""
+
+    sample_id: str
+    maps: list[tuple[dict[str, Any], xr.Dataset]]
+    rerun_refused: bool
+    rerun_existing: int
+    stored: int
+
+
+def _tell(server: LocalServer, maps: list[_DemoMap], progress: Any, say: Echo) -> _Story:
+    """On a running server: a new sample, each map through :func:`_run_map`, the refused
+    re-run of the first map, and the count of what is stored at the end."""
+    say(f"local server at {server.endpoint} (SQLite database in a temporary directory)")
+    client = Client(api_key=server.api_key, endpoint=server.endpoint)
+    sample_id = client.create_sample(_SAMPLE_NAME)["id"]
+    say(f"new sample {_SAMPLE_NAME!r}: {sample_id}")
+    done = [_run_map(m.name, m.data, sample_id, client, progress, say, m.what) for m in maps]
+    refused, existing = _rerun(maps[0].data, maps[0].name, sample_id, client, say)
+    stored = len(fetch(sample_id, client=client))
+    say(f"annotations stored on the sample: {stored:,}")
+    return _Story(sample_id, done, refused, existing, stored)
+
+
+def _rerun(
+    ds: xr.Dataset, name: str, sample_id: str, client: Client, say: Echo
+) -> tuple[bool, int]:
+    """Upload a map again with the default ``if_exists="fail"``: whether it was refused,
+    and how many stored annotations the refusal found."""
+    try:
+        ds.atomscale.upload(sample_id, client=client, progress=False)
+    except AnnotationExistsError as exc:
+        say(
+            f"re-running the {name} upload (if_exists='fail'): refused, "
+            f"{len(exc.existing):,} annotations already there, nothing sent"
+        )
+        return True, len(exc.existing)
+    return False, 0
+
+
+def _draw_pictures(
+    drawings: list[tuple[xr.Dataset, Path]], say: Echo
+) -> tuple[list[Path | None], str | None]:
+    """A PNG of each fetched map at its path; or, without matplotlib, none and the reason."""
+    try:
+        pictures: list[Path | None] = [_draw(grid, path) for grid, path in drawings]
+    except ImportError:
+        note = f"matplotlib is not installed; to get it: {_PLOT_EXTRA}"
+        say(f"picture skipped: {note}")
+        return [None] * len(drawings), note
+    say(f"pictures of the fetched maps: {', '.join(str(p) for p in pictures)}")
+    return pictures, None
 
 
 def format_table(

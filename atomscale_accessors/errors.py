@@ -18,6 +18,7 @@ __all__ = [
     "AnnotationValidationError",
     "ApiError",
     "AtomscaleError",
+    "AtomscaleWarning",
     "ConfigurationError",
     "InvalidIdentifierError",
     "MapStructureError",
@@ -43,6 +44,10 @@ def _rebuild(cls: type[AtomscaleError], args: tuple[Any, ...], state: dict[str, 
     error.args = args
     error.__dict__.update(state)
     return error
+
+
+class AtomscaleWarning(UserWarning):
+    """A notice meant for the user, such as the rows that ``dropna=True`` left out."""
 
 
 class ConfigurationError(AtomscaleError, ValueError):

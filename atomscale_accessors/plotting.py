@@ -79,6 +79,12 @@ _EDGE_TOLERANCE = 0.01
 # outline="auto" wants the points to reach at least this share of the wafer radius.
 _MIN_REACH = 0.7
 _PLOT_EXTRA = 'pip install "atomscale-accessors[plot]"'
+# The size of a new figure, in inches.
+_FIGSIZE = (6.4, 5.2)
+# A wafer map has an equal aspect: "compressed" lays out such axes without losing the pad
+# at the figure's edge, where "constrained" can push the y label past it (a plain savefig
+# then cuts it).
+_LAYOUT = "compressed"
 
 Outline = Literal["auto", "wafer"] | None
 
@@ -96,7 +102,7 @@ def _import_matplotlib() -> Any:
     return matplotlib
 
 
-def new_axes(figsize: tuple[float, float] = (6.4, 5.2)) -> Axes:
+def new_axes(figsize: tuple[float, float] = _FIGSIZE) -> Axes:
     """Axes on a new figure that is not managed by pyplot.
 
     Such a figure needs no display and no GUI backend, and is freed when it goes out of
@@ -111,7 +117,7 @@ def new_axes(figsize: tuple[float, float] = (6.4, 5.2)) -> Axes:
     'Figure'
     """
     mpl = _import_matplotlib()
-    figure = mpl.figure.Figure(figsize=figsize, layout="constrained")
+    figure = mpl.figure.Figure(figsize=figsize, layout=_LAYOUT)
     return figure.add_subplot()
 
 
@@ -251,83 +257,27 @@ def plot_map(
     >>> [p.get_gid() for p in ax.patches]
     ['wafer-outline']
     """
-    mpl = _import_matplotlib()
+    _import_matplotlib()
     ds, name = _as_dataset(obj, variable)
     var = ds[name]
     # The resolver of uploads: a map with two candidates for x is refused by both.
     names = find_coordinates(ds, {"x": x, "y": y})
-    xname, yname = names["x"], names["y"]
-    xc, yc = ds[xname], ds[yname]
+    xc, yc = ds[names["x"]], ds[names["y"]]
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=(6.4, 5.2), layout="constrained")
-
+        _, ax = plt.subplots(figsize=_FIGSIZE, layout=_LAYOUT)
     kwargs.setdefault("cmap", "viridis")
-    if xc.ndim == 1 and yc.ndim == 1 and xc.dims != yc.dims:
-        # A regular grid: cells are centred on the coordinates.
-        xdim, ydim = xc.dims[0], yc.dims[0]
-        _check_dims(var, {xdim, ydim}, name)
-        ox, oy = np.argsort(xc.to_numpy(), kind="stable"), np.argsort(yc.to_numpy(), kind="stable")
-        values = var.transpose(ydim, xdim).to_numpy()[np.ix_(oy, ox)]
-        gx, gy = xc.to_numpy()[ox], yc.to_numpy()[oy]
-        kwargs.setdefault("shading", "nearest")
-        artist = ax.pcolormesh(gx, gy, np.ma.masked_invalid(values), **kwargs)
-        mx, my = np.meshgrid(gx, gy)
-        px, py = mx[np.isfinite(values)], my[np.isfinite(values)]
-    elif xc.ndim == 2 and xc.dims == yc.dims:
-        # A curvilinear grid: 2-D positions of the cell centres.
-        _check_dims(var, set(xc.dims), name)
-        values = var.transpose(*xc.dims).to_numpy()
-        kwargs.setdefault("shading", "nearest")
-        artist = ax.pcolormesh(xc.to_numpy(), yc.to_numpy(), np.ma.masked_invalid(values), **kwargs)
-        px, py = xc.to_numpy()[np.isfinite(values)], yc.to_numpy()[np.isfinite(values)]
-    elif xc.ndim == 1 and xc.dims == yc.dims:
-        _check_dims(var, set(xc.dims), name)
-        values = var.to_numpy()
-        has = np.isfinite(values)
-        px, py = xc.to_numpy()[has], yc.to_numpy()[has]
-        # Large markers for a 49-point map, small ones for thousands of points.
-        kwargs.setdefault("s", float(np.clip(4000.0 / max(has.sum(), 1), 4.0, 120.0)))
-        kwargs.setdefault("edgecolors", "none")
-        artist = ax.scatter(px, py, c=values[has], **kwargs)
-    else:
-        raise ValueError(
-            f"cannot draw {name!r}: the coordinates {xname!r} {tuple(xc.dims)} and "
-            f"{yname!r} {tuple(yc.dims)} form neither a grid nor points"
-        )
+    artist, px, py = _draw_values(ax, var, name, xc, yc, kwargs)
 
-    x_units, y_units = xc.attrs.get("units"), yc.attrs.get("units")
-    ax.set_xlabel(_label(str(xname), x_units))
-    ax.set_ylabel(_label(str(yname), y_units))
+    x_units = xc.attrs.get("units")
+    ax.set_xlabel(_label(str(names["x"]), x_units))
+    ax.set_ylabel(_label(str(names["y"]), yc.attrs.get("units")))
     ax.set_aspect("equal")
-
     diameter = _outline_diameter(outline, wafer_diameter, px, py, x_units)
     if diameter is not None:
-        radius = diameter / 2.0
-        ax.add_patch(
-            mpl.patches.Circle(
-                (0.0, 0.0),
-                radius,
-                fill=False,
-                edgecolor="0.35",
-                linewidth=1.0,
-                gid=OUTLINE_GID,
-                label=f"wafer, {diameter:g} {x_units or ''}".strip(),
-            )
-        )
-        margin = 1.04 * radius
-        ax.set_xlim(min(ax.get_xlim()[0], -margin), max(ax.get_xlim()[1], margin))
-        ax.set_ylim(min(ax.get_ylim()[0], -margin), max(ax.get_ylim()[1], margin))
-
-    prop = str(var.attrs.get("property_name", name))
-    if colorbar:
-        ax.figure.colorbar(artist, ax=ax, label=_label(prop, var.attrs.get("units")))
-    if title is None:
-        technique = var.attrs.get("char_source_type", ds.attrs.get("char_source_type"))
-        title = f"{prop} ({technique})" if technique else prop
-    if title:
-        ax.set_title(str(title))
+        _draw_outline(ax, diameter, x_units)
+    _add_captions(ax, ds, var, name, artist, colorbar=colorbar, title=title)
     return ax
 
 
@@ -435,6 +385,103 @@ def plot_annotations(
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def _draw_values(
+    ax: Axes,
+    var: xr.DataArray,
+    name: Hashable,
+    xc: xr.DataArray,
+    yc: xr.DataArray,
+    kwargs: dict[str, Any],
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Draw the values as the coordinates lay them out (a grid of cells with
+    ``pcolormesh``, or points with ``scatter``); return the artist and the positions of
+    the cells or points that have a value."""
+    if xc.ndim == 1 and xc.dims == yc.dims:
+        _check_dims(var, set(xc.dims), name)
+        return _draw_points(ax, var.to_numpy(), xc.to_numpy(), yc.to_numpy(), kwargs)
+    if xc.ndim == 1 and yc.ndim == 1:
+        # A regular grid: cells are centred on the coordinates.
+        _check_dims(var, {xc.dims[0], yc.dims[0]}, name)
+        gx, gy, values = _sorted_grid(var, xc, yc)
+        mx, my = np.meshgrid(gx, gy)
+    elif xc.ndim == 2 and xc.dims == yc.dims:
+        # A curvilinear grid: 2-D positions of the cell centres.
+        _check_dims(var, set(xc.dims), name)
+        values = var.transpose(*xc.dims).to_numpy()
+        gx, gy = mx, my = xc.to_numpy(), yc.to_numpy()
+    else:
+        raise ValueError(
+            f"cannot draw {name!r}: the coordinates {xc.name!r} {tuple(xc.dims)} and "
+            f"{yc.name!r} {tuple(yc.dims)} form neither a grid nor points"
+        )
+    kwargs.setdefault("shading", "nearest")
+    artist = ax.pcolormesh(gx, gy, np.ma.masked_invalid(values), **kwargs)
+    has = np.isfinite(values)
+    return artist, mx[has], my[has]
+
+
+def _sorted_grid(
+    var: xr.DataArray, xc: xr.DataArray, yc: xr.DataArray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A regular grid's axes in increasing order, and its values ``(y, x)`` to match."""
+    ox, oy = np.argsort(xc.to_numpy(), kind="stable"), np.argsort(yc.to_numpy(), kind="stable")
+    values = var.transpose(yc.dims[0], xc.dims[0]).to_numpy()[np.ix_(oy, ox)]
+    return xc.to_numpy()[ox], yc.to_numpy()[oy], values
+
+
+def _draw_points(
+    ax: Axes, values: np.ndarray, x: np.ndarray, y: np.ndarray, kwargs: dict[str, Any]
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Scattered points, coloured by value; points without a value are left out."""
+    has = np.isfinite(values)
+    px, py = x[has], y[has]
+    # Large markers for a 49-point map, small ones for thousands of points.
+    kwargs.setdefault("s", float(np.clip(4000.0 / max(has.sum(), 1), 4.0, 120.0)))
+    kwargs.setdefault("edgecolors", "none")
+    return ax.scatter(px, py, c=values[has], **kwargs), px, py
+
+
+def _draw_outline(ax: Axes, diameter: float, units: Any) -> None:
+    """The wafer's edge, a circle around the origin, with the view widened to hold it."""
+    patches = _import_matplotlib().patches
+    radius = diameter / 2.0
+    ax.add_patch(
+        patches.Circle(
+            (0.0, 0.0),
+            radius,
+            fill=False,
+            edgecolor="0.35",
+            linewidth=1.0,
+            gid=OUTLINE_GID,
+            label=f"wafer, {diameter:g} {units or ''}".strip(),
+        )
+    )
+    margin = 1.04 * radius
+    ax.set_xlim(min(ax.get_xlim()[0], -margin), max(ax.get_xlim()[1], margin))
+    ax.set_ylim(min(ax.get_ylim()[0], -margin), max(ax.get_ylim()[1], margin))
+
+
+def _add_captions(
+    ax: Axes,
+    ds: xr.Dataset,
+    var: xr.DataArray,
+    name: Hashable,
+    artist: Any,
+    *,
+    colorbar: bool,
+    title: str | bool | None,
+) -> None:
+    """The colour bar (property and unit) and the title (property and technique)."""
+    prop = str(var.attrs.get("property_name", name))
+    if colorbar:
+        ax.figure.colorbar(artist, ax=ax, label=_label(prop, var.attrs.get("units")))
+    if title is None:
+        technique = var.attrs.get("char_source_type", ds.attrs.get("char_source_type"))
+        title = f"{prop} ({technique})" if technique else prop
+    if title:
+        ax.set_title(str(title))
+
+
 def _as_dataset(
     obj: xr.Dataset | xr.DataArray, variable: Hashable | None
 ) -> tuple[xr.Dataset, Hashable]:

@@ -32,7 +32,7 @@ __all__ = [
     "transient",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 

@@ -8,14 +8,15 @@ exception keeps the first ``MAX_FAILURE_CASES`` cases, with every failure counte
 
 from __future__ import annotations
 
-import logging
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pandera.errors
 
-from .errors import AnnotationValidationError
+from .errors import AnnotationValidationError, AtomscaleWarning
 from .failures import (
     FAILURE_COLUMNS,
     MAX_EXAMPLES,
@@ -40,8 +41,8 @@ __all__ = [
     "validate_records",
 ]
 
-log = logging.getLogger("atomscale_accessors")
-
+# Modules whose frames a warning skips, to point at the user's line.
+_PACKAGE = __name__.partition(".")[0] + "."
 _FRAME_CHECK_COLUMNS = {
     "coord_units_given_with_coordinates": "coord_units",
     "x_and_y_together": "coord_x, coord_y",
@@ -76,7 +77,8 @@ def validate_records(
     records : pandas.DataFrame
         Canonical records (see :func:`~atomscale_accessors.records.to_records`).
     dropna : bool, default False
-        Drop records whose value is NaN (and log how many) instead of failing on them.
+        Drop records whose value is NaN instead of failing on them, with an
+        :class:`~atomscale_accessors.errors.AtomscaleWarning` saying how many.
     allow_duplicates : bool, default False
         Accept several records of the same property at the same position.
     report : ValidationReport, optional
@@ -129,10 +131,13 @@ def check_records(
         missing = records["property_value"].isna().to_numpy()
         if missing.any():
             dropped = records.index[missing]
-            log.warning(
-                "dropping %d records whose value is NaN (rows %s)",
-                missing.sum(),
-                quote_list(dropped, limit=5),
+            n_dropped = int(missing.sum())
+            warnings.warn(
+                f"dropna=True left out {n_dropped:,} "
+                f"{'record' if n_dropped == 1 else 'records'} without a value "
+                f"(rows {quote_list(dropped, limit=5)})",
+                AtomscaleWarning,
+                stacklevel=_outside_the_package(),
             )
             if report is not None:
                 report.dropped = pd.DataFrame(
@@ -292,3 +297,14 @@ def _check_name(check: str) -> str:
     if check.startswith("column_in_schema"):
         return "unknown_column"
     return check
+
+
+def _outside_the_package() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller of this function point
+    at the first line outside the package: the user's call, however deep the path."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level

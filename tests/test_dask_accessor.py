@@ -26,6 +26,7 @@ from atomscale_accessors.errors import (  # noqa: E402
     AnnotationExistsError,
     AnnotationValidationError,
     ApiError,
+    AtomscaleWarning,
     UploadError,
 )
 from atomscale_accessors.keys import position_hashes  # noqa: E402
@@ -157,9 +158,11 @@ def test_a_missing_column_is_reported_once_not_per_partition():
 def test_validate_returns_the_validated_records_lazily():
     df = frame()
     df.iloc[3, df.columns.get_loc("thk")] = np.nan
-    records = dask_frame(df).atomscale.validate(dropna=True, **THICKNESS_MAPPING)
+    with pytest.warns(AtomscaleWarning, match="left out 1 record"):  # on the workers
+        records = dask_frame(df).atomscale.validate(dropna=True, **THICKNESS_MAPPING)
     assert isinstance(records, dd.DataFrame)
-    computed = records.compute()
+    with pytest.warns(AtomscaleWarning, match="left out 1 record"):  # computed again
+        computed = records.compute()
     assert len(computed) == N - 1
     assert "site-003" not in computed.index
 
@@ -323,7 +326,8 @@ def test_partitions_stream_through_one_upload(server, sid):
 def test_dropna_drops_the_same_rows_in_both_passes(server, api, sid):
     df = frame()
     df.iloc[[3, 30], df.columns.get_loc("thk")] = np.nan
-    created = dask_frame(df).atomscale.upload(sid, client=api, dropna=True, **THICKNESS_MAPPING)
+    with pytest.warns(AtomscaleWarning, match="left out 1 record"):  # one per partition
+        created = dask_frame(df).atomscale.upload(sid, client=api, dropna=True, **THICKNESS_MAPPING)
     kept = df.drop(df.index[[3, 30]])
     assert list(created.index) == list(kept.index)
     assert server.annotation_count(sid) == N - 2

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from atomscale_accessors.cli import build_parser
 from atomscale_accessors.datasets import wafer_thickness_map
 from atomscale_accessors.demo import DEMO_GRID_POINTS, run_demo
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_run_demo_counts_checks_and_pictures(tmp_path: Path):
@@ -60,7 +62,7 @@ def test_run_demo_without_matplotlib_skips_the_picture(tmp_path: Path, monkeypat
 @pytest.mark.timeout(120)
 def test_python_m_demo(tmp_path: Path):
     done = subprocess.run(
-        [sys.executable, "-m", "atomscale_accessors", "demo", "--output", str(tmp_path)],
+        [sys.executable, "-m", "atomscale_accessors", "demo", "--out", str(tmp_path / "pics")],
         capture_output=True,
         text=True,
         timeout=110,
@@ -71,6 +73,26 @@ def test_python_m_demo(tmp_path: Path):
     assert "exact" in done.stdout
     assert "all checks passed" in done.stdout
     if importlib.util.find_spec("matplotlib") is not None:
-        assert (tmp_path / "wafer_thickness.png").read_bytes()[:8] == PNG_MAGIC
+        for name in ("wafer_thickness.png", "sheet_resistance.png"):
+            assert (tmp_path / "pics" / name).read_bytes()[:8] == PNG_MAGIC
     else:
         assert 'pip install "atomscale-accessors[plot]"' in done.stdout
+
+
+@pytest.mark.parametrize("option", ["--out", "--output", "-o"])
+def test_demo_out_option_and_its_default(option):
+    parser = build_parser()
+    assert parser.parse_args(["demo", option, "pictures"]).output == "pictures"
+    assert parser.parse_args(["demo"]).output == "."
+
+
+def test_run_demo_writes_into_the_current_folder_which_git_ignores(tmp_path: Path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    monkeypatch.chdir(tmp_path)
+    result = run_demo(progress=False, grid_points=31)
+    assert result.ok
+    assert [p.parent for p in result.pictures] == [tmp_path, tmp_path]
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    for path in result.pictures:
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        assert path.name in ignored  # a demo run in a clone leaves git status clean

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 
 import numpy as np
@@ -214,3 +215,25 @@ def test_plot_is_a_method_of_every_accessor():
         assert callable(accessor.plot)
     ax = plot_map(sheet_resistance_map(), ax=new_axes(), colorbar=False)
     assert ax.collections[0].colorbar is None
+
+
+@pytest.mark.parametrize("dpi", [72, 100, 120, 200])
+@pytest.mark.parametrize("make", [wafer_thickness_map, sheet_resistance_map, xps_line_scan])
+@pytest.mark.parametrize("figure", ["pyplot", "new_axes"])
+def test_a_plain_savefig_keeps_every_label_inside_the_figure(figure, make, dpi):
+    ax = make().atomscale.plot(ax=new_axes() if figure == "new_axes" else None)
+    fig = ax.figure
+    labels = (ax.yaxis.label, ax.xaxis.label, ax.title, ax.collections[0].colorbar.ax.yaxis.label)
+    boxes = []
+
+    def measure(event):  # during the save's draw: laid out and measured at its dpi
+        boxes[:] = [(t.get_text(), t.get_window_extent(event.renderer)) for t in labels]
+        boxes.append(("figure", fig.bbox.frozen()))
+
+    fig.canvas.mpl_connect("draw_event", measure)
+    fig.savefig(io.BytesIO(), dpi=dpi)  # no bbox_inches: the layout must make room
+    *texts, (_, edge) = boxes
+    assert len(texts) == 4
+    for text, box in texts:
+        inside = edge.x0 <= box.x0 and box.x1 <= edge.x1 and edge.y0 <= box.y0 and box.y1 <= edge.y1
+        assert inside, f"{text!r} at {box.bounds} leaves the figure {edge.bounds}"

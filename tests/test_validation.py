@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import THICKNESS_MAPPING, thickness_frame
 
-from atomscale_accessors.errors import AnnotationValidationError
+from atomscale_accessors.errors import AnnotationValidationError, AtomscaleWarning
 from atomscale_accessors.failures import MAX_FAILURE_CASES
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
@@ -115,7 +115,8 @@ def test_dropna_drops_and_reports():
     rec = records(5)
     rec.loc[["site-001", "site-004"], "property_value"] = np.nan
     report = ValidationReport()
-    out = validate_records(rec, dropna=True, report=report)
+    with pytest.warns(AtomscaleWarning, match="left out 2 records"):
+        out = validate_records(rec, dropna=True, report=report)
     assert out.index.tolist() == ["site-000", "site-002", "site-003"]
     assert report.n_dropped == 2
     assert report.dropped["index"].tolist() == ["site-001", "site-004"]

@@ -47,8 +47,11 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import TextIO
 
+from ..errors import AtomscaleWarning
 from .commands import cmd_demo, cmd_fetch, cmd_serve, cmd_upload, cmd_validate
 from .exits import EXIT_API, EXIT_INVALID, EXIT_OK, EXIT_USAGE, explain, redact, secrets
 from .parser import build_parser
@@ -89,6 +92,30 @@ def _debug_log(debug: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _notes() -> Iterator[None]:
+    """The library's notices for the user (``AtomscaleWarning``) as ``note:`` lines on
+    stderr, without the file and line a Python warning shows; other warnings as usual."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            if issubclass(category, AtomscaleWarning):
+                print(f"note: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -111,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     debug = bool(getattr(args, "debug", False))
     try:
-        with _debug_log(debug):
+        with _debug_log(debug), _notes():
             return handler(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -84,6 +84,56 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(api_key=args.api_key, endpoint=args.endpoint)
 
 
+# What an upload would do with the records stored already, per --if-exists.
+_WITH_STORED = {
+    "fail": "the upload would be refused (--if-exists skip sends only the new ones)",
+    "skip": "--if-exists skip would send only the new ones",
+    "update": "--if-exists update would overwrite their stored values",
+    "append": "--if-exists append would store them a second time",
+}
+
+
+def _report_dry_run(planned: pd.DataFrame, args: argparse.Namespace) -> None:
+    """Print what a dry run found: the requests it would make, and what is stored already."""
+    n_requests = int(planned["chunk"].nunique()) if len(planned) else 0
+    print(
+        f"dry run: {args.file} is valid; {len(planned):,} annotations would be sent to "
+        f"sample {args.sample} in {n_requests} request(s); nothing was sent"
+    )
+    if len(planned):
+        print(_stored_already(planned.drop(columns="chunk"), args))
+
+
+def _stored_already(records: pd.DataFrame, args: argparse.Namespace) -> str:
+    """How many of a dry run's records the sample holds already, as a line of text; when no
+    key is configured or the server cannot be asked, why that was not checked."""
+    from ..errors import ApiError, ConfigurationError, TransportError
+    from ..frame_builder import FrameBuilder
+    from ..retry import describe
+    from ..upload.existing import Existing, Listing
+    from ..upload.ledger import Ledger
+    from ..upload.send import Uploader
+
+    try:
+        client = _client(args)
+    except ConfigurationError:
+        return "not compared with what the sample holds: no API key (set AS_API_KEY)"
+    uploader = Uploader(client, args.sample, Ledger(FrameBuilder(args.sample)))
+    try:
+        existing = Existing.list(uploader, Listing.of(records))
+    except (ApiError, TransportError) as exc:
+        return f"not compared with what the sample holds: {describe(exc)} from {client.endpoint}"
+    n_stored = int((existing.lookup(records) >= 0).sum())
+    where = f"on sample {args.sample} at {client.endpoint}"
+    if n_stored == 0:
+        return f"none of the {len(records):,} records is stored {where} yet"
+    verb = "is" if n_stored == 1 else "are"
+    return (
+        f"{n_stored:,} of the {len(records):,} records {verb} stored already {where}: "
+        + _WITH_STORED[args.if_exists]
+    )
+
+
 # -- subcommands ----------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the local Atomscale-compatible server in the foreground.
@@ -174,6 +224,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
     mapping = mapping_for(data, args)
     # A dry run sends nothing, so it needs no key.
     client = None if args.dry_run else _client(args)
+    if client is not None:
+        # Before the upload starts: its progress bar follows on the terminal.
+        print(f"{args.file} -> sample {args.sample} at {client.endpoint}", flush=True)
     started = time.perf_counter()
     created = data.atomscale.upload(
         args.sample,
@@ -187,14 +240,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - started
     if args.dry_run:
-        n_requests = int(created["chunk"].nunique()) if len(created) else 0
-        print(
-            f"dry run: {args.file} is valid; {len(created):,} annotations would be sent to "
-            f"sample {args.sample} in {n_requests} request(s); nothing was sent"
-        )
+        _report_dry_run(created, args)
         return EXIT_OK
     verb = "created or updated" if args.if_exists == "update" else "created"
-    print(f"{args.file} -> sample {args.sample} at {getattr(client, 'endpoint', '?')}")
     if len(created):
         rows = [
             (str(name), _joined(part["property_unit"]), f"{len(part):,}")

@@ -210,11 +210,14 @@ def _add_demo(subparsers: argparse._SubParsersAction, parents: list[Any]) -> Non
         ),
     )
     parser.add_argument(
+        "--out",
         "--output",
         "-o",
+        dest="output",
         metavar="DIR",
         default=".",
-        help="directory for wafer_thickness.png and sheet_resistance.png (default: here)",
+        help="folder for wafer_thickness.png and sheet_resistance.png, created when missing"
+        " (default: the current folder)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=cmd_demo)

@@ -36,7 +36,7 @@ __all__ = [
     "validate_plan_blocks",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 # Integers beyond 2**53 do not all have an exact float64; converting them would change data.
 _MAX_EXACT_INT = 2**53

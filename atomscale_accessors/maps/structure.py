@@ -43,7 +43,7 @@ __all__ = [
     "find_coordinates",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 #: Names recognised as the x, y and z coordinate, in order of preference.
 COORD_NAMES: dict[str, tuple[str, ...]] = {

@@ -75,7 +75,7 @@ __all__ = [
     "upload_records",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 
 def upload_records(

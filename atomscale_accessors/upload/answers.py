@@ -34,7 +34,7 @@ __all__ = [
     "repeated",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 
 class Stored(msgspec.Struct, gc=False):

@@ -23,7 +23,7 @@ __all__ = [
     "with_positions",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -21,7 +21,7 @@ __all__ = [
     "Columns",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 
 class Columns:

@@ -26,7 +26,7 @@ __all__ = [
     "float_tokens",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 
 ENCODER = msgspec.json.Encoder()

@@ -51,7 +51,7 @@ __all__ = [
     "refuse_clashes",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 
 # Up to this many properties, the existing annotations are listed one property at a time

@@ -22,7 +22,7 @@ __all__ = [
     "Reconciled",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 
 @dataclass

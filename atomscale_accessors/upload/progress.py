@@ -1,9 +1,7 @@
-"""Progress of an upload: a bar on a terminal or in a notebook, or a callback."""
+"""Progress of an upload: a ``tqdm`` bar on a terminal or in a notebook, or a callback."""
 
 from __future__ import annotations
 
-import logging
-import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +9,6 @@ from typing import Any
 __all__ = [
     "Progress",
 ]
-
-log = logging.getLogger("atomscale_accessors")
 
 
 class Progress:
@@ -29,14 +25,11 @@ class Progress:
             self.callback = progress
             return
         show = progress if progress is not None else _interactive()
-        if not show:
-            return
-        try:
+        if show:
+            # Imported only when a bar is drawn: most uploads in scripts and tests have none.
             from tqdm.auto import tqdm
-        except ImportError:
-            self.callback = _TextBar(total)
-            return
-        self.bar = tqdm(total=total, unit="annotation", desc="upload", leave=False)
+
+            self.bar = tqdm(total=total, unit="annotation", desc="upload", leave=False)
 
     def advance(self, n: int) -> None:
         if n <= 0:
@@ -50,30 +43,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif isinstance(self.callback, _TextBar):
-            self.callback.close()
-
-
-class _TextBar:
-    def __init__(self, total: int | None) -> None:
-        self.total = total
-        self.shown = False
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if total:
-            width = 30
-            filled = math.floor(width * done / total)
-            text = f"\rupload [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-        else:
-            text = f"\rupload {done} annotations"
-        sys.stderr.write(text)
-        sys.stderr.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _interactive() -> bool:

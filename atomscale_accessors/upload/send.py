@@ -35,7 +35,7 @@ __all__ = [
     "run_chunks",
 ]
 
-log = logging.getLogger("atomscale_accessors")
+log = logging.getLogger(__name__)
 
 
 class Uploader:
