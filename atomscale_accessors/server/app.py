@@ -317,8 +317,19 @@ class _Gate:
                 return getattr(route, "name", None)
         return None
 
+    async def _authenticated(self, scope: Scope, send: Send) -> bool:
+        """Whether the request carries the key; if not, it is answered 401 here."""
+        key = _header(scope, b"x-api-key")
+        if key is None:
+            await _send_json(send, 401, {"detail": "Missing API key (X-API-KEY header)"})
+            return False
+        if not hmac.compare_digest(key, self._key):
+            await _send_json(send, 401, {"detail": "Invalid API key"})
+            return False
+        return True
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"] == "GET" and scope["path"] in _OPEN_PATHS):
+        if scope["type"] != "http" or _is_open(scope):
             await self.app(scope, receive, send)
             return
         faults = self._faults
@@ -327,12 +338,7 @@ class _Gate:
         if faults.latency:
             await asyncio.sleep(faults.latency)  # async: other requests go on meanwhile
 
-        key = _header(scope, b"x-api-key")
-        if key is None:
-            await _send_json(send, 401, {"detail": "Missing API key (X-API-KEY header)"})
-            return
-        if not hmac.compare_digest(key, self._key):
-            await _send_json(send, 401, {"detail": "Invalid API key"})
+        if not await self._authenticated(scope, send):
             return
         if route is None:  # FastAPI answers 404 or 405
             await self.app(scope, receive, send)
@@ -374,6 +380,11 @@ class _Gate:
 
 
 # -- helpers ----------------------------------------------------------------------------
+
+
+def _is_open(scope: Scope) -> bool:
+    """Whether a request reads the API page or its schema (served without a key)."""
+    return scope["method"] == "GET" and scope["path"] in _OPEN_PATHS
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
