@@ -21,6 +21,7 @@ from . import errors, schemas
 from .client import Client, RetryPolicy
 from .frames import fetch
 from .pandas_accessor import AtomscaleDataFrameAccessor
+from .samples import SampleResolver, projects, resolve_project, resolve_sample, samples
 from .xarray_accessor import AtomscaleDataArrayAccessor, AtomscaleDatasetAccessor
 
 try:  # dask's dataframe support is an extra: the accessor exists where it imports
@@ -36,8 +37,13 @@ __all__ = [
     "AtomscaleDatasetAccessor",
     "Client",
     "RetryPolicy",
+    "SampleResolver",
     "__version__",
     "errors",
     "fetch",
+    "projects",
+    "resolve_project",
+    "resolve_sample",
+    "samples",
     "schemas",
 ]
