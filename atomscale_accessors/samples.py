@@ -35,6 +35,7 @@ from .frames import _quoted as _shown
 from .schemas import is_uuid
 
 __all__ = [
+    "CREATE_HINT",
     "PROJECT_COLUMNS",
     "SAMPLE_COLUMNS",
     "SampleResolver",
@@ -70,6 +71,8 @@ _TEXT = TEXT_DTYPE if isinstance(TEXT_DTYPE, pd.StringDtype) else pd.StringDtype
 _TIMES = ("created", "last_updated")
 _COUNTS = ("num_data_items", "physical_sample_count")
 _SUGGESTIONS = 5
+#: How an unknown name's error says to create it (the command line words it its own way).
+CREATE_HINT = "pass create=True to create it"
 
 
 def _key(name: str) -> str:
@@ -193,6 +196,8 @@ class SampleResolver:
         self._by_key: dict[str, list[Mapping[str, Any]]] | None = None
         self._ids: set[str] = set()
         self._lock = threading.RLock()
+        #: Ids of the samples this resolver created (not those another caller made first).
+        self.created: list[str] = []
 
     def __repr__(self) -> str:
         return (
@@ -270,8 +275,7 @@ class SampleResolver:
         suggestions = _close(name, names)
         where = "" if self._project_given is None else f" in project {_shown(self._project_given)}"
         return SampleNotFoundError(
-            f"no sample named {_shown(name)}{where}{_suggestion_text(suggestions)} "
-            "(pass create=True to create it)",
+            f"no sample named {_shown(name)}{where}{_suggestion_text(suggestions)} ({CREATE_HINT})",
             wanted=name,
             suggestions=suggestions,
             project=self._project_given,
@@ -283,6 +287,8 @@ class SampleResolver:
             sample: Mapping[str, Any] = self.client.create_sample(name)
         except (ApiError, TransportError) as exc:
             sample = self._created_by_someone(name, exc)
+        else:
+            self.created.append(str(sample["id"]))
         self._remember(sample)
         project_id = self.project_id
         if project_id is not None:
