@@ -71,6 +71,7 @@ _TEXT = TEXT_DTYPE if isinstance(TEXT_DTYPE, pd.StringDtype) else pd.StringDtype
 _TIMES = ("created", "last_updated")
 _COUNTS = ("num_data_items", "physical_sample_count")
 _SUGGESTIONS = 5
+_LISTED = 10  # matches of an ambiguous name shown in its message
 #: How an unknown name's error says to create it (the command line words it its own way).
 CREATE_HINT = "pass create=True to create it"
 
@@ -111,7 +112,9 @@ def _one(matches: list[Mapping[str, Any]], wanted: str, what: str) -> Mapping[st
     """The one object among ``matches``, ``None`` for none, an error for several."""
     if len(matches) > 1:
         found = {str(m["id"]): str(m.get("name")) for m in matches}
-        listed = ", ".join(f"{_shown(name)} ({id_})" for id_, name in found.items())
+        listed = ", ".join(f"{_shown(name)} ({id_})" for id_, name in list(found.items())[:_LISTED])
+        if len(found) > _LISTED:
+            listed += f" and {len(found) - _LISTED:,} more"
         raise AmbiguousNameError(
             f"{len(found)} {what}s match {_shown(wanted)} when case and blanks are ignored: "
             f"{listed}; give the UUID of the one you mean",
@@ -219,6 +222,7 @@ class SampleResolver:
         """The id of one sample given by name or UUID; see :func:`resolve_sample`."""
         wanted = _checked(sample, "sample")
         with self._lock:
+            _ = self.project_id  # an unknown project is an error, whatever the sample
             if is_uuid(wanted):
                 return self._existing_id(wanted)
             found = _one(self._listing().get(_key(wanted), []), wanted, "sample")

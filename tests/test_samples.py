@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -77,6 +80,12 @@ def test_names_matching_several_samples_are_ambiguous(atomscale_server, client):
     assert set(raised.value.matches) == {first, second}
     assert first in str(raised.value) and second in str(raised.value)
     assert len(_names(atomscale_server)) == 2
+    for blanks in range(1, 11):
+        atomscale_server.create_sample(" " * blanks + "W-1")
+    with pytest.raises(AmbiguousNameError) as many:
+        resolve_sample("W-1", client=client)
+    assert len(many.value.matches) == 12
+    assert str(many.value).endswith("and 2 more; give the UUID of the one you mean")
 
 
 @pytest.mark.parametrize("bad", [None, 7, "", "   ", b"W-1"])
@@ -129,6 +138,28 @@ def test_two_creators_racing_get_one_sample(atomscale_server, client):
     assert results == [stored["id"], stored["id"]]
 
 
+@pytest.mark.timeout(120)
+def test_two_processes_racing_get_one_sample(atomscale_server):
+    # Each process starts, lists the samples and creates the name; the creations are held
+    # long enough (3 s) for the other process to list before the first one lands.
+    atomscale_server.inject("latency", route="create_sample", seconds=3.0, times=2)
+    env = {
+        **os.environ,
+        "AS_API_KEY": atomscale_server.api_key,
+        "AS_API_ENDPOINT": atomscale_server.endpoint,
+    }
+    code = "import atomscale_accessors as a; print(a.resolve_sample('Lot-7 W01', create=True))"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    printed = [process.communicate(timeout=90)[0].strip() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0]
+    (stored,) = atomscale_server.store.list_samples()
+    assert printed == [stored["id"], stored["id"]]
+    assert atomscale_server.request_count("create_sample") == 2
+
+
 def test_a_create_whose_answer_is_lost_finds_the_sample(atomscale_server, client):
     atomscale_server.inject("drop_after_commit", route="create_sample")
     created = resolve_sample("W-lost", client=client, create=True)
@@ -174,6 +205,9 @@ def test_an_unknown_project_is_an_error_with_close_names(atomscale_server, clien
     assert "did you mean 'Lot A'" in str(raised.value)
     with pytest.raises(ProjectNotFoundError):
         aa.resolve_project(str(uuid.uuid4()), client=client)
+    existing = atomscale_server.create_sample("W-2")
+    with pytest.raises(ProjectNotFoundError):  # also for a sample given by its UUID
+        resolve_sample(existing, project="Lot B", client=client)
     assert atomscale_server.request_count("create_sample") == 0
 
 
