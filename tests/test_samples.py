@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -309,3 +310,15 @@ def test_an_sdk_like_client_object_is_accepted(atomscale_server):
     sample_id = atomscale_server.create_sample("W-1")
     assert resolve_sample("W-1", client=Sdk()) == sample_id
     assert isinstance(SampleResolver(Sdk()).client, Client)
+
+
+def test_errors_pickle_with_their_data(atomscale_server, client):
+    atomscale_server.create_sample("W0421-07")
+    with pytest.raises(SampleNotFoundError) as raised:
+        resolve_sample("W0421-7", project=None, client=client)
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert (copy.wanted, copy.suggestions, str(copy)) == (
+        "W0421-7",
+        ["W0421-07"],
+        str(raised.value),
+    )
