@@ -191,7 +191,9 @@ class SampleResolver:
     (True, 2)
     """
 
-    def __init__(self, client: Any = None, *, project: str | None = None, create: bool = False):
+    def __init__(
+        self, client: Any = None, *, project: str | None = None, create: bool = False
+    ) -> None:
         self.client = resolve_client(client)
         self.create = bool(create)
         self._project_given = None if project is None else _checked(project, "project")
