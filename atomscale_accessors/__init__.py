@@ -22,6 +22,7 @@ from . import errors, schemas
 from .client import Client, RetryPolicy
 from .frames import fetch
 from .pandas_accessor import AtomscaleDataFrameAccessor
+from .samples import SampleResolver, projects, resolve_project, resolve_sample, samples
 from .xarray_accessor import AtomscaleDataArrayAccessor, AtomscaleDatasetAccessor
 
 # Each module logs on a logger of its own name under this one; an application that
@@ -41,8 +42,13 @@ __all__ = [
     "AtomscaleDatasetAccessor",
     "Client",
     "RetryPolicy",
+    "SampleResolver",
     "__version__",
     "errors",
     "fetch",
+    "projects",
+    "resolve_project",
+    "resolve_sample",
+    "samples",
     "schemas",
 ]

@@ -378,6 +378,33 @@ class Client:
             "PATCH", f"physical_samples/{sid}/annotations/{aid}", json_body=dict(changes)
         )
 
+    # -- samples and projects -------------------------------------------------------------
+    def get_sample(self, physical_sample_id: str) -> dict[str, Any]:
+        """``GET /physical_samples/{id}``: one sample (``ApiError`` 404 when unknown)."""
+        sid = check_uuid(physical_sample_id)
+        return self.request_json("GET", f"physical_samples/{sid}")
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        """``GET /projects/``: the projects visible to the key."""
+        return self.request_json("GET", "projects/")
+
+    def list_project_samples(self, project_id: str) -> list[dict[str, Any]]:
+        """``GET /projects/{id}/physical_samples``: the samples a project tracks."""
+        pid = check_uuid(project_id, "project id")
+        return self.request_json("GET", f"projects/{pid}/physical_samples")
+
+    def add_sample_to_project(self, project_id: str, physical_sample_id: str) -> Any:
+        """``POST /projects/{id}/configuration/tracking_samples``: a project tracks a sample.
+
+        The sample is not made the project's active one (``set_active`` false): adding
+        samples must not change what a running stream is attached to.
+        """
+        pid = check_uuid(project_id, "project id")
+        body = {"physical_sample_id": check_uuid(physical_sample_id), "set_active": False}
+        return self.request_json(
+            "POST", f"projects/{pid}/configuration/tracking_samples", json_body=body
+        )
+
 
 def resolve_client(client: Any = None) -> Client:
     """A :class:`Client` from ``None`` (the environment), a ``Client``, or an SDK client.

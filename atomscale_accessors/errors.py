@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "AmbiguousNameError",
     "AnnotationExistsError",
     "AnnotationValidationError",
     "ApiError",
@@ -22,6 +23,9 @@ __all__ = [
     "ConfigurationError",
     "InvalidIdentifierError",
     "MapStructureError",
+    "NotFoundError",
+    "ProjectNotFoundError",
+    "SampleNotFoundError",
     "TransportError",
     "UploadError",
 ]
@@ -90,6 +94,59 @@ class MapStructureError(AnnotationValidationError):
 
 class InvalidIdentifierError(AtomscaleError, ValueError):
     """A sample, annotation or data id is not a UUID (checked before it goes into a URL)."""
+
+
+class NotFoundError(AtomscaleError, LookupError):
+    """No sample (or project) has the given name or UUID; nothing was created.
+
+    Attributes
+    ----------
+    wanted : str
+        The name or UUID asked for, stripped.
+    suggestions : list of str
+        Names close to it (at most five), best first.
+    project : str or None
+        The project whose samples were searched, or the project not found, as given;
+        ``None`` for a search of all samples.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        wanted: str,
+        suggestions: list[str] | None = None,
+        project: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.wanted = wanted
+        self.suggestions = list(suggestions or [])
+        self.project = project
+
+
+class SampleNotFoundError(NotFoundError):
+    """No sample has the given name or UUID (and none was to be created)."""
+
+
+class ProjectNotFoundError(NotFoundError):
+    """No project has the given name or UUID."""
+
+
+class AmbiguousNameError(AtomscaleError, LookupError):
+    """A name matches several samples (or projects) once case and blanks are ignored.
+
+    Attributes
+    ----------
+    name : str
+        The name asked for, stripped.
+    matches : dict of str to str
+        Each matching id and its name as stored.
+    """
+
+    def __init__(self, message: str, *, name: str, matches: dict[str, str]) -> None:
+        super().__init__(message)
+        self.name = name
+        self.matches = dict(matches)
 
 
 class TransportError(AtomscaleError, ConnectionError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -46,7 +47,8 @@ def _start(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
         text=True,
     )
     assert process.stdout is not None
-    expected = 1 if "--api-key" in args else 2  # the endpoint, then a generated key
+    # the endpoint, a generated key, the environment to set, how to create a sample
+    expected = 3 if "--api-key" in args else 4
     lines: list[str] = []
     while len(lines) < expected:
         line = process.stdout.readline()
@@ -66,12 +68,31 @@ def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, err
 
 
+def _follow_the_printed_lines(lines: list[str], endpoint: str, key: str) -> None:
+    """Set the environment the first line names, run the command the second names."""
+    exports = re.search(r"export (.+)$", lines[0]).group(1).split()
+    env = dict(item.split("=", 1) for item in exports)
+    assert env == {"AS_API_ENDPOINT": endpoint, "AS_API_KEY": key}
+    command = re.search(r"atomscale-accessors (samples create \S+)$", lines[1]).group(1)
+    done = subprocess.run(
+        [sys.executable, "-m", "atomscale_accessors", *command.split()],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"[0-9a-f-]{36}\n", done.stdout)
+    assert "created sample" in done.stderr
+
+
 @pytest.mark.timeout(120)
 def test_python_m_serve_prints_endpoint_and_generated_key_once(tmp_path: Path):
     process, lines = _start("--db", str(tmp_path / "cli.sqlite"))
     try:
         endpoint = re.search(r"(http://127\.0\.0\.1:\d+/)", lines[0]).group(1)
-        key = re.search(r"API key \(generated, shown once\): (\S+)", lines[1]).group(1)
+        key = re.search(r"API key \(generated for this run\): (\S+)", lines[1]).group(1)
+        _follow_the_printed_lines(lines[2:], endpoint, key)
         created = requests.post(
             f"{endpoint}physical_samples/",
             json={"name": "w"},
@@ -81,7 +102,7 @@ def test_python_m_serve_prints_endpoint_and_generated_key_once(tmp_path: Path):
         refused = requests.get(f"{endpoint}physical_samples/", timeout=30)
     finally:
         status, err = _stop(process)
-    assert created.status_code == 200
+    assert created.status_code == 200, created.text
     assert refused.status_code == 401
     assert status == 0
     assert "Traceback" not in err
@@ -102,3 +123,4 @@ def test_a_given_key_is_not_printed():
     assert answer.status_code == 200
     assert answer.json() == []
     assert "my-secret-key" not in "".join(lines) + err
+    assert "AS_API_KEY=<the key given with --api-key>" in lines[1]

@@ -342,7 +342,13 @@ def test_inject_refuses_bad_arguments(kind, options):
 # -- every kind on every route, by its effect -----------------------------------------------
 
 # Routes that store something; the others only read.
-WRITES = ("create_sample", "create_annotation", "bulk_create", "update_annotation")
+WRITES = (
+    "create_sample",
+    "create_annotation",
+    "bulk_create",
+    "update_annotation",
+    "add_project_sample",
+)
 SLOWER = 0.6  # seconds of each latency kind
 GIVE_UP = 0.2  # read timeout of a client that does not wait for them
 # kind: (inject options, the answer's status or the exception, whether the write is stored)
@@ -359,7 +365,15 @@ def _send(srv: LocalServer, route: str, ids: dict[str, str], timeout: Any) -> re
     """One request to ``route``: each write leaves a mark that :func:`_stored` looks for."""
     base = f"{srv.endpoint}physical_samples/"
     annotations = f"{base}{ids['sample']}/annotations"
+    project = f"{srv.endpoint}projects/{ids['project']}"
     method, url, body = {
+        "get_sample": ("GET", f"{base}{ids['sample']}", None),
+        "sample_timeseries": ("GET", f"{base}{ids['sample']}/timeseries/", None),
+        "sample_process_steps": ("GET", f"{base}{ids['sample']}/process_steps", None),
+        "list_projects": ("GET", f"{srv.endpoint}projects/", None),
+        "project_samples": ("GET", f"{project}/physical_samples", None),
+        "add_project_sample": ("POST", f"{project}/configuration/tracking_samples",
+                               {"physical_sample_id": ids["sample"]}),
         "create_sample": ("POST", base, {"name": "made-by-the-request"}),
         "list_samples": ("GET", base, None),
         "list_annotations": ("GET", f"{annotations}/", None),
@@ -376,6 +390,8 @@ def _stored(srv: LocalServer, route: str, ids: dict[str, str]) -> bool:
     """Whether the write :func:`_send` made to ``route`` is in the store."""
     if route == "create_sample":
         return "made-by-the-request" in {s["name"] for s in srv.store.list_samples()}
+    if route == "add_project_sample":
+        return bool(srv.store.project_samples(ids["project"]))
     (target,) = [a for a in srv.stored_annotations(ids["sample"]) if a["id"] == ids["annotation"]]
     if route == "update_annotation":
         return target["property_value"] == 2.0
@@ -388,7 +404,11 @@ def test_every_kind_can_be_injected_on_every_route(atomscale_server, kind, route
     srv = atomscale_server
     sample_id = srv.create_sample("wafer-1")
     (existing,) = srv.store.create_annotations(sample_id, [ONE])
-    ids = {"sample": sample_id, "annotation": existing["id"]}
+    ids = {
+        "sample": sample_id,
+        "annotation": existing["id"],
+        "project": srv.create_project("lot-1"),
+    }
 
     if kind in LATENCY_KINDS:
         srv.inject(kind, route=route, seconds=SLOWER)

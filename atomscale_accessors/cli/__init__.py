@@ -10,8 +10,10 @@ and written are in :mod:`~atomscale_accessors.cli.files`, the mapping options in
 The subcommands: ``demo`` (the whole story on a local server: validate, upload, fetch,
 round trip, pictures), ``serve`` (the local Atomscale-compatible server), ``validate FILE``
 (check a CSV, Parquet or NetCDF file and say what it holds; nothing is sent), ``upload FILE
---sample UUID`` (validate the file, then create its annotations on a sample, exactly once)
-and ``fetch --sample UUID`` (the sample's annotations, as a table or written to a file).
+--sample UUID`` (validate the file, then create its annotations on a sample, exactly once),
+``fetch --sample UUID`` (the sample's annotations, as a table or written to a file),
+``samples list [--project P]``, ``samples create NAME [--project P]`` (prints the sample's
+id) and ``projects list``.
 
 The key and the endpoint come from ``AS_API_KEY`` (or ``ATOMSCALE_API_KEY``) and
 ``AS_API_ENDPOINT``, as for the library, or from ``--api-key`` and ``--endpoint``. Prefer
@@ -19,15 +21,20 @@ the variable: a key given on the command line can be read by every user of the m
 the process list and stays in the shell's history.
 
 Exit status: 0 done; 1 invalid input (the data failed validation, it is already stored, the
-file cannot be read or written); 2 usage (wrong options); 3 configuration, API or network
-error (no API key, the server answered an error, it could not be reached, an upload stopped
-part way). Errors are one paragraph on stderr; ``--debug`` adds the traceback.
+file cannot be read or written, no sample or project has the name given); 2 usage (wrong
+options); 3 configuration, API or network error (no API key, the server answered an error,
+it could not be reached, an upload stopped part way). Errors are one paragraph on stderr; ``--debug`` adds the traceback.
 
 Examples
 --------
 Run a local server on a file database, with a generated key printed once::
 
     atomscale-accessors serve --port 8000 --db annotations.sqlite
+
+Create a sample by name (its id is printed) and list the samples::
+
+    atomscale-accessors samples create W0421-07
+    atomscale-accessors samples list
 
 Check a table, upload it, and fetch it back as NetCDF::
 
@@ -52,6 +59,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from ..errors import AtomscaleWarning
+from .catalog import cmd_projects_list, cmd_samples_create, cmd_samples_list
 from .commands import cmd_demo, cmd_fetch, cmd_serve, cmd_upload, cmd_validate
 from .exits import EXIT_API, EXIT_INVALID, EXIT_OK, EXIT_USAGE, explain, redact, secrets
 from .parser import build_parser
@@ -64,6 +72,9 @@ __all__ = [
     "build_parser",
     "cmd_demo",
     "cmd_fetch",
+    "cmd_projects_list",
+    "cmd_samples_create",
+    "cmd_samples_list",
     "cmd_serve",
     "cmd_upload",
     "cmd_validate",

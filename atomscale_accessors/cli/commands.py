@@ -138,8 +138,9 @@ def _stored_already(records: pd.DataFrame, args: argparse.Namespace) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the local Atomscale-compatible server in the foreground.
 
-    Prints the endpoint once the socket is bound, and the API key when it was generated
-    (a key given with ``--api-key`` is never echoed).
+    Prints the endpoint once the socket is bound, the API key when it was generated (a key
+    given with ``--api-key`` is never echoed), and the two lines a user needs next: the
+    environment to set, and how to create a sample.
     """
     try:
         from atomscale_accessors.server import serve
@@ -156,7 +157,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def announce(endpoint: str, api_key: str, generated: bool) -> None:
         print(f"Serving the Atomscale annotation API at {endpoint} (database: {where})")
         if generated:
-            print(f"API key (generated, shown once): {api_key}")
+            print(f"API key (generated for this run): {api_key}")
+        key = api_key if generated else "<the key given with --api-key>"
+        print(f"Next, in another shell: export AS_API_ENDPOINT={endpoint} AS_API_KEY={key}")
+        print("Then create a sample: atomscale-accessors samples create W0421-07")
         sys.stdout.flush()  # a parent process may be waiting for these lines
 
     try:

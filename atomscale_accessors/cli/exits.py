@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..client import ENDPOINT_VARIABLE, KEY_VARIABLES
 from ..errors import (
+    AmbiguousNameError,
     AnnotationExistsError,
     AnnotationValidationError,
     ApiError,
     ConfigurationError,
     InvalidIdentifierError,
+    NotFoundError,
+    SampleNotFoundError,
     TransportError,
     UploadError,
 )
@@ -38,7 +42,8 @@ __all__ = [
 
 #: Exit status: done.
 EXIT_OK = 0
-#: Exit status: invalid input (validation failed, already stored, unreadable file).
+#: Exit status: invalid input (validation failed, already stored, unreadable file, no
+#: sample or project of that name).
 EXIT_INVALID = 1
 #: Exit status: usage (unknown or conflicting options).
 EXIT_USAGE = 2
@@ -108,6 +113,18 @@ def _identifier(exc: BaseException, args: argparse.Namespace) -> Explanation:
     return EXIT_USAGE, f"error: {exc}"
 
 
+def _lookup(exc: NotFoundError | AmbiguousNameError, args: argparse.Namespace) -> Explanation:
+    from ..samples import CREATE_HINT
+
+    message = str(exc)
+    if isinstance(exc, SampleNotFoundError):
+        command = f"atomscale-accessors samples create {shlex.quote(exc.wanted)}"
+        if exc.project:
+            command += f" --project {shlex.quote(exc.project)}"
+        message = message.replace(CREATE_HINT, f"create it with: {command}")
+    return EXIT_INVALID, f"error: {message}"
+
+
 def _configuration(exc: BaseException, args: argparse.Namespace) -> Explanation:
     return EXIT_API, f"error: {exc} (or pass --api-key / --endpoint)"
 
@@ -149,6 +166,8 @@ _EXPLAINERS: tuple[
     (AnnotationExistsError, _exists),
     (AnnotationValidationError, _invalid),
     (InvalidIdentifierError, _identifier),
+    (NotFoundError, _lookup),
+    (AmbiguousNameError, _lookup),
     (ConfigurationError, _configuration),
     (UploadError, _upload),
     (ApiError, _api),

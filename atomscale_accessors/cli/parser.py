@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import InvalidIdentifierError
 from ..failures import MAX_FAILURE_CASES
+from .catalog import cmd_projects_list, cmd_samples_create, cmd_samples_list
 from .commands import cmd_demo, cmd_fetch, cmd_serve, cmd_upload, cmd_validate
 
 __all__ = ["build_parser"]
@@ -322,6 +323,56 @@ def _add_fetch(subparsers: argparse._SubParsersAction, parents: list[Any]) -> No
     parser.set_defaults(handler=cmd_fetch)
 
 
+def _project_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--project", metavar="PROJECT", default=None, help=help_text)
+
+
+def _add_samples(subparsers: argparse._SubParsersAction, parents: list[Any]) -> None:
+    parser = subparsers.add_parser(
+        "samples",
+        help="list samples, or create one by name",
+        description=(
+            "Samples by name: names match ignoring case and blanks around them, as in the"
+            " official SDK."
+        ),
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser(
+        "list",
+        parents=parents,
+        help="list the samples, sorted by name",
+        description="List the samples, one line per sample and project, sorted by name.",
+    )
+    _project_option(listing, "only this project's samples (its name or UUID)")
+    listing.set_defaults(handler=cmd_samples_list)
+    create = actions.add_parser(
+        "create",
+        parents=parents,
+        help="create a sample by name (kept if it exists); prints its id",
+        description=(
+            "Create a sample by name and print its id on stdout. A sample of that name"
+            " (ignoring case and blanks around it) is kept, not made twice, also when"
+            " another process creates it at the same moment."
+        ),
+    )
+    create.add_argument("name", metavar="NAME", help="the sample's name, e.g. W0421-07")
+    _project_option(create, "add the sample to this project (its name or UUID)")
+    create.set_defaults(handler=cmd_samples_create)
+
+
+def _add_projects(subparsers: argparse._SubParsersAction, parents: list[Any]) -> None:
+    parser = subparsers.add_parser(
+        "projects",
+        help="list the projects",
+        description="Projects are made on the platform; the API has no route to create one.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser(
+        "list", parents=parents, help="list the projects with their number of samples"
+    )
+    listing.set_defaults(handler=cmd_projects_list)
+
+
 _EPILOG = """\
 configuration:
   AS_API_KEY (or ATOMSCALE_API_KEY)  the API key; preferred over --api-key, which shows
@@ -330,7 +381,8 @@ configuration:
 
 exit status:
   0  done
-  1  invalid input: validation failed, annotations already stored, file unreadable
+  1  invalid input: validation failed, annotations already stored, file unreadable,
+     no sample or project of that name (or several)
   2  usage: unknown or conflicting options
   3  configuration, API or network error: no API key, an error answer, no connection,
      an upload stopped part way (re-run it with --if-exists skip)
@@ -352,4 +404,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(subparsers, [mapping, debug])
     _add_upload(subparsers, [mapping, connection, debug])
     _add_fetch(subparsers, [connection, debug])
+    _add_samples(subparsers, [connection, debug])
+    _add_projects(subparsers, [connection, debug])
     return parser

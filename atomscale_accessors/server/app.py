@@ -17,31 +17,33 @@ import http
 import logging
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import __version__
 from . import _json
 from .faults import Decision, Faults, Injection, Limits
+from .handling import in_thread_404, json_response, read_body, too_large_message, validate
 from .models import (
     annotation_adapter,
     bulk_adapter,
-    metadata_depth_errors,
     patch_adapter,
     sample_adapter,
-    validation_errors,
+    tracking_adapter,
 )
-from .store import AnnotationNotFound, DuplicateSampleName, SampleNotFound, Store
+from .sample_routes import RouteSpec, sample_routes
+from .store import AnnotationNotFound, Store
 
-__all__ = ["create_app"]
+__all__ = ["DOCS_PATH", "OPENAPI_PATH", "create_app"]
 
 _T = TypeVar("_T")
 
@@ -53,8 +55,39 @@ _log = logging.getLogger("uvicorn.error")
 
 _NO_FAULTS = Decision()
 
-_SAMPLE_NOT_FOUND = "Physical sample not found"
 _ANNOTATION_NOT_FOUND = "Annotation not found"
+
+#: The API page (Swagger UI) and the schema it shows: served without a key, so that a
+#: browser can open them; "Authorize" there takes the key for the requests it sends.
+DOCS_PATH = "/docs"
+OPENAPI_PATH = "/openapi.json"
+_OPEN_PATHS = frozenset({DOCS_PATH, f"{DOCS_PATH}/oauth2-redirect", OPENAPI_PATH})
+# Paths written with a trailing slash in the contract (collections).
+_COLLECTIONS = ("/physical_samples", "/annotations", "/projects")
+_KEY_SCHEME = {"APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-KEY"}}
+_REF = "#/components/schemas/{model}"
+# The handlers read raw bodies, so FastAPI cannot see their schemas: they are given here.
+_BODY_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "create_sample": sample_adapter,
+    "add_project_sample": tracking_adapter,
+    "create_annotation": annotation_adapter,
+    "bulk_create": bulk_adapter,
+    "update_annotation": patch_adapter,
+}
+
+
+def _body_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each body route's ``requestBody``, and the models they refer to."""
+    bodies, models = {}, {}
+    for name, adapter in _BODY_ADAPTERS.items():
+        schema = adapter.json_schema(ref_template=_REF)
+        models.update(schema.pop("$defs", {}))
+        content = {"application/json": {"schema": schema}}
+        bodies[name] = {"requestBody": {"required": True, "content": content}}
+    return bodies, models
+
+
+_BODIES, _BODY_MODELS = _body_schemas()
 
 
 def create_app(
@@ -93,9 +126,9 @@ def create_app(
         # The service's routes are used in both slash forms; a redirect would turn a
         # POST into a second request, so both forms are registered and none redirects.
         redirect_slashes=False,
-        docs_url=None,
+        docs_url=DOCS_PATH,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url=OPENAPI_PATH,
     )
     app.state.store = store
     app.state.faults = faults
@@ -131,36 +164,6 @@ def create_app(
             return await _drop_connection(app, request)
         return response
 
-    # -- samples -----------------------------------------------------------------------
-
-    async def create_sample(request: Request) -> Response:
-        body = await _read_body(request, limits)
-        data = _validate(sample_adapter, body)
-        if (early := await before_commit(request)) is not None:
-            return early
-        try:
-            sample = await run_in_threadpool(
-                store.create_sample, data["name"], data.get("detail_notes")
-            )
-        except DuplicateSampleName as exc:
-            raise HTTPException(
-                status_code=409,
-                detail={
-                    "message": f"A physical sample named {exc.name!r} already exists",
-                    "physical_sample_id": exc.sample_id,
-                },
-            ) from None
-        return await after_commit(request, _json_response(_json.dumps(sample)))
-
-    async def list_samples(
-        request: Request, physical_sample_id: uuid.UUID | None = None
-    ) -> Response:
-        if (early := await before_commit(request)) is not None:
-            return early
-        wanted = None if physical_sample_id is None else str(physical_sample_id)
-        samples = await run_in_threadpool(store.list_samples, wanted)
-        return await after_commit(request, _json_response(_json.dumps(samples)))
-
     # -- annotations -------------------------------------------------------------------
 
     async def list_annotations(
@@ -187,12 +190,12 @@ def create_app(
             )
             return _json.dumps(rows)
 
-        payload = await _in_thread_404(work)
-        return await after_commit(request, _json_response(payload))
+        payload = await in_thread_404(work)
+        return await after_commit(request, json_response(payload))
 
     async def create_annotation(request: Request, physical_sample_id: uuid.UUID) -> Response:
-        body = await _read_body(request, limits)
-        item = _validate(annotation_adapter, body)
+        body = await read_body(request, limits)
+        item = validate(annotation_adapter, body)
         if (early := await before_commit(request)) is not None:
             return early
 
@@ -200,11 +203,11 @@ def create_app(
             (created,) = store.create_annotations(str(physical_sample_id), [item])
             return _json.dumps(created)
 
-        payload = await _in_thread_404(work)
-        return await after_commit(request, _json_response(payload))
+        payload = await in_thread_404(work)
+        return await after_commit(request, json_response(payload))
 
     async def bulk_create(request: Request, physical_sample_id: uuid.UUID) -> Response:
-        body = await _read_body(request, limits)
+        body = await read_body(request, limits)
         maximum = limits.max_bulk_annotations
         # A cheap upper bound first, so an oversized request is refused before the full
         # validation; it can only overcount (a metadata key or a value spelled
@@ -213,7 +216,7 @@ def create_app(
             count = await run_in_threadpool(_count_annotations, body)
             if count is not None and count > maximum:
                 raise _too_many(count, maximum)
-        data = await run_in_threadpool(_validate, bulk_adapter, body)
+        data = await run_in_threadpool(validate, bulk_adapter, body)
         items = data["annotations"]
         if maximum is not None and len(items) > maximum:
             # keys written with escapes (\u0070roperty_name) evade the cheap count
@@ -227,14 +230,14 @@ def create_app(
                 created.reverse()
             return _json.dumps(created)
 
-        payload = await _in_thread_404(work)
-        return await after_commit(request, _json_response(payload))
+        payload = await in_thread_404(work)
+        return await after_commit(request, json_response(payload))
 
     async def update_annotation(
         request: Request, physical_sample_id: uuid.UUID, annotation_id: uuid.UUID
     ) -> Response:
-        body = await _read_body(request, limits)
-        changes = _validate(patch_adapter, body)
+        body = await read_body(request, limits)
+        changes = validate(patch_adapter, body)
         if (early := await before_commit(request)) is not None:
             return early
 
@@ -243,14 +246,13 @@ def create_app(
             return _json.dumps(updated)
 
         try:
-            payload = await _in_thread_404(work)
+            payload = await in_thread_404(work)
         except AnnotationNotFound:
             raise HTTPException(status_code=404, detail=_ANNOTATION_NOT_FOUND) from None
-        return await after_commit(request, _json_response(payload))
+        return await after_commit(request, json_response(payload))
 
-    routes: Sequence[tuple[str, Callable[..., Any], str, str]] = (
-        ("/physical_samples", create_sample, "POST", "create_sample"),
-        ("/physical_samples", list_samples, "GET", "list_samples"),
+    routes: Sequence[RouteSpec] = (
+        *sample_routes(store, limits, before_commit, after_commit),
         ("/physical_samples/{physical_sample_id}/annotations", list_annotations, "GET",
          "list_annotations"),
         ("/physical_samples/{physical_sample_id}/annotations", create_annotation, "POST",
@@ -262,8 +264,18 @@ def create_app(
          update_annotation, "PATCH", "update_annotation"),
     )  # fmt: skip
     for path, endpoint, method, name in routes:
+        # Both forms are served; the API page shows the one the contract writes.
+        shown = f"{path}/" if path.endswith(_COLLECTIONS) else path
         for form in (path, f"{path}/"):
-            app.add_api_route(form, endpoint, methods=[method], name=name, include_in_schema=False)
+            app.add_api_route(
+                form,
+                endpoint,
+                methods=[method],
+                name=name,
+                include_in_schema=form == shown,
+                openapi_extra=_BODIES.get(name),
+            )
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_middleware(
@@ -305,8 +317,19 @@ class _Gate:
                 return getattr(route, "name", None)
         return None
 
+    async def _authenticated(self, scope: Scope, send: Send) -> bool:
+        """Whether the request carries the key; if not, it is answered 401 here."""
+        key = _header(scope, b"x-api-key")
+        if key is None:
+            await _send_json(send, 401, {"detail": "Missing API key (X-API-KEY header)"})
+            return False
+        if not hmac.compare_digest(key, self._key):
+            await _send_json(send, 401, {"detail": "Invalid API key"})
+            return False
+        return True
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or _is_open(scope):
             await self.app(scope, receive, send)
             return
         faults = self._faults
@@ -315,12 +338,7 @@ class _Gate:
         if faults.latency:
             await asyncio.sleep(faults.latency)  # async: other requests go on meanwhile
 
-        key = _header(scope, b"x-api-key")
-        if key is None:
-            await _send_json(send, 401, {"detail": "Missing API key (X-API-KEY header)"})
-            return
-        if not hmac.compare_digest(key, self._key):
-            await _send_json(send, 401, {"detail": "Invalid API key"})
+        if not await self._authenticated(scope, send):
             return
         if route is None:  # FastAPI answers 404 or 405
             await self.app(scope, receive, send)
@@ -354,7 +372,7 @@ class _Gate:
             if size > limit:
                 # Answered before the body is read; the server discards the body as it
                 # arrives, so the client can finish sending and read this answer.
-                await _send_json(send, 413, {"detail": _too_large_message(size, limit)})
+                await _send_json(send, 413, {"detail": too_large_message(size, limit)})
                 return
 
         scope[_DECISION_KEY] = decision
@@ -362,6 +380,11 @@ class _Gate:
 
 
 # -- helpers ----------------------------------------------------------------------------
+
+
+def _is_open(scope: Scope) -> bool:
+    """Whether a request reads the API page or its schema (served without a key)."""
+    return scope["method"] == "GET" and scope["path"] in _OPEN_PATHS
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -407,47 +430,11 @@ async def _client_disconnected(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)  # never delivered: the connection is gone
 
 
-def _json_response(payload: bytes) -> Response:
-    return Response(content=payload, media_type="application/json")
-
-
-def _too_large_message(size: int, limit: int) -> str:
-    return f"Request body too large: {size} bytes, the limit is {limit} bytes"
-
-
 def _too_many(count: int, maximum: int) -> HTTPException:
     return HTTPException(
         status_code=413,
         detail=f"Too many annotations in one request: {count}, the limit is {maximum}",
     )
-
-
-async def _read_body(request: Request, limits: Limits) -> bytes:
-    """Read the body, refusing it (413) as soon as it grows past the byte limit.
-
-    The ``Content-Length`` case is refused earlier by the gate; this catches bodies sent
-    in chunks without one.
-    """
-    limit = limits.max_body_bytes
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if limit is not None and size > limit:
-            raise HTTPException(status_code=413, detail=_too_large_message(size, limit))
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _validate(adapter: TypeAdapter[_T], body: bytes) -> _T:
-    try:
-        return adapter.validate_json(body)
-    except ValidationError as exc:
-        errors = validation_errors(exc)
-        if any(e["type"] == "json_invalid" for e in errors):
-            # nested past the parser's limit: name the annotations, if metadata is why
-            errors = metadata_depth_errors(body) or errors
-        raise RequestValidationError(errors) from None
 
 
 def _count_annotations(body: bytes) -> int | None:
@@ -461,12 +448,24 @@ def _count_annotations(body: bytes) -> int | None:
     return None
 
 
-async def _in_thread_404(work: Callable[[], _T]) -> _T:
-    """Run store work off the event loop; an unknown sample becomes a 404."""
-    try:
-        return await run_in_threadpool(work)
-    except SampleNotFound:
-        raise HTTPException(status_code=404, detail=_SAMPLE_NOT_FOUND) from None
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The API schema, with the request bodies' schemas and the key as its security."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=__version__,
+            description=(
+                "The Atomscale API as the local server serves it. Every route needs the key"
+                " in the X-API-KEY header: enter it under Authorize."
+            ),
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {})
+        components["securitySchemes"] = _KEY_SCHEME
+        components.setdefault("schemas", {}).update(_BODY_MODELS)
+        schema["security"] = [{"APIKeyHeader": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _fault_response(fault: Injection) -> Response:

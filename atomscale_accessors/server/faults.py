@@ -65,6 +65,12 @@ __all__ = [
 ROUTE_NAMES: Final = (
     "create_sample",
     "list_samples",
+    "get_sample",
+    "sample_timeseries",
+    "sample_process_steps",
+    "list_projects",
+    "project_samples",
+    "add_project_sample",
     "list_annotations",
     "create_annotation",
     "bulk_create",

@@ -295,6 +295,25 @@ class LocalServer:
         """
         return self.store.create_sample(name)["id"]
 
+    def create_project(self, name: str) -> str:
+        """Create a project directly in the store (not counted as a request).
+
+        The service documents no route that creates a project: this is how tests and
+        demos get one. Samples join it through
+        ``POST /projects/{project_id}/configuration/tracking_samples``.
+
+        Returns
+        -------
+        str
+            The project's UUID.
+
+        Raises
+        ------
+        ValueError
+            A project with exactly that name exists.
+        """
+        return self.store.create_project(name)["id"]
+
     def annotation_count(self, sample_id: str | None = None) -> int:
         """Annotations stored for a sample (all samples when ``None``), read from SQLite."""
         return self.store.annotation_count(None if sample_id is None else str(sample_id))

@@ -44,11 +44,13 @@ __all__ = [
     "AnnotationPatch",
     "BulkBody",
     "SampleBody",
+    "TrackingSampleBody",
     "annotation_adapter",
     "bulk_adapter",
     "metadata_depth_errors",
     "patch_adapter",
     "sample_adapter",
+    "tracking_adapter",
     "validation_errors",
 ]
 
@@ -170,10 +172,21 @@ class SampleBody(TypedDict):
     detail_notes: NotRequired[str | None]
 
 
+class TrackingSampleBody(TypedDict):
+    """Body that adds a sample to a project, as the official SDK sends it."""
+
+    __pydantic_config__ = ConfigDict(extra="ignore", strict=True)  # type: ignore[misc]
+
+    physical_sample_id: uuid.UUID
+    # The local server keeps no notion of a project's active sample: checked, not kept.
+    set_active: NotRequired[bool]
+
+
 annotation_adapter: TypeAdapter[AnnotationBody] = TypeAdapter(AnnotationBody)
 bulk_adapter: TypeAdapter[BulkBody] = TypeAdapter(BulkBody)
 patch_adapter: TypeAdapter[AnnotationPatch] = TypeAdapter(AnnotationPatch)
 sample_adapter: TypeAdapter[SampleBody] = TypeAdapter(SampleBody)
+tracking_adapter: TypeAdapter[TrackingSampleBody] = TypeAdapter(TrackingSampleBody)
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

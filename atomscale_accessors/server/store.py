@@ -13,20 +13,31 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import _json
+from .catalog import (
+    CATALOG_SCHEMA,
+    OWNER_ID,
+    OWNER_NAME,
+    Catalog,
+    DuplicateName,
+    DuplicateSampleName,
+    ProjectNotFound,
+    SampleNotFound,
+    utc_now,
+)
 
 __all__ = [
     "ANNOTATION_FIELDS",
     "OWNER_ID",
     "OWNER_NAME",
     "AnnotationNotFound",
+    "DuplicateName",
     "DuplicateSampleName",
+    "ProjectNotFound",
     "SampleNotFound",
     "Store",
     "new_ids",
@@ -52,19 +63,7 @@ ANNOTATION_FIELDS = (
 )
 """The 15 fields of every annotation object the server answers, in answer order."""
 
-OWNER_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "atomscale-accessors/local-server"))
-OWNER_NAME = "local"
-
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL UNIQUE,
-    created_datetime TEXT NOT NULL,
-    last_updated TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    detail_notes TEXT
-);
 CREATE TABLE IF NOT EXISTS annotations (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -98,9 +97,6 @@ _SELECT = (
     " char_source_type, coord_ref_frame, coord_units, coord_x, coord_y, coord_z, data_id,"
     " metadata, last_updated, negative_zero, version FROM annotations"
 )
-_SAMPLE_SELECT = (
-    "SELECT id, name, created_datetime, last_updated, version, detail_notes FROM samples"
-)
 
 # Columns a PATCH may set (request name -> column); the whitelist keeps SQL text fixed.
 _PATCHABLE = {
@@ -116,26 +112,8 @@ _PATCHABLE = {
 }
 
 
-class SampleNotFound(LookupError):
-    """No physical sample has the given id."""
-
-
 class AnnotationNotFound(LookupError):
     """The sample has no annotation with the given id."""
-
-
-class DuplicateSampleName(ValueError):
-    """A sample with that name exists; ``sample_id`` is its id."""
-
-    def __init__(self, name: str, sample_id: str) -> None:
-        super().__init__(f"a physical sample named {name!r} already exists")
-        self.name = name
-        self.sample_id = sample_id
-
-
-def utc_now() -> str:
-    """The current time as UTC ISO 8601 with microseconds and a ``Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
@@ -162,8 +140,8 @@ def _metadata_text(metadata: Mapping[str, Any] | None) -> str | None:
     return None if metadata is None else _json.dumps(metadata).decode()
 
 
-class Store:
-    """Samples and annotations in one SQLite database.
+class Store(Catalog):
+    """Samples, projects and annotations in one SQLite database.
 
     Parameters
     ----------
@@ -205,7 +183,7 @@ class Store:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
+            conn.executescript(CATALOG_SCHEMA + _SCHEMA)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -225,72 +203,6 @@ class Store:
         if self._conn is None:
             raise RuntimeError("the store is closed")
         return self._conn
-
-    # -- samples -----------------------------------------------------------------------
-
-    def create_sample(self, name: str, detail_notes: str | None = None) -> dict[str, Any]:
-        """Create a physical sample.
-
-        Raises
-        ------
-        DuplicateSampleName
-            A sample with that name exists.
-        """
-        sample_id = str(uuid.uuid4())
-        now = utc_now()
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute(
-                    "INSERT INTO samples (id, name, created_datetime, last_updated, version,"
-                    " detail_notes) VALUES (?, ?, ?, ?, 1, ?)",
-                    (sample_id, name, now, now, detail_notes),
-                )
-            except sqlite3.IntegrityError:
-                row = conn.execute("SELECT id FROM samples WHERE name = ?", (name,)).fetchone()
-                if row is None:  # pragma: no cover - the only unique column left is the id
-                    raise
-                raise DuplicateSampleName(name, row[0]) from None
-        return self._sample_dict((sample_id, name, now, now, 1, detail_notes))
-
-    def list_samples(self, sample_id: str | None = None) -> list[dict[str, Any]]:
-        """All samples in creation order, or the one with ``sample_id`` (``[]`` if none)."""
-        with self._lock:
-            conn = self._connection()
-            if sample_id is None:
-                rows = conn.execute(f"{_SAMPLE_SELECT} ORDER BY seq").fetchall()
-            else:
-                rows = conn.execute(f"{_SAMPLE_SELECT} WHERE id = ?", (sample_id,)).fetchall()
-        return [self._sample_dict(row) for row in rows]
-
-    def sample_exists(self, sample_id: str) -> bool:
-        """Whether a sample with this id exists."""
-        with self._lock:
-            return self._sample_exists(self._connection(), sample_id)
-
-    @staticmethod
-    def _sample_exists(conn: sqlite3.Connection, sample_id: str) -> bool:
-        return (
-            conn.execute("SELECT 1 FROM samples WHERE id = ?", (sample_id,)).fetchone() is not None
-        )
-
-    @staticmethod
-    def _sample_dict(row: Sequence[Any]) -> dict[str, Any]:
-        sample_id, name, created, updated, version, notes = row
-        return {
-            "id": sample_id,
-            "name": name,
-            "created_datetime": created,
-            "last_updated": updated,
-            "version": str(version),
-            "owner_id": OWNER_ID,
-            "owner_name": OWNER_NAME,
-            "num_data_items": 0,  # the local server keeps no data items
-            "growth_instrument": None,
-            "target_material": None,
-            "projects": [],
-            "detail_notes": notes,
-        }
 
     # -- annotations -------------------------------------------------------------------
 
