@@ -13,6 +13,8 @@ __all__ = [
     "POSITION_KEY",
     "RECORD_COLUMNS",
     "RECORD_STRING_COLUMNS",
+    "SAMPLE_ID",
+    "SAMPLE_NAME",
 ]
 
 #: Columns of canonical records, in order: the body fields of the annotation API.
@@ -69,3 +71,8 @@ ANNOTATION_COLUMNS: tuple[str, ...] = (
     "physical_sample_id",
     "version",
 )
+
+#: The column of annotation frames holding the sample's id, and of frames of several
+#: samples holding its name.
+SAMPLE_ID = "physical_sample_id"
+SAMPLE_NAME = "sample_name"

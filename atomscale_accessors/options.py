@@ -99,6 +99,13 @@ class UploadOptions(_Options):
         :class:`~atomscale_accessors.errors.UploadError` when an annotation reported
         created is not stored, or a position holds annotations the upload does not
         account for (another machine uploading the same data at the same time).
+    create_sample : bool, default False
+        Create a sample given by a name that matches none (after the input is validated,
+        never in a dry run). By default an unknown name is an error, so that a typo does
+        not create a sample.
+    project : str, optional
+        A project's name or id: names are looked up among its samples, and a created
+        sample is added to it.
 
     ``None`` for ``chunk_size``, ``max_chunk_bytes`` or ``max_workers`` means the default.
 
@@ -121,6 +128,8 @@ class UploadOptions(_Options):
     progress: bool | Callable[[int, int | None], None] | None = None
     dry_run: bool = False
     verify: bool = False
+    create_sample: bool = False
+    project: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -132,7 +141,11 @@ class UploadOptions(_Options):
             self.progress is None or isinstance(self.progress, bool) or callable(self.progress)
         ):
             problems.append(f"progress must be a bool or a callable, got {_shown(self.progress)}")
-        for name in ("dry_run", "verify"):
+        if self.project is not None and not (
+            isinstance(self.project, str) and self.project.strip()
+        ):
+            problems.append(f"project must be a project's name or id, got {_shown(self.project)}")
+        for name in ("dry_run", "verify", "create_sample"):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 problems.append(f"{name} must be True or False, got {_shown(getattr(self, name))}")
         if problems:

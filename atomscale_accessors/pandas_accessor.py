@@ -6,10 +6,12 @@ accessor keeps no state and validates nothing in ``__init__``.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .lots import upload_lot
 from .options import UploadOptions
 from .records import to_records, validated_records
 from .upload import send_records
@@ -88,23 +90,31 @@ class AtomscaleDataFrameAccessor:
 
     def upload(
         self,
-        sample_id: str,
+        sample: str | None = None,
         options: UploadOptions | None = None,
         *,
+        sample_column: Hashable | None = None,
         dropna: bool = False,
         allow_duplicates: bool = False,
         **kwargs: Any,
     ) -> pd.DataFrame:
-        """Validate the frame and create its annotations on a sample, exactly once.
+        """Validate the frame and create its annotations on a sample (or on the sample
+        each row names), exactly once.
 
         Everything is validated before the first request; an invalid frame sends nothing.
 
         Parameters
         ----------
-        sample_id : str
-            UUID of the physical sample.
+        sample : str, optional
+            The physical sample: its name (matched without case and surrounding blanks)
+            or its UUID. An unknown name is an error unless ``create_sample=True``.
         options : UploadOptions, optional
             How the upload runs; see :class:`~atomscale_accessors.options.UploadOptions`.
+        sample_column : hashable, optional
+            Instead of ``sample``: the column naming each row's sample (names or UUIDs).
+            Each sample gets its own exactly-once upload, several at once; one sample's
+            failure does not stop the others (see
+            :func:`~atomscale_accessors.lots.upload_lot`).
         dropna, allow_duplicates : bool, default False
             Drop rows whose value is NaN; accept several rows of one property at one
             position.
@@ -119,7 +129,7 @@ class AtomscaleDataFrameAccessor:
         -------
         pandas.DataFrame
             The created annotations (with ``if_exists="update"``: created and updated),
-            indexed by the input rows' labels.
+            indexed by the input rows' labels, with the ``physical_sample_id`` of each.
 
         Raises
         ------
@@ -136,10 +146,23 @@ class AtomscaleDataFrameAccessor:
         atomscale_accessors.upload.send_records : the retry and reconciliation rules.
         """
         opts, mapping = UploadOptions.take(kwargs, options)
+        if (sample is None) == (sample_column is None):
+            raise TypeError(
+                "upload() takes a sample (a name or a UUID) or sample_column=, one of them"
+            )
+        if sample_column is not None:
+            return upload_lot(
+                self._frame,
+                sample_column,
+                opts,
+                dropna=dropna,
+                allow_duplicates=allow_duplicates,
+                mapping=mapping,
+            )
         records = validated_records(
             self._frame, dropna=dropna, allow_duplicates=allow_duplicates, **mapping
         )
-        return send_records(records, sample_id, opts)
+        return send_records(records, sample, opts)
 
     def plot(self, property_name: str | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
         """Draw one property of an annotation frame (or of canonical records) as a wafer map.

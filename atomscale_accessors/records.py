@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import AnnotationValidationError
-from .failures import FailureCollector, failure_table, quote, quote_list
+from .failures import FailureCollector, failure_table, quote, quote_list, repeat_failures
+from .keys import repeated_positions
 from .record_values import is_missing, plain, to_float
 from .schemas import COORD_COLUMNS, FLOAT_COLUMNS, RECORD_COLUMNS
 from .validation import check_records
@@ -154,17 +155,26 @@ def validated_records(
     *,
     dropna: bool = False,
     allow_duplicates: bool = False,
+    groups: pd.Series | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """:func:`to_records`, then :func:`~atomscale_accessors.validation.validate_records`,
-    with the problems of both steps in one error."""
+    with the problems of both steps in one error.
+
+    ``groups`` (indexed like ``df``, whose index must then be unique) puts each row in a
+    group, a sample: a position must then be unique within each group only.
+    """
     builder = _build(df, mapping, options)
     failures = builder.failures
     if builder.hard:
         raise failures.error(len(df), reasons=builder.reasons)
+    per_group = groups is not None and not allow_duplicates
     valid = check_records(
-        builder.records, failures, dropna=dropna, allow_duplicates=allow_duplicates
+        builder.records, failures, dropna=dropna, allow_duplicates=allow_duplicates or per_group
     )
+    if per_group:
+        codes = pd.factorize(groups.loc[valid.index].to_numpy())[0]
+        failures.add(repeat_failures(valid.index[repeated_positions(valid, codes)]))
     if failures:
         raise failures.error(len(valid) + builder.n_left_out, reasons=builder.reasons)
     if len(valid) == 0:

@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from .errors import MapStructureError
-from .map_upload import upload_map
+from .map_upload import upload_map, upload_map_stack
 from .maps import flatten_map, validate_map
 from .options import MapOptions, UploadOptions, split_options
 
@@ -103,9 +103,11 @@ class _MapAccessor:
 
     def upload(
         self,
-        sample_id: str,
+        sample: str | None = None,
         options: UploadOptions | None = None,
         map_options: MapOptions | None = None,
+        *,
+        sample_dim: Hashable | None = None,
         **kwargs: Any,
     ) -> pd.DataFrame:
         """Validate the whole map, then upload it as annotations of a sample.
@@ -116,14 +118,19 @@ class _MapAccessor:
 
         Parameters
         ----------
-        sample_id : str
-            UUID of the physical sample.
+        sample : str, optional
+            The physical sample: its name (matched without case and surrounding blanks)
+            or its UUID. An unknown name is an error unless ``create_sample=True``.
         options : UploadOptions, optional
             How the upload runs; see :class:`~atomscale_accessors.options.UploadOptions`.
         map_options : MapOptions, optional
             What the map is and how it is validated (``dropna``, ``allow_duplicates``,
             ``block_rows``: records per streamed block of a dask-backed map); see
             :class:`~atomscale_accessors.options.MapOptions`.
+        sample_dim : hashable, optional
+            Instead of ``sample``: a dimension whose labels name one sample per map of a
+            stack (``thickness(wafer, y, x)``); see
+            :func:`~atomscale_accessors.map_upload.upload_map_stack`.
         **kwargs
             Options of either kind by name (``if_exists="skip"``, ``coord_units="mm"``),
             taking precedence over ``options`` and ``map_options``.
@@ -152,7 +159,13 @@ class _MapAccessor:
         [40, 40, 1]
         """
         opts, mopts = split_options(kwargs, options, map_options)
-        return upload_map(self._dataset(mopts), sample_id, opts, mopts)
+        if (sample is None) == (sample_dim is None):
+            raise TypeError(
+                "upload() takes a sample (a name or a UUID) or sample_dim=, one of them"
+            )
+        if sample_dim is not None:
+            return upload_map_stack(self._dataset(mopts), sample_dim, opts, mopts)
+        return upload_map(self._dataset(mopts), sample, opts, mopts)
 
     def plot(self, variable: Hashable | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
         """Draw the map as a wafer map: a grid with ``pcolormesh``, points with ``scatter``.

@@ -32,6 +32,7 @@ from atomscale_accessors.errors import (
     AtomscaleError,
     InvalidIdentifierError,
     MapStructureError,
+    SampleNotFoundError,
 )
 from atomscale_accessors.server import LocalServer
 
@@ -729,17 +730,31 @@ ENTRY_POINTS: dict[str, Callable[[Any, Client], Any]] = {
 }
 
 
+#: Given as a sample, these cannot name one: refused before any request.
+NOT_TEXT = ("empty", "none", "number", "bytes")
+
+
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 @pytest.mark.parametrize("bad", list(BAD_IDS))
 def test_malformed_sample_id(bad, entry, fresh):
     server, client, _ = fresh
     value = BAD_IDS[bad]
-    with pytest.raises(InvalidIdentifierError) as info:
+    if bad in NOT_TEXT or entry == "fetch":
+        # No sample at all is a missing argument to an upload.
+        expected = TypeError if value is None and entry != "fetch" else InvalidIdentifierError
+        with pytest.raises(expected):
+            ENTRY_POINTS[entry](value, client)
+        assert server.request_count() == 0, f"requests were sent: {server.request_counts}"
+        return
+    # Other text is a name (or, stripped, a UUID): looked up, never put into a URL.
+    samples_before = len(server.store.list_samples())
+    with pytest.raises(SampleNotFoundError) as info:
         ENTRY_POINTS[entry](value, client)
-    assert isinstance(info.value, ValueError)
-    assert "sample id must be a UUID" in str(info.value)
-    assert repr(value)[:20] in str(info.value)
-    assert server.request_count() == 0, f"requests were sent: {server.request_counts}"
+    assert isinstance(info.value, LookupError)
+    assert len(str(info.value)) < 1_000
+    sent = {route for route, n in server.request_counts.items() if n}
+    assert sent <= {"list_samples", "get_sample"}, f"requests were sent: {sent}"
+    assert len(server.store.list_samples()) == samples_before
 
 
 def test_the_accessors_come_from_the_package():
@@ -973,6 +988,7 @@ def test_malformed_sample_id_on_the_command_line(bad, fresh, tmp_path, capsys, m
     except SystemExit as exc:  # argparse refuses it
         status = exc.code
     err = capsys.readouterr().err
-    assert status not in (0, None)
-    assert "sample id must be a UUID" in err
-    assert server.request_count() == 0, f"requests were sent: {server.request_counts}"
+    assert status == 1, err  # a name (or a stripped UUID) that matches no sample
+    assert "no sample" in err and "Traceback" not in err
+    sent = {route for route, n in server.request_counts.items() if n}
+    assert sent <= {"list_samples", "get_sample"}, f"requests were sent: {sent}"

@@ -18,6 +18,7 @@ from atomscale_accessors.errors import (
     AnnotationValidationError,
     ApiError,
     InvalidIdentifierError,
+    SampleNotFoundError,
     UploadError,
 )
 from atomscale_accessors.records import to_records
@@ -131,13 +132,38 @@ def test_invalid_input_sends_nothing(client, atomscale_server, sample_id, change
     pd.testing.assert_frame_equal(df, before)
 
 
-@pytest.mark.parametrize(
-    "bad", ["../../physical_samples", "x?y=1", "3d5efbf8-7369-4871-bbbf-6140b28c7a0", 7]
-)
-def test_bad_sample_id_sends_nothing(client, atomscale_server, bad):
-    with pytest.raises(InvalidIdentifierError):
+@pytest.mark.parametrize("bad", [7, None, b"W01", "", "   "])
+def test_a_sample_that_is_no_text_sends_nothing(client, atomscale_server, bad):
+    with pytest.raises((InvalidIdentifierError, TypeError)):
         thickness_frame(3).atomscale.upload(bad, client=client, **THICKNESS_MAPPING)
     assert atomscale_server.request_count() == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["../../physical_samples", "x?y=1", "3d5efbf8-7369-4871-bbbf-6140b28c7a0"]
+)
+def test_text_that_is_no_uuid_is_looked_up_as_a_name(client, atomscale_server, name):
+    # Never part of a URL: the samples are listed, the name matches none, nothing is sent.
+    with pytest.raises(SampleNotFoundError, match="no sample named"):
+        thickness_frame(3).atomscale.upload(name, client=client, **THICKNESS_MAPPING)
+    counts = {route: n for route, n in atomscale_server.request_counts.items() if n}
+    assert counts == {"list_samples": 1}
+    assert atomscale_server.store.list_samples() == []
+
+
+def test_a_sample_by_name_with_create_sample(client, atomscale_server):
+    with pytest.raises(SampleNotFoundError, match="W0421-07"):
+        thickness_frame(3).atomscale.upload("W0421-07", client=client, **THICKNESS_MAPPING)
+    created = thickness_frame(3).atomscale.upload(
+        " w0421-07", client=client, create_sample=True, **THICKNESS_MAPPING
+    )
+    (sample,) = atomscale_server.store.list_samples()
+    assert sample["name"] == "w0421-07"  # created as given, stripped
+    assert set(created["physical_sample_id"]) == {sample["id"]}
+    again = thickness_frame(3).atomscale.upload(
+        "W0421-07", client=client, if_exists="skip", **THICKNESS_MAPPING
+    )
+    assert len(again) == 0 and atomscale_server.annotation_count(sample["id"]) == 3
 
 
 @pytest.mark.parametrize(

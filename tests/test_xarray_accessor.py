@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -177,4 +179,46 @@ def test_unknown_keywords_are_named_with_a_suggestion(client, atomscale_server, 
         sheet_resistance_map().atomscale.upload(sample_id, client=client, coord_unit="mm")
     with pytest.raises(ValueError, match="block_rows must be a positive integer"):
         sheet_resistance_map().atomscale.upload(sample_id, client=client, block_rows=0)
+    assert atomscale_server.request_count() == 0
+
+
+def _stack(names: list[str], n: int = 7, chunks: Any = None) -> xr.Dataset:
+    maps = [wafer_thickness_map(n=n, seed=i) for i in range(len(names))]
+    stack = xr.concat(maps, dim=pd.Index(names, name="wafer"))
+    return stack.chunk(chunks) if chunks is not None else stack
+
+
+@pytest.mark.parametrize("chunks", [None, {"y": 3}], ids=["numpy", "dask"])
+def test_a_stack_uploads_one_map_per_sample(client, atomscale_server, chunks):
+    w1 = atomscale_server.create_sample("W01")
+    stack = _stack(["w01", "W02", "W03"], chunks=chunks)
+    created = stack.atomscale.upload(
+        sample_dim="wafer", client=client, create_sample=True, progress=False
+    )
+    ids = {s["name"]: s["id"] for s in atomscale_server.store.list_samples()}
+    assert ids["W01"] == w1 and set(ids) == {"W01", "W02", "W03"}
+    for name in ("W01", "W02", "W03"):
+        mine = created[created["physical_sample_id"] == ids[name]]
+        back = fetch(ids[name], client=client).atomscale.to_xarray()
+        expected = stack.sel(wafer=name.lower() if name == "W01" else name, drop=True)
+        xr.testing.assert_equal(back, expected.compute())
+        assert len(mine) == int(expected.thickness.notnull().sum())
+
+
+def test_a_stack_is_validated_whole_before_anything_is_sent(client, atomscale_server):
+    stack = _stack(["A", "B", "C"])
+    stack["thickness"][1, 2, 3] = np.inf  # in B
+    stack["thickness"][2, 3, 3] = -np.inf  # in C
+    with pytest.raises(AnnotationValidationError) as info:
+        stack.atomscale.upload(sample_dim="wafer", client=client, create_sample=True)
+    assert "2 of 3 maps along 'wafer' are invalid" in str(info.value)
+    assert set(info.value.failure_cases["sample"]) == {"B", "C"}
+    assert atomscale_server.request_count() == 0
+
+
+def test_stack_labels_must_name_distinct_samples(client, atomscale_server):
+    with pytest.raises(MapStructureError, match="name one sample twice"):
+        _stack(["A", " a"]).atomscale.upload(sample_dim="wafer", client=client)
+    with pytest.raises(MapStructureError, match="no dimension 'lot'"):
+        _stack(["A"]).atomscale.upload(sample_dim="lot", client=client)
     assert atomscale_server.request_count() == 0

@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AnnotationValidationError
 from .exits import EXIT_INVALID, EXIT_OK
@@ -95,6 +95,13 @@ _WITH_STORED = {
 
 def _report_dry_run(planned: pd.DataFrame, args: argparse.Namespace) -> None:
     """Print what a dry run found: the requests it would make, and what is stored already."""
+    if args.sample is None:
+        per_sample = planned.groupby("sample", sort=False)["chunk"].nunique()
+        print(
+            f"dry run: {args.file} is valid; {len(planned):,} annotations would be sent to "
+            f"{len(per_sample)} samples in {int(per_sample.sum())} request(s); nothing was sent"
+        )
+        return
     n_requests = int(planned["chunk"].nunique()) if len(planned) else 0
     print(
         f"dry run: {args.file} is valid; {len(planned):,} annotations would be sent to "
@@ -107,9 +114,10 @@ def _report_dry_run(planned: pd.DataFrame, args: argparse.Namespace) -> None:
 def _stored_already(records: pd.DataFrame, args: argparse.Namespace) -> str:
     """How many of a dry run's records the sample holds already, as a line of text; when no
     key is configured or the server cannot be asked, why that was not checked."""
-    from ..errors import ApiError, ConfigurationError, TransportError
+    from ..errors import ApiError, ConfigurationError, NotFoundError, TransportError
     from ..frame_builder import FrameBuilder
     from ..retry import describe
+    from ..samples import SampleResolver
     from ..upload.existing import Existing, Listing
     from ..upload.ledger import Ledger
     from ..upload.send import Uploader
@@ -118,9 +126,12 @@ def _stored_already(records: pd.DataFrame, args: argparse.Namespace) -> str:
         client = _client(args)
     except ConfigurationError:
         return "not compared with what the sample holds: no API key (set AS_API_KEY)"
-    uploader = Uploader(client, args.sample, Ledger(FrameBuilder(args.sample)))
     try:
+        sample_id = SampleResolver(client, project=args.project).resolve(args.sample)
+        uploader = Uploader(client, sample_id, Ledger(FrameBuilder(sample_id)))
         existing = Existing.list(uploader, Listing.of(records))
+    except NotFoundError as exc:
+        return f"not compared with what the sample holds: {exc}"
     except (ApiError, TransportError) as exc:
         return f"not compared with what the sample holds: {describe(exc)} from {client.endpoint}"
     n_stored = int((existing.lookup(records) >= 0).sum())
@@ -228,12 +239,16 @@ def cmd_upload(args: argparse.Namespace) -> int:
     mapping = mapping_for(data, args)
     # A dry run sends nothing, so it needs no key.
     client = None if args.dry_run else _client(args)
+    target = _upload_target(data, args)
     if client is not None:
         # Before the upload starts: its progress bar follows on the terminal.
-        print(f"{args.file} -> sample {args.sample} at {client.endpoint}", flush=True)
+        where = f"sample {args.sample}" if args.sample else f"the samples in {args.sample_column}"
+        print(f"{args.file} -> {where} at {client.endpoint}", flush=True)
     started = time.perf_counter()
     created = data.atomscale.upload(
-        args.sample,
+        **target,
+        create_sample=args.create_samples,
+        project=args.project,
         client=client,
         if_exists=args.if_exists,
         chunk_size=args.chunk_size,
@@ -261,6 +276,17 @@ def cmd_upload(args: argparse.Namespace) -> int:
         write_frame(created, args.output, keep_index=True)
         print(f"created annotations written to {args.output}")
     return EXIT_OK
+
+
+def _upload_target(data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Where an upload goes: one sample, or the sample each row (or map) names."""
+    import pandas as pd
+
+    if args.sample is not None:
+        return {"sample": args.sample}
+    if isinstance(data, pd.DataFrame):
+        return {"sample_column": args.sample_column}
+    return {"sample_dim": args.sample_column}
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

@@ -45,6 +45,12 @@ def _sample(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _sample_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a sample is given by its name or UUID, not blank")
+    return text
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -256,7 +262,22 @@ def _add_upload(subparsers: argparse._SubParsersAction, parents: list[Any]) -> N
             " annotations (see --if-exists)."
         ),
     )
-    parser.add_argument("--sample", required=True, type=_sample, metavar="UUID", help="sample id")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--sample", type=_sample_text, metavar="SAMPLE", help="the sample: its name or UUID"
+    )
+    target.add_argument(
+        "--sample-column",
+        metavar="COLUMN",
+        help="the column (of a NetCDF file: the dimension) naming each row's sample; one"
+        " exactly-once upload per sample",
+    )
+    parser.add_argument(
+        "--create-samples",
+        action="store_true",
+        help="create the samples whose names match none (default: an unknown name is an error)",
+    )
+    _project_option(parser, "look the names up in this project, and add created samples to it")
     parser.add_argument(
         "--if-exists",
         choices=("fail", "skip", "append", "update"),

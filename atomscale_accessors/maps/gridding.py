@@ -18,6 +18,7 @@ import xarray as xr
 
 from ..errors import MapStructureError
 from ..failures import failure_table, quote, quote_list
+from ..fields import SAMPLE_ID, SAMPLE_NAME
 from .plan import StructureProblems, plain_scalar
 
 __all__ = ["frame_to_map"]
@@ -96,6 +97,8 @@ def frame_to_map(frame: pd.DataFrame, *, dims: str | Sequence[str] | None = None
     grid_dims, point_dim = _parse_dims(dims)
     if len(frame) == 0:
         return xr.Dataset()
+    if SAMPLE_ID in frame and frame[SAMPLE_ID].nunique(dropna=False) > 1:
+        return _sample_stack(frame, dims)
     rows, coord_units, ref_frame, units = _read_frame(frame, point_dim)
     if point_dim is None and grid_dims is None:
         grid_dims, point_dim = _choose_dims(rows)
@@ -105,6 +108,31 @@ def frame_to_map(frame: pd.DataFrame, *, dims: str | Sequence[str] | None = None
         ds = _to_points(rows, point_dim or "point")
     _set_attributes(ds, frame, rows, (coord_units, ref_frame), units)
     return ds
+
+
+def _sample_stack(frame: pd.DataFrame, dims: str | Sequence[str] | None) -> xr.Dataset:
+    """The maps of several samples along a ``sample`` dimension labelled by their names
+    (ids where a frame has no ``sample_name``, or names repeat), grids aligned."""
+    parts = dict(list(frame.groupby(SAMPLE_ID, sort=False, dropna=False)))
+    labels = {sid: str(sid) for sid in parts}
+    if SAMPLE_NAME in frame:
+        names = {sid: part[SAMPLE_NAME].dropna() for sid, part in parts.items()}
+        named = {sid: str(n.iloc[0]) if len(n) else str(sid) for sid, n in names.items()}
+        if len(set(named.values())) == len(named):
+            labels = named
+    if dims is None:  # one shape for all: a grid when every sample's map is one
+        choices = {_choose_dims(_read_frame(part, None)[0])[0] for part in parts.values()}
+        grid = choices.pop() if len(choices) == 1 else None
+        dims = grid if grid is not None else "point"
+    order = sorted(parts, key=lambda sid: labels[sid])
+    maps = [frame_to_map(parts[sid], dims=dims) for sid in order]
+    stack = xr.concat(
+        maps,
+        dim=pd.Index([labels[sid] for sid in order], name="sample"),
+        join="outer",
+        combine_attrs="drop_conflicts",
+    )
+    return stack.assign_coords({SAMPLE_ID: ("sample", [str(sid) for sid in order])})
 
 
 def _read_frame(

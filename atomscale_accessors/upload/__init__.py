@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..client import check_uuid, resolve_client
+from ..client import Client, check_uuid, resolve_client
 from ..errors import AnnotationValidationError, ApiError, TransportError, UploadError
 from ..frame_builder import FrameBuilder
 from ..frames import AnnotationObject, annotation_frame
@@ -39,7 +39,7 @@ from ..options import (
     UploadOptions,
 )
 from ..retry import describe
-from ..schemas import FLOAT_COLUMNS, POSITION_KEY, RECORD_COLUMNS, compact_records
+from ..schemas import FLOAT_COLUMNS, POSITION_KEY, RECORD_COLUMNS, compact_records, is_uuid
 from ..validation import validate_records
 from .answers import Answer, IdSet, id_hashes
 from .chunks import (
@@ -117,7 +117,6 @@ def upload_records(
         As for :func:`send_records`.
     """
     opts = _options(kwargs, options)
-    check_uuid(sample_id)
     # Text columns as categoricals once: validation, encoding and the result then work on
     # each column's few distinct values.
     records = compact_records(records)
@@ -182,7 +181,6 @@ def send_records(
         where it stands, and a re-run with ``if_exists="skip"`` completes it.
     """
     opts = _options(kwargs, options)
-    sid = check_uuid(sample_id)
     source: Callable[[], Iterable[pd.DataFrame]] | None = None
     whole: pd.DataFrame | None = None
     if isinstance(records, pd.DataFrame):
@@ -203,6 +201,7 @@ def send_records(
         return dry_run_frame(blocks, opts.chunk_size, opts.max_chunk_bytes)
 
     resolved = resolve_client(opts.client)
+    sid = target_sample(sample_id, opts, resolved)
     result = FrameBuilder(sid, total, whole.index if whole is not None else None)
     with sample_lock(resolved.endpoint, sid):
         return _upload(
@@ -214,6 +213,18 @@ def send_records(
             listing if listing is not None else Listing.of(whole),
             Progress(opts.progress, total),
         )
+
+
+def target_sample(sample: str, options: UploadOptions, client: Client) -> str:
+    """The id of the sample an upload goes to: a UUID as it is (an unknown one fails on the
+    first request), a name looked up (and created, when ``create_sample`` allows)."""
+    if is_uuid(sample):
+        return check_uuid(sample)
+    from ..samples import resolve_sample
+
+    return resolve_sample(
+        sample, create=options.create_sample, project=options.project, client=client
+    )
 
 
 def _options(kwargs: dict[str, Any], options: UploadOptions | None) -> UploadOptions:
