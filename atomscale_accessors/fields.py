@@ -13,6 +13,7 @@ __all__ = [
     "POSITION_KEY",
     "RECORD_COLUMNS",
     "RECORD_STRING_COLUMNS",
+    "SAMPLE_DIM",
     "SAMPLE_ID",
     "SAMPLE_NAME",
 ]
@@ -76,3 +77,5 @@ ANNOTATION_COLUMNS: tuple[str, ...] = (
 #: samples holding its name.
 SAMPLE_ID = "physical_sample_id"
 SAMPLE_NAME = "sample_name"
+#: The dimension along which the maps of several samples are stacked.
+SAMPLE_DIM = "sample"

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .fields import SAMPLE_DIM, SAMPLE_ID, SAMPLE_NAME
 from .maps import COORD_NAMES, find_coordinates, frame_to_map
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ _LAYOUT = "compressed"
 Outline = Literal["auto", "wafer"] | None
 
 
-def _import_matplotlib() -> Any:
+def import_matplotlib() -> Any:
     """The ``matplotlib`` module, or an ImportError that says how to install it."""
     try:
         import matplotlib
@@ -116,7 +117,7 @@ def new_axes(figsize: tuple[float, float] = _FIGSIZE) -> Axes:
     >>> type(ax.figure).__name__
     'Figure'
     """
-    mpl = _import_matplotlib()
+    mpl = import_matplotlib()
     figure = mpl.figure.Figure(figsize=figsize, layout=_LAYOUT)
     return figure.add_subplot()
 
@@ -257,8 +258,8 @@ def plot_map(
     >>> [p.get_gid() for p in ax.patches]
     ['wafer-outline']
     """
-    _import_matplotlib()
-    ds, name = _as_dataset(obj, variable)
+    import_matplotlib()
+    ds, name = as_dataset(obj, variable)
     var = ds[name]
     # The resolver of uploads: a map with two candidates for x is refused by both.
     names = find_coordinates(ds, {"x": x, "y": y})
@@ -271,8 +272,8 @@ def plot_map(
     artist, px, py = _draw_values(ax, var, name, xc, yc, kwargs)
 
     x_units = xc.attrs.get("units")
-    ax.set_xlabel(_label(str(names["x"]), x_units))
-    ax.set_ylabel(_label(str(names["y"]), yc.attrs.get("units")))
+    ax.set_xlabel(axis_label(str(names["x"]), x_units))
+    ax.set_ylabel(axis_label(str(names["y"]), yc.attrs.get("units")))
     ax.set_aspect("equal")
     diameter = _outline_diameter(outline, wafer_diameter, px, py, x_units)
     if diameter is not None:
@@ -335,7 +336,7 @@ def plot_annotations(
     >>> ax.collections[0].colorbar.ax.get_ylabel()
     'sheet_resistance [ohm/sq]'
     """
-    _import_matplotlib()
+    import_matplotlib()
     needed = ["property_name", "property_value", "coord_x", "coord_y"]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
@@ -368,10 +369,16 @@ def plot_annotations(
             "coord_units",
             "coord_ref_frame",
             "char_source_type",
+            SAMPLE_ID,
+            SAMPLE_NAME,
         )
         if c in rows.columns
     ]
     ds = frame_to_map(rows[columns].reset_index(drop=True))
+    if SAMPLE_DIM in ds.dims:  # a frame of several samples: small multiples
+        from .multiples import plot_stack
+
+        return plot_stack(ds, property_name, **kwargs)
     return plot_map(
         ds,
         property_name,
@@ -443,7 +450,7 @@ def _draw_points(
 
 def _draw_outline(ax: Axes, diameter: float, units: Any) -> None:
     """The wafer's edge, a circle around the origin, with the view widened to hold it."""
-    patches = _import_matplotlib().patches
+    patches = import_matplotlib().patches
     radius = diameter / 2.0
     ax.add_patch(
         patches.Circle(
@@ -474,7 +481,7 @@ def _add_captions(
     """The colour bar (property and unit) and the title (property and technique)."""
     prop = str(var.attrs.get("property_name", name))
     if colorbar:
-        ax.figure.colorbar(artist, ax=ax, label=_label(prop, var.attrs.get("units")))
+        ax.figure.colorbar(artist, ax=ax, label=axis_label(prop, var.attrs.get("units")))
     if title is None:
         technique = var.attrs.get("char_source_type", ds.attrs.get("char_source_type"))
         title = f"{prop} ({technique})" if technique else prop
@@ -482,7 +489,7 @@ def _add_captions(
         ax.set_title(str(title))
 
 
-def _as_dataset(
+def as_dataset(
     obj: xr.Dataset | xr.DataArray, variable: Hashable | None
 ) -> tuple[xr.Dataset, Hashable]:
     if isinstance(obj, xr.DataArray):
@@ -519,7 +526,7 @@ def _check_dims(var: xr.DataArray, spatial: set[Hashable], name: Hashable) -> No
         raise ValueError(f"{name!r} is not on the map's dimensions {sorted(map(str, spatial))}")
 
 
-def _label(name: str, unit: Any) -> str:
+def axis_label(name: str, unit: Any) -> str:
     if unit is None or str(unit).strip() == "":
         return name
     if str(unit).strip() == "1":

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -167,13 +168,17 @@ class _MapAccessor:
             return upload_map_stack(self._dataset(mopts), sample_dim, opts, mopts)
         return upload_map(self._dataset(mopts), sample, opts, mopts)
 
-    def plot(self, variable: Hashable | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
+    def plot(
+        self, variable: Hashable | None = None, ax: Axes | None = None, **kwargs: Any
+    ) -> Axes | np.ndarray:
         """Draw the map as a wafer map: a grid with ``pcolormesh``, points with ``scatter``.
 
         Needs matplotlib (``pip install "atomscale-accessors[plot]"``). See
         :func:`atomscale_accessors.plotting.plot_map` for the options (``x=``, ``y=``,
         ``outline=``, ``wafer_diameter=``, ``colorbar=``, ``title=``, and keywords for
-        ``pcolormesh`` or ``scatter``).
+        ``pcolormesh`` or ``scatter``). A stack of maps along ``sample`` (or the dimension
+        ``sample_dim=`` names) is drawn as small multiples on one colour scale, and the
+        panels are returned (see :func:`atomscale_accessors.multiples.plot_stack`).
 
         Examples
         --------
@@ -185,8 +190,13 @@ class _MapAccessor:
         >>> ax.get_xlabel(), ax.collections[0].colorbar.ax.get_ylabel()
         ('x [mm]', 'thickness [nm]')
         """
+        from .fields import SAMPLE_DIM
+        from .multiples import plot_stack
         from .plotting import plot_map
 
+        sample_dim = kwargs.pop("sample_dim", None)
+        if sample_dim is not None or SAMPLE_DIM in self._obj.dims:
+            return plot_stack(self._obj, variable, sample_dim=sample_dim or SAMPLE_DIM, **kwargs)
         return plot_map(self._obj, variable, ax=ax, **kwargs)
 
 

@@ -19,6 +19,7 @@ from atomscale_accessors.plotting import OUTLINE_GID, new_axes, plot_map, wafer_
 matplotlib = pytest.importorskip("matplotlib", reason="the plot extra is not installed")
 matplotlib.use("Agg")  # before pyplot is imported: no display needed
 
+from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.collections import PathCollection, QuadMesh  # noqa: E402
 
@@ -237,3 +238,28 @@ def test_a_plain_savefig_keeps_every_label_inside_the_figure(figure, make, dpi):
     for text, box in texts:
         inside = edge.x0 <= box.x0 and box.x1 <= edge.x1 and edge.y0 <= box.y0 and box.y1 <= edge.y1
         assert inside, f"{text!r} at {box.bounds} leaves the figure {edge.bounds}"
+
+
+def test_a_stack_is_drawn_as_small_multiples_on_one_colour_scale():
+    maps = [wafer_thickness_map(n=11, seed=i) + 10.0 * i for i in range(5)]
+    stack = xr.concat(maps, dim=pd.Index([f"W{i}" for i in range(5)], name="sample"))
+    axes = stack.atomscale.plot()
+    assert axes.shape == (2, 3)
+    shown = [ax for ax in axes.ravel() if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == [f"W{i}" for i in range(5)]
+    limits = {ax.collections[0].get_clim() for ax in shown}
+    low, high = float(stack.thickness.min()), float(stack.thickness.max())
+    assert limits == {(low, high)}  # one scale: equal colours are equal values
+    figure = shown[0].figure
+    assert len(figure.axes) == 6 + 1  # the panels and one colour bar
+    plt.close(figure)
+
+
+def test_a_frame_of_several_samples_plots_one_panel_per_sample():
+    parts = []
+    for i, name in enumerate(["B", "A"]):
+        records = wafer_thickness_map(n=7, seed=i).atomscale.to_annotations()
+        parts.append(records.assign(physical_sample_id=f"id-{name}", sample_name=name))
+    axes = pd.concat(parts).atomscale.plot()
+    assert [ax.get_title() for ax in axes.ravel() if ax.get_visible()] == ["A", "B"]
+    plt.close(axes.ravel()[0].figure)

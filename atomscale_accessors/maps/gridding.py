@@ -18,7 +18,7 @@ import xarray as xr
 
 from ..errors import MapStructureError
 from ..failures import failure_table, quote, quote_list
-from ..fields import SAMPLE_ID, SAMPLE_NAME
+from ..fields import SAMPLE_DIM, SAMPLE_ID, SAMPLE_NAME
 from .plan import StructureProblems, plain_scalar
 
 __all__ = ["frame_to_map"]
@@ -128,11 +128,11 @@ def _sample_stack(frame: pd.DataFrame, dims: str | Sequence[str] | None) -> xr.D
     maps = [frame_to_map(parts[sid], dims=dims) for sid in order]
     stack = xr.concat(
         maps,
-        dim=pd.Index([labels[sid] for sid in order], name="sample"),
+        dim=pd.Index([labels[sid] for sid in order], name=SAMPLE_DIM),
         join="outer",
         combine_attrs="drop_conflicts",
     )
-    return stack.assign_coords({SAMPLE_ID: ("sample", [str(sid) for sid in order])})
+    return stack.assign_coords({SAMPLE_ID: (SAMPLE_DIM, [str(sid) for sid in order])})
 
 
 def _read_frame(
