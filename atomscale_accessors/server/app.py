@@ -16,23 +16,26 @@ import hmac
 import http
 import logging
 import math
-import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import TypeAdapter
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from . import _json
+from .annotation_routes import annotation_routes
 from .faults import Decision, Faults, Injection, Limits
-from .handling import in_thread_404, json_response, read_body, too_large_message, validate
+from .handling import (
+    AfterCommit,
+    BeforeCommit,
+    too_large_message,
+)
 from .models import (
     annotation_adapter,
     bulk_adapter,
@@ -41,7 +44,7 @@ from .models import (
     tracking_adapter,
 )
 from .sample_routes import RouteSpec, sample_routes
-from .store import AnnotationNotFound, Store
+from .store import Store
 
 __all__ = ["DOCS_PATH", "OPENAPI_PATH", "create_app"]
 
@@ -135,7 +138,38 @@ def create_app(
     app.state.limits = limits
     app.state.uvicorn_server = None
 
-    # -- helpers closing over this app -------------------------------------------------
+    before_commit, after_commit = _commit_hooks(app)
+    routes: Sequence[RouteSpec] = (
+        *sample_routes(store, limits, before_commit, after_commit),
+        *annotation_routes(store, limits, faults, before_commit, after_commit),
+    )
+    for path, endpoint, method, name in routes:
+        # Both forms are served; the API page shows the one the contract writes.
+        shown = f"{path}/" if path.endswith(_COLLECTIONS) else path
+        for form in (path, f"{path}/"):
+            app.add_api_route(
+                form,
+                endpoint,
+                methods=[method],
+                name=name,
+                include_in_schema=form == shown,
+                openapi_extra=_BODIES.get(name),
+            )
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
+    app.add_middleware(
+        _Gate, api_key=api_key, faults=faults, limits=limits, routes=app.router.routes
+    )
+    return app
+
+
+# -- the gate in front of the routes ---------------------------------------------------
+
+
+def _commit_hooks(app: FastAPI) -> tuple[BeforeCommit, AfterCommit]:
+    """The fault hooks every route runs around its commit: latency, errors and dropped
+    connections before or after it, as the request's decision says."""
 
     async def before_commit(request: Request) -> Response | None:
         decision: Decision = request.scope.get(_DECISION_KEY, _NO_FAULTS)
@@ -164,127 +198,7 @@ def create_app(
             return await _drop_connection(app, request)
         return response
 
-    # -- annotations -------------------------------------------------------------------
-
-    async def list_annotations(
-        request: Request,
-        physical_sample_id: uuid.UUID,
-        property_name: str | None = None,
-        char_source_type: str | None = None,
-        x_min: Annotated[float | None, Query(allow_inf_nan=False)] = None,
-        x_max: Annotated[float | None, Query(allow_inf_nan=False)] = None,
-        y_min: Annotated[float | None, Query(allow_inf_nan=False)] = None,
-        y_max: Annotated[float | None, Query(allow_inf_nan=False)] = None,
-    ) -> Response:
-        if (early := await before_commit(request)) is not None:
-            return early
-
-        def work() -> bytes:
-            rows = store.list_annotations(
-                str(physical_sample_id),
-                property_name=property_name,
-                char_source_type=char_source_type,
-                x_range=(x_min, x_max),
-                y_range=(y_min, y_max),
-                raw_metadata=True,
-            )
-            return _json.dumps(rows)
-
-        payload = await in_thread_404(work)
-        return await after_commit(request, json_response(payload))
-
-    async def create_annotation(request: Request, physical_sample_id: uuid.UUID) -> Response:
-        body = await read_body(request, limits)
-        item = validate(annotation_adapter, body)
-        if (early := await before_commit(request)) is not None:
-            return early
-
-        def work() -> bytes:
-            (created,) = store.create_annotations(str(physical_sample_id), [item])
-            return _json.dumps(created)
-
-        payload = await in_thread_404(work)
-        return await after_commit(request, json_response(payload))
-
-    async def bulk_create(request: Request, physical_sample_id: uuid.UUID) -> Response:
-        body = await read_body(request, limits)
-        maximum = limits.max_bulk_annotations
-        # A cheap upper bound first, so an oversized request is refused before the full
-        # validation; it can only overcount (a metadata key or a value spelled
-        # "property_name"), so an excess is confirmed by a plain parse.
-        if maximum is not None and body.count(b'"property_name"') > maximum:
-            count = await run_in_threadpool(_count_annotations, body)
-            if count is not None and count > maximum:
-                raise _too_many(count, maximum)
-        data = await run_in_threadpool(validate, bulk_adapter, body)
-        items = data["annotations"]
-        if maximum is not None and len(items) > maximum:
-            # keys written with escapes (\u0070roperty_name) evade the cheap count
-            raise _too_many(len(items), maximum)
-        if (early := await before_commit(request)) is not None:
-            return early
-
-        def work() -> bytes:
-            created = store.create_annotations(str(physical_sample_id), items)
-            if faults.reverse_bulk_answers:
-                created.reverse()
-            return _json.dumps(created)
-
-        payload = await in_thread_404(work)
-        return await after_commit(request, json_response(payload))
-
-    async def update_annotation(
-        request: Request, physical_sample_id: uuid.UUID, annotation_id: uuid.UUID
-    ) -> Response:
-        body = await read_body(request, limits)
-        changes = validate(patch_adapter, body)
-        if (early := await before_commit(request)) is not None:
-            return early
-
-        def work() -> bytes:
-            updated = store.update_annotation(str(physical_sample_id), str(annotation_id), changes)
-            return _json.dumps(updated)
-
-        try:
-            payload = await in_thread_404(work)
-        except AnnotationNotFound:
-            raise HTTPException(status_code=404, detail=_ANNOTATION_NOT_FOUND) from None
-        return await after_commit(request, json_response(payload))
-
-    routes: Sequence[RouteSpec] = (
-        *sample_routes(store, limits, before_commit, after_commit),
-        ("/physical_samples/{physical_sample_id}/annotations", list_annotations, "GET",
-         "list_annotations"),
-        ("/physical_samples/{physical_sample_id}/annotations", create_annotation, "POST",
-         "create_annotation"),
-        # before the {annotation_id} route, so "bulk" is never read as an annotation id
-        ("/physical_samples/{physical_sample_id}/annotations/bulk", bulk_create, "POST",
-         "bulk_create"),
-        ("/physical_samples/{physical_sample_id}/annotations/{annotation_id}",
-         update_annotation, "PATCH", "update_annotation"),
-    )  # fmt: skip
-    for path, endpoint, method, name in routes:
-        # Both forms are served; the API page shows the one the contract writes.
-        shown = f"{path}/" if path.endswith(_COLLECTIONS) else path
-        for form in (path, f"{path}/"):
-            app.add_api_route(
-                form,
-                endpoint,
-                methods=[method],
-                name=name,
-                include_in_schema=form == shown,
-                openapi_extra=_BODIES.get(name),
-            )
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-
-    app.add_exception_handler(ClientDisconnect, _client_disconnected)
-    app.add_middleware(
-        _Gate, api_key=api_key, faults=faults, limits=limits, routes=app.router.routes
-    )
-    return app
-
-
-# -- the gate in front of the routes ---------------------------------------------------
+    return before_commit, after_commit
 
 
 class _Gate:
@@ -428,24 +342,6 @@ async def _client_disconnected(request: Request, exc: Exception) -> Response:
         "client disconnected while sending the body of %s %s", request.method, request.url.path
     )
     return Response(status_code=400)  # never delivered: the connection is gone
-
-
-def _too_many(count: int, maximum: int) -> HTTPException:
-    return HTTPException(
-        status_code=413,
-        detail=f"Too many annotations in one request: {count}, the limit is {maximum}",
-    )
-
-
-def _count_annotations(body: bytes) -> int | None:
-    """The exact number of annotations in a bulk body, or ``None`` if it is not one."""
-    try:
-        data = _json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        return len(data["annotations"])
-    return None
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
