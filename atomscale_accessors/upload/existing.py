@@ -25,7 +25,7 @@ from ..frames import (
     decode_annotations,
 )
 from ..keys import key_frame, listing_filters, record_keys
-from ..retry import retry_safe
+from ..retry import stopping
 from ..schemas import (
     FLOAT_COLUMNS,
     POSITION_KEY,
@@ -308,13 +308,11 @@ def patch(uploader: Uploader, annotation_id: str, changes: dict[str, Any]) -> An
     path = f"physical_samples/{uploader.sample_id}/annotations/{check_uuid(annotation_id)}"
     body = ENCODER.encode(changes)
 
-    def send() -> AnnotationObject:
+    # PATCH sets values, so the client's transport repeats it after a failure that may pass.
+    with stopping(uploader.stop):
         raw = uploader.client.request("PATCH", path, data=body).content
-        # One object: read as a list of one, with the checks of every other answer.
-        return decode_annotations(b"[" + raw + b"]", "PATCH /" + path)[0]
-
-    # PATCH sets values, so repeating it is harmless.
-    return retry_safe(send, uploader.policy, uploader.stop)
+    # One object: read as a list of one, with the checks of every other answer.
+    return decode_annotations(b"[" + raw + b"]", "PATCH /" + path)[0]
 
 
 def describe_positions(table: pd.DataFrame, shown: int = 5) -> str:

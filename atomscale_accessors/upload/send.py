@@ -20,7 +20,7 @@ from ..errors import (
 from ..frame_builder import parse_times, text_codes
 from ..frames import metadata_copies
 from ..keys import listing_filters, match
-from ..retry import Action, Tries, classify, describe, may_be_running, retry_safe
+from ..retry import Action, Tries, classify, describe, may_be_running, stopping
 from ..schemas import (
     RECORD_STRING_COLUMNS,
 )
@@ -57,12 +57,10 @@ class Uploader:
         self.peek = True
 
     def list_existing(self, **filters: Any) -> bytes:
-        """List annotations as raw JSON, retrying any failure that may pass."""
-        return retry_safe(
-            lambda: self.client.list_annotations_raw(self.sample_id, **filters),
-            self.policy,
-            self.stop,
-        )
+        """List annotations as raw JSON (the client's transport retries a GET), with any
+        wait ended by the upload's stop."""
+        with stopping(self.stop):
+            return self.client.list_annotations_raw(self.sample_id, **filters)
 
     # -- one chunk -----------------------------------------------------------------------
     def send(self, chunk: Chunk) -> Outcome:
