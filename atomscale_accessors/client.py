@@ -249,7 +249,7 @@ class Client:
             # would become the error's __context__, and with it the request headers (the
             # key), which pickling (dask's tblib) and traceback printing carry along.
             error = _transport_error(
-                failure, method, path, deadline=self.deadline if late else None
+                failure, method, self.url(path), deadline=self.deadline if late else None
             )
             failure = None
             raise error
@@ -418,14 +418,16 @@ _NOT_SENT = (
 
 
 def _transport_error(
-    exc: BaseException | None, method: str, path: str, *, deadline: float | None = None
+    exc: BaseException | None, method: str, url: str, *, deadline: float | None = None
 ) -> TransportError:
-    """The error for a failed request; ``deadline`` when it failed because that passed.
+    """The error for a failed request to ``url``; ``deadline`` when it failed because
+    that passed.
 
-    The message names the kind of failure only: the failure itself holds the request,
-    whose headers hold the key.
+    The message names the URL (an endpoint never holds credentials: see
+    ``settings.normalise_endpoint``) and the kind of failure only: the failure itself
+    holds the request, whose headers hold the key.
     """
-    where = f"{method} /{path.lstrip('/')}"
+    where = f"{method} {url}"
     # Only a request that changes something can have "taken effect".
     effect = "" if method in ("GET", "HEAD") else "; it may have taken effect"
     if deadline is not None:

@@ -18,6 +18,7 @@ from ..errors import (
     ApiError,
     TransportError,
 )
+from ..failures import agree, plural
 from ..frames import (
     REPEATED_TEXT_COLUMNS,
     AnnotationObject,
@@ -193,7 +194,8 @@ def apply_if_exists(
 
 def exists_error(table: pd.DataFrame) -> AnnotationExistsError:
     return AnnotationExistsError(
-        f"{len(table)} records are already stored on the sample ({describe_positions(table)}); "
+        f"{plural(len(table), 'record')} {agree(len(table), 'is', 'are')} already stored on the "
+        f"sample ({describe_positions(table)}); "
         "nothing was "
         "sent. Pass if_exists='skip' to send only new records, 'update' to overwrite the "
         "stored values, or 'append' to store them again. The clashes are in .existing.",

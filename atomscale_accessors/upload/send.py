@@ -17,6 +17,7 @@ from ..errors import (
     ApiError,
     TransportError,
 )
+from ..failures import agree, plural
 from ..frame_builder import parse_times, text_codes
 from ..frames import metadata_copies
 from ..keys import listing_filters, match
@@ -280,7 +281,8 @@ class Uploader:
             outcome.mismatched.append((mismatched, checked.stored))
             outcome.error = outcome.error or ApiError(
                 getattr(cause, "status_code", 200),
-                f"{len(mismatched)} records are stored with other content than was sent "
+                f"{plural(len(mismatched), 'record')} {agree(len(mismatched), 'is', 'are')} stored "
+                "with other content than was sent "
                 "(see .mismatched)",
                 method="POST",
                 path="/" + self.bulk_path,
