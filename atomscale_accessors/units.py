@@ -59,8 +59,24 @@ def is_quantity(data: Any) -> bool:
 
 
 def unit_symbol(unit: Any) -> str:
-    """A pint unit as its short symbol, written compactly: ``nm``, ``mm``, ``1/cm**3``."""
-    return f"{unit:~C}"
+    """A pint unit as its short symbol, written compactly: ``nm``, ``mm``, ``1/cm**3``;
+    micro as ``u`` (``um``), the spelling files and keyboards have, rather than one of the
+    two characters that look like µ, where that reads back as the same unit."""
+    symbol = f"{unit:~C}"
+    plain = symbol.translate(_MICRO)
+    return plain if plain != symbol and _reads_as(plain, unit) else symbol
+
+
+_MICRO = str.maketrans({"\u00b5": "u", "\u03bc": "u"})
+
+
+def _reads_as(text: str, unit: Any) -> bool:
+    """Whether pint reads ``text`` as ``unit`` (``u`` alone is an atomic mass unit, not
+    the micron that pint writes as ``µ``)."""
+    try:
+        return bool(unit._REGISTRY.Unit(text) == unit)
+    except Exception:  # pint raises several unrelated types for text it cannot read
+        return False
 
 
 @functools.lru_cache(maxsize=256)
@@ -69,16 +85,20 @@ def _symbol_of(text: str) -> str | None:
     if registry is None:
         return None
     try:
-        symbol = unit_symbol(registry.Unit(text))
+        unit = registry.Unit(text)
     except Exception:  # pint raises several unrelated types for text it cannot read
         return None
-    return symbol or None  # a blank or dimensionless unit keeps its text
+    symbol = unit_symbol(unit)
+    # A blank (dimensionless) symbol, or one that is not plain text (micron's µ), keeps
+    # the text as written.
+    return symbol if symbol.isascii() and symbol and _reads_as(symbol, unit) else None
 
 
 def coordinate_unit(text: Any) -> Any:
     """The one spelling of a coordinate unit: pint's short symbol (``millimeter``, ``mm``
-    and ``millimetre`` all give ``mm``) when pint is installed and knows the unit; the
-    text as given otherwise (and anything that is not text, for validation to report).
+    and ``millimetre`` all give ``mm``; ``micrometer`` and ``µm`` give ``um``) when pint
+    is installed and knows the unit; the text as given otherwise (and anything that is
+    not text, for validation to report).
 
     Positions are the same position only in the same unit text, so every coordinate
     unit the library sends goes through here.
@@ -107,16 +127,20 @@ def split_quantities(ds: xr.Dataset) -> tuple[xr.Dataset, list[tuple[Hashable, s
     if not held:
         return ds, []
     conflicts = []
-    for name in held:
+    symbols = {name: unit_symbol(ds.variables[name].data.units) for name in held}
+    for name, unit in symbols.items():
         written = ds.variables[name].attrs.get("units")
-        unit = unit_symbol(ds.variables[name].data.units)
         if written is not None and coordinate_unit(written) != coordinate_unit(unit):
             conflicts.append((name, written, unit))
-    if hasattr(ds, "pint") and hasattr(ds.pint, "dequantify"):
-        # pint-xarray's own way back, which also drops the indexes it made for quantified
-        # dimension coordinates (those cannot become pandas indexes).
-        return ds.pint.dequantify(format="~C"), conflicts
-    return magnitudes(ds, held), conflicts
+    if not (hasattr(ds, "pint") and hasattr(ds.pint, "dequantify")):
+        return magnitudes(ds, held), conflicts
+    # pint-xarray's own way back, which also drops the indexes it made for quantified
+    # dimension coordinates (those cannot become pandas indexes); the units written as
+    # everywhere else.
+    plain = ds.pint.dequantify()
+    for name, unit in symbols.items():
+        plain.variables[name].attrs["units"] = unit
+    return plain, conflicts
 
 
 def magnitudes(ds: xr.Dataset, names: list[Hashable]) -> xr.Dataset:
