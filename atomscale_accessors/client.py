@@ -3,14 +3,13 @@
 The client speaks HTTP and nothing else: it turns non-2xx answers into
 :class:`~atomscale_accessors.errors.ApiError` and network failures into
 :class:`~atomscale_accessors.errors.TransportError` (saying whether the request may have
-reached the server). Deciding what to retry is the upload's job, because only it knows
-whether a request is safe to repeat.
+reached the server). Its session repeats GET and PATCH requests after failures that may
+pass (:func:`~atomscale_accessors.retry.transport_retry`); what follows a failed bulk
+create, which is not safe to repeat, is the upload's to decide.
 """
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import http.client
 import io
 import json
@@ -19,7 +18,7 @@ import os
 import platform
 import threading
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -31,7 +30,7 @@ import urllib3.connection
 from . import __version__
 from .deadline import WATCHDOG, DeadlineAdapter
 from .errors import ApiError, InvalidIdentifierError, TransportError
-from .retry import RetryPolicy
+from .retry import RetryPolicy, retry_after_seconds, transport_retry
 from .schemas import is_uuid
 from .settings import (
     check_deadline,
@@ -99,7 +98,9 @@ class Client:
         Raise it for very large answers on slow links (a ``fetch`` of a sample holding
         millions of annotations).
     retry : RetryPolicy, optional
-        Retry behaviour of uploads made with this client.
+        How hard requests made with this client are retried: every GET and PATCH (by the
+        session's transport), and the chunks of an upload. The bounds apply to each call;
+        :attr:`deadline` bounds a call with all its attempts.
     allow_insecure : bool, default False
         Allow sending the key over plain ``http://`` to a host that is not loopback.
     verify : bool or str, default True
@@ -184,7 +185,7 @@ class Client:
             )
             session.verify = self.verify
             for prefix in ("https://", "http://"):
-                session.mount(prefix, DeadlineAdapter())
+                session.mount(prefix, DeadlineAdapter(max_retries=transport_retry(self.retry)))
             if self.endpoint.startswith("http://"):
                 # Plain http is allowed to loopback only: never route it, and the key with
                 # it, through a proxy taken from the environment.
@@ -248,7 +249,7 @@ class Client:
             # would become the error's __context__, and with it the request headers (the
             # key), which pickling (dask's tblib) and traceback printing carry along.
             error = _transport_error(
-                failure, method, path, deadline=self.deadline if late else None
+                failure, method, self.url(path), deadline=self.deadline if late else None
             )
             failure = None
             raise error
@@ -258,7 +259,7 @@ class Client:
                 _detail(response, self._api_key),
                 method=method,
                 path="/" + path.lstrip("/"),
-                retry_after=_retry_after(response.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
         return response
 
@@ -444,14 +445,16 @@ _NOT_SENT = (
 
 
 def _transport_error(
-    exc: BaseException | None, method: str, path: str, *, deadline: float | None = None
+    exc: BaseException | None, method: str, url: str, *, deadline: float | None = None
 ) -> TransportError:
-    """The error for a failed request; ``deadline`` when it failed because that passed.
+    """The error for a failed request to ``url``; ``deadline`` when it failed because
+    that passed.
 
-    The message names the kind of failure only: the failure itself holds the request,
-    whose headers hold the key.
+    The message names the URL (an endpoint never holds credentials: see
+    ``settings.normalise_endpoint``) and the kind of failure only: the failure itself
+    holds the request, whose headers hold the key.
     """
-    where = f"{method} /{path.lstrip('/')}"
+    where = f"{method} {url}"
     # Only a request that changes something can have "taken effect".
     effect = "" if method in ("GET", "HEAD") else "; it may have taken effect"
     if deadline is not None:
@@ -467,8 +470,10 @@ def _transport_error(
         message = f"{where} failed after the request was sent ({kind}){effect}"
     else:
         message = f"{where} could not reach the server ({kind})"
-    timed_out = sent and isinstance(
-        exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError
+    # A read timeout of the last attempt (retried GETs end wrapped in MaxRetryError).
+    timed_out = sent and any(
+        isinstance(item, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError)
+        for item in _causes(exc)
     )
     return TransportError(message, sent=sent, timed_out=timed_out)
 
@@ -479,7 +484,16 @@ def _never_sent(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, requests.exceptions.ConnectionError):
         return False
-    # requests wraps urllib3's MaxRetryError, whose reason is the real cause.
+    never = {"NewConnectionError", "NameResolutionError", "ConnectionRefusedError"}
+    return any(
+        type(item).__name__ in never or isinstance(item, ConnectionRefusedError)
+        for item in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps: requests wraps urllib3's MaxRetryError, whose
+    reason is the real cause."""
     seen: set[int] = set()
     stack: list[Any] = [exc]
     while stack:
@@ -487,31 +501,9 @@ def _never_sent(exc: BaseException) -> bool:
         if item is None or id(item) in seen:
             continue
         seen.add(id(item))
-        name = type(item).__name__
-        if name in {"NewConnectionError", "NameResolutionError", "ConnectionRefusedError"}:
-            return True
-        if isinstance(item, ConnectionRefusedError):
-            return True
+        yield item
         stack.extend([getattr(item, "reason", None), item.__cause__, item.__context__])
         stack.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
-    return False
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: either a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def _scrub(detail: Any, secret: str) -> Any:

@@ -108,7 +108,7 @@ class AtomscaleDaskDataFrameAccessor:
         ...
         atomscale_accessors.errors.AnnotationValidationError: 1 of 3 records failed validation (1 failure):
           - property_value: not_nullable (1 case)
-        examples (first 1; all in .failure_cases):
+        example (all in .failure_cases):
           row 2: property_value = nan (not_nullable)
         """
         return validate_dask_frame(

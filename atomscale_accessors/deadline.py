@@ -84,6 +84,14 @@ class _Watchdog:
             deadline.connection = None
             return deadline.expired
 
+    def remaining(self) -> float | None:
+        """Seconds left to the calling thread's request (0 once passed); None without a
+        deadline. The transport's retries of a request end with it."""
+        deadline = getattr(self._current, "deadline", None)
+        if deadline is None:
+            return None
+        return 0.0 if deadline.expired else max(0.0, deadline.at - time.monotonic())
+
     def attach(self, connection: Any) -> None:
         """Put ``connection`` under the deadline of the calling thread's request."""
         deadline = getattr(self._current, "deadline", None)

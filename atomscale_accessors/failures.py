@@ -21,12 +21,14 @@ from .errors import AnnotationValidationError
 from .fields import POSITION_KEY
 
 __all__ = [
+    "CHECK_HINTS",
     "FAILURE_COLUMNS",
     "MAX_EXAMPLES",
     "MAX_FAILURE_CASES",
     "MAX_MESSAGE",
     "MAX_QUOTED",
     "FailureCollector",
+    "agree",
     "cap_message",
     "clip",
     "failure_message",
@@ -50,10 +52,20 @@ MAX_EXAMPLES = 10
 MAX_QUOTED = 80
 #: Characters of a whole message.
 MAX_MESSAGE = 4_000
+#: What to do about a check whose failures say it only by name: listed with the reasons
+#: whenever the check failed.
+CHECK_HINTS: dict[str, str] = {
+    "coord_units_given_with_coordinates": (
+        "positions without a unit: pass coord_units='mm' (or the unit they are in), or the "
+        "column that holds their unit"
+    ),
+}
 # A reason is a sentence around a few quoted values (or a list of MAX_EXAMPLES of them).
 _MAX_LINE = 20 * MAX_QUOTED
 # Rows looked at to find MAX_EXAMPLES distinct examples (failures often repeat).
 _EXAMPLE_SCAN = 100 * MAX_EXAMPLES
+# Row labels named in one example line; the others are counted.
+_LABELS_SHOWN = 5
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = MAX_QUOTED
@@ -118,16 +130,24 @@ def quote_list(values: Iterable[Any], limit: int = MAX_EXAMPLES) -> str:
     return f"[{shown}{more}]"
 
 
-def plural(count: int, noun: str) -> str:
-    """``"1 record"``, ``"2 records"``, ``"1,000 failures"``.
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``"1 record"``, ``"2 records"``, ``"1,000 failures"``; ``many`` is the plural when
+    it is not the noun and an s (``"properties"``).
 
     Examples
     --------
     >>> from atomscale_accessors.failures import plural
-    >>> plural(1, "case"), plural(2_000, "case")
-    ('1 case', '2,000 cases')
+    >>> plural(1, "case"), plural(2_000, "case"), plural(2, "property", "properties")
+    ('1 case', '2,000 cases', '2 properties')
     """
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+    if count == 1:
+        return f"{count:,} {noun}"
+    return f"{count:,} {many if many is not None else noun + 's'}"
+
+
+def agree(count: int, one: str, many: str) -> str:
+    """The verb for ``count`` things: ``agree(1, "is", "are")`` is ``"is"``."""
+    return one if count == 1 else many
 
 
 def cap_message(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -291,8 +311,11 @@ class FailureCollector:
         reasons: Sequence[str] = (),
         cls: type[AnnotationValidationError] = AnnotationValidationError,
     ) -> AnnotationValidationError:
-        """The error reporting every failure collected (and the reasons, if any)."""
-        reasons = list(dict.fromkeys(reasons))
+        """The error reporting every failure collected (and the reasons, if any, then the
+        hints of the checks that failed)."""
+        checks = {check for _, check in self.counts}
+        hints = [hint for check, hint in CHECK_HINTS.items() if check in checks]
+        reasons = list(dict.fromkeys([*reasons, *hints]))
         return cls(self.message(n_rows, reasons=reasons), self.table(), reasons=reasons)
 
 
@@ -372,34 +395,54 @@ def _summary(failures: FailureCollector, n_rows: int, noun: str) -> list[str]:
             if failures.dropped
             else "all in .failure_cases"
         )
-        lines.append(f"examples (first {len(examples)}; {where}):")
+        lines.append(f"{'example' if len(examples) == 1 else 'examples'} ({where}):")
         lines += examples
     return lines
 
 
 def _examples(table: pd.DataFrame) -> list[str]:
-    """At most MAX_EXAMPLES distinct example lines, in table order."""
-    found: dict[str, None] = {}
-    for row in table.head(_EXAMPLE_SCAN).itertuples(index=False):
-        line = _example(row.index, row.column, row.check, row.failure_case)
-        if line is not None:
-            found.setdefault(line)
-            if len(found) == MAX_EXAMPLES:
-                break
-    return list(found)
+    """At most MAX_EXAMPLES distinct example lines, in table order: the rows failing one
+    check with one value share a line."""
+    rows: dict[str, dict[str, None]] = {}  # "column = case (check)" -> row labels, quoted
+    scanned = table.head(_EXAMPLE_SCAN)
+    for row in scanned.itertuples(index=False):
+        if _missing(row.index):
+            line = _whole_input_example(row.column, row.check, row.failure_case)
+            if line is not None:
+                rows.setdefault(line, {})
+            continue
+        what = f"{clip(row.column)} = {quote(row.failure_case)} ({clip(row.check)})"
+        if what in rows or len(rows) < MAX_EXAMPLES:
+            # A label once, though its row failed alike for several properties.
+            rows.setdefault(what, {})[quote(row.index)] = None
+    more = len(table) > len(scanned)
+    return [_example_line(what, list(labels), more) for what, labels in rows.items()]
 
 
-def _example(index: Any, column: Any, check: Any, case: Any) -> str | None:
-    if not _missing(index):
-        return f"  row {quote(index)}: {clip(column)} = {quote(case)} ({clip(check)})"
+def _example_line(what: str, labels: list[str], more: bool) -> str:
+    if not labels:  # a failure of the whole input
+        return f"  {what}"
+    if len(labels) == 1:
+        return f"  row {labels[0]}: {what}"
+    shown = ", ".join(labels[:_LABELS_SHOWN])
+    rest = len(labels) - _LABELS_SHOWN
+    if rest > 0:  # counted among the rows looked at: a lower bound when there were more
+        shown += " and more" if more else f" and {rest:,} more"
+    return f"  rows {shown}: {what}"
+
+
+def _whole_input_example(column: Any, check: Any, case: Any) -> str | None:
     # A failure of the whole input: its count line says it all, unless the case adds to it.
     if _missing(case) or _same_name(case, column):
         return None
-    return f"  {clip(column)} ({clip(check)}): {quote(case)}"
+    return f"{clip(column)} ({clip(check)}): {quote(case)}"
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
+    """Whether a row label or case is unset (None, NaN, NA, NaT): never shown as a row."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and value != value
 
 
 def _same_name(case: Any, column: Any) -> bool:

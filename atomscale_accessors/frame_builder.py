@@ -21,6 +21,7 @@ from .frames import (
     TEXT_DTYPE,
     TIME_UNIT,
     column_series,
+    sorted_categorical,
 )
 from .schemas import ANNOTATION_COLUMNS, FLOAT_COLUMNS
 
@@ -310,16 +311,10 @@ class FrameBuilder:
         return labels
 
     def categorical(self, name: str, codes: np.ndarray) -> pd.Categorical:
-        values = list(self._values[name])
-        order = sorted(range(len(values)), key=values.__getitem__)
-        if order != list(range(len(values))):  # categories sorted, whatever came first
-            remap = np.empty(len(values) + 1, dtype=codes.dtype)
-            remap[order] = np.arange(len(values))
-            remap[-1] = -1
-            codes, values = remap[codes], sorted(values)
-        categorical = pd.Categorical.from_codes(codes, pd.Index(values, dtype=TEXT_DTYPE))
+        categorical = sorted_categorical(codes, list(self._values[name]))
         # Values of rows that were not created (or of a chunk's other rows) are not kept.
-        if values and (np.bincount(codes + 1, minlength=len(values) + 1)[1:] == 0).any():
+        counts = np.bincount(categorical.codes + 1, minlength=len(categorical.categories) + 1)
+        if len(categorical.categories) and (counts[1:] == 0).any():
             categorical = categorical.remove_unused_categories()
         return categorical
 

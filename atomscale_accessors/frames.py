@@ -6,10 +6,14 @@ values and coordinates float64 with NaN for null, ``last_updated`` timezone-awar
 ``annotation_id`` in pandas' default text dtype, ``metadata`` dicts (or None).
 
 The other text columns repeat a handful of values over every row (one property name, one
-unit, one sample), so they are categoricals: a million-row frame keeps them in a few
-megabytes instead of hundreds, and builds them in milliseconds. They compare equal to
-plain text and concatenate with it. (On pandas 2, pass ``observed=True`` when grouping
-by them.)
+unit, one sample), so they are categoricals with sorted categories: a million-row frame
+keeps them in a few megabytes instead of hundreds, and builds them in milliseconds. They
+compare equal to plain text and concatenate with it. (On pandas 2, pass ``observed=True``
+when grouping by them.)
+
+A frame from :func:`fetch` and the result of an upload have the same columns and dtypes;
+``fetch`` orders its rows as the SDK does (:data:`SORT_COLUMNS`), an upload's result
+follows the rows of its input.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .schemas import ANNOTATION_COLUMNS, FLOAT_COLUMNS
 
 __all__ = [
     "REPEATED_TEXT_COLUMNS",
+    "SORT_COLUMNS",
     "TEXT_DTYPE",
     "TIME_UNIT",
     "annotation_frame",
@@ -38,6 +43,8 @@ __all__ = [
     "empty_annotation_frame",
     "fetch",
     "metadata_copies",
+    "sort_annotations",
+    "sorted_categorical",
 ]
 
 #: Text columns stored as categoricals.
@@ -51,6 +58,8 @@ REPEATED_TEXT_COLUMNS = (
     "physical_sample_id",
     "version",
 )
+#: The order of :func:`fetch`'s rows, as the official SDK orders them.
+SORT_COLUMNS = ("property_name", "coord_x", "coord_y")
 # Where each frame column comes from in an API annotation object.
 _SOURCE = {"annotation_id": "id", "metadata": "annotation_metadata"}
 # pandas' default dtype for text: ``str`` on pandas 3, ``object`` on pandas 2.
@@ -93,6 +102,7 @@ def _is_time(value: Any) -> bool:
 
 
 def categorical(values: Any) -> pd.Categorical:
+    """Repeated values (None for missing) as a categorical of text with sorted categories."""
     values = np.asarray(values, dtype=object)
     if len(values) and isinstance(values[0], str) and (values == values[0]).all():
         # One value on every row (one property, one unit, one sample): no hashing needed.
@@ -100,11 +110,23 @@ def categorical(values: Any) -> pd.Categorical:
             np.zeros(len(values), dtype=np.int8), pd.Index([values[0]], dtype=TEXT_DTYPE)
         )
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    # Versions may be numbers in some answers: categories are always text.
-    categories = pd.Index([str(u) for u in uniques], dtype=TEXT_DTYPE)
-    if not categories.is_unique:  # 1 and "1" both present
-        return pd.Categorical(np.where(codes >= 0, categories.to_numpy(dtype=object)[codes], None))
-    return pd.Categorical.from_codes(codes, categories)
+    return sorted_categorical(codes, uniques)
+
+
+def sorted_categorical(codes: np.ndarray, values: Sequence[Any]) -> pd.Categorical:
+    """Codes into ``values`` (-1 for missing) as a categorical whose categories are the
+    values as text, sorted: the one form of every annotation frame's text columns, so
+    that frames from any source compare, concatenate and sort alike. Values that are the
+    same text (a version answered as 1 and as "1") become one category."""
+    texts = [value if isinstance(value, str) else str(value) for value in values]
+    categories = sorted(set(texts))
+    if texts != categories:
+        position = {text: i for i, text in enumerate(categories)}
+        table = np.array([position[text] for text in texts] + [-1], dtype=np.int32)
+        codes = table[codes]  # code -1 (missing) picks the last entry
+        if len(categories) <= np.iinfo(np.int8).max:
+            codes = codes.astype(np.int8)
+    return pd.Categorical.from_codes(codes, pd.Index(categories, dtype=TEXT_DTYPE))
 
 
 class AnnotationObject(msgspec.Struct, gc=False):
@@ -246,6 +268,14 @@ def annotation_frame(
     return pd.DataFrame(columns, index=index)
 
 
+def sort_annotations(frame: pd.DataFrame) -> pd.DataFrame:
+    """An annotation frame's rows in the official SDK's order: by :data:`SORT_COLUMNS`
+    (property names in text order), missing values last, ties kept in the order given;
+    the index renumbered from 0."""
+    ordered = frame.sort_values(list(SORT_COLUMNS), kind="stable", na_position="last")
+    return ordered.reset_index(drop=True)
+
+
 def fetch(
     sample_id: str,
     *,
@@ -253,6 +283,7 @@ def fetch(
     char_source_type: str | None = None,
     x_range: tuple[float | None, float | None] | None = None,
     y_range: tuple[float | None, float | None] | None = None,
+    sort: bool = True,
     client: Any = None,
 ) -> pd.DataFrame:
     """The annotations of a sample as an annotation frame.
@@ -265,19 +296,28 @@ def fetch(
         Keep only annotations of this property / technique.
     x_range, y_range : (float, float), optional
         Inclusive bounds; an axis is filtered only when both of its bounds are given.
+    sort : bool, default True
+        Order the rows as the official SDK's ``get_spatial_annotations`` does: by
+        property name, then ``coord_x``, then ``coord_y`` (missing coordinates last).
+        ``False`` keeps the order the server answered in.
     client : Client or SDK client, optional
         Default: a :class:`~atomscale_accessors.Client` configured from the environment.
 
     Returns
     -------
     pandas.DataFrame
-        One row per annotation (an empty frame with the same columns for a sample without
-        annotations).
+        One row per annotation, indexed from 0 (an empty frame with the same columns for
+        a sample without annotations). The columns and dtypes are those of an upload's
+        result.
 
     Raises
     ------
     ApiError
-        Status 404 for an unknown sample.
+        Status 404 for an unknown sample; any other refusal that persists after the
+        client's retries (429 and 5xx answers and failed connections are retried as
+        its :class:`~atomscale_accessors.RetryPolicy` allows).
+    TransportError
+        The server could not be reached, or the answer did not arrive, after the retries.
     """
     sid = check_uuid(sample_id)
     raw = resolve_client(client).list_annotations_raw(
@@ -288,4 +328,5 @@ def fetch(
         y_range=y_range,
     )
     route = f"GET /physical_samples/{sid}/annotations/"
-    return annotation_frame(decode_annotations(raw, route), route=route)
+    frame = annotation_frame(decode_annotations(raw, route), route=route)
+    return sort_annotations(frame) if sort else frame

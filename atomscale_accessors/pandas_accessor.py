@@ -71,7 +71,7 @@ class AtomscaleDataFrameAccessor:
         ...
         atomscale_accessors.errors.AnnotationValidationError: 1 of 2 records failed validation (1 failure):
           - property_value: not_nullable (1 case)
-        examples (first 1; all in .failure_cases):
+        example (all in .failure_cases):
           row 1: property_value = nan (not_nullable)
         >>> len(
         ...     df.atomscale.validate(

@@ -22,6 +22,7 @@ from .failures import FailureCollector, failure_table, quote, quote_list, repeat
 from .keys import repeated_positions
 from .record_values import is_missing, plain, to_float
 from .schemas import COORD_COLUMNS, FLOAT_COLUMNS, RECORD_COLUMNS
+from .units import coordinate_unit
 from .validation import check_records
 
 __all__ = [
@@ -206,6 +207,16 @@ def _merge(mapping: RecordMapping | None, options: dict[str, Any]) -> RecordMapp
     return RecordMapping(**fields)
 
 
+def one_spelling(texts: pd.Series) -> pd.Series:
+    """Coordinate units in their one spelling (:func:`~.units.coordinate_unit`), each
+    distinct text looked up once; anything that is not text is left for validation."""
+    distinct = {v for v in texts.to_numpy(dtype=object) if isinstance(v, str)}
+    spelled = {text: coordinate_unit(text) for text in distinct}
+    if all(text == spelling for text, spelling in spelled.items()):
+        return texts
+    return texts.map(lambda v: spelled.get(v, v) if isinstance(v, str) else v)
+
+
 class _Builder:
     """Collects columns, remembers which user columns were used, reports all problems at once.
 
@@ -328,7 +339,7 @@ class _Builder:
             coord_ref_frame=self.text(
                 "coord_ref_frame", self.default("coord_ref_frame", DEFAULT_COORD_REF_FRAME), index
             ),
-            coord_units=self.text("coord_units", self.default("coord_units"), index),
+            coord_units=one_spelling(self.text("coord_units", self.default("coord_units"), index)),
             data_id=self.text("data_id", self.default("data_id"), index),
             metadata=self.metadata(index),
         )

@@ -10,6 +10,7 @@ import pytest
 
 import atomscale_accessors
 from atomscale_accessors import Client
+from atomscale_accessors.cli import main
 from atomscale_accessors.server import LocalServer
 
 
@@ -40,6 +41,20 @@ def env_client(atomscale_server, monkeypatch) -> None:
     monkeypatch.setenv("AS_API_KEY", atomscale_server.api_key)
     monkeypatch.setenv("AS_API_ENDPOINT", atomscale_server.endpoint)
     monkeypatch.delenv("ATOMSCALE_API_KEY", raising=False)
+
+
+@pytest.fixture
+def run(capsys, atomscale_server):
+    """The command line run in-process: ``run(*argv)`` is (status, stdout, stderr), with
+    the key of the test's server checked to be in neither."""
+
+    def runner(*argv: str) -> tuple[int, str, str]:
+        status = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        assert atomscale_server.api_key not in out + err
+        return status, out, err
+
+    return runner
 
 
 def thickness_frame(n: int = 30, *, seed: int = 0, index: pd.Index | None = None) -> pd.DataFrame:

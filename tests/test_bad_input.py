@@ -834,7 +834,7 @@ FILE_CASES = {
         "points.csv",
         b"x_mm,y_mm,thk\n0,0,101.5\n5,0,abc\n10,0,\n15,0,inf\n20,0,1e400\n25,0,99\n",
         # One error for all four: the text, the missing value, the two infinite ones.
-        says=("row 3: thk = 'abc'", "row 4:", "row 5:", "row 6:", "not_nullable", "finite"),
+        says=("row 3: thk = 'abc'", "row 4:", "rows 5, 6:", "not_nullable", "finite"),
         absent=("row 2:", "row 7:"),
     ),
     "csv-inf-value": BadFile(
@@ -850,7 +850,7 @@ FILE_CASES = {
     "csv-duplicate-points": BadFile(
         "points.csv",
         b"x_mm,y_mm,thk\n0,0,101.5\n5,0,99\n0,0,98.25\n",
-        says=("row 2", "row 4", "unique_position"),
+        says=("rows 2, 4:", "unique_position"),
     ),
     "csv-empty-file": BadFile("points.csv", b"", says=("points.csv",)),
     "csv-header-only": BadFile(

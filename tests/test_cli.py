@@ -49,19 +49,6 @@ def points_csv(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def run(capsys, atomscale_server):
-    """Run the command line in-process; return (status, stdout, stderr), key checked."""
-
-    def runner(*argv: str) -> tuple[int, str, str]:
-        status = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        assert atomscale_server.api_key not in out + err
-        return status, out, err
-
-    return runner
-
-
 def sorted_values(frame: pd.DataFrame) -> pd.DataFrame:
     cols = ["property_name", "coord_x", "coord_y", "property_value"]
     # Text as plain objects: fetched frames keep repeated text as categoricals.
@@ -166,8 +153,9 @@ def test_validate_lists_failures_capped_with_line_numbers(run, tmp_path):
     assert out == ""
     assert "27 of 40 records failed validation" in err
     assert "property_value: not_nullable (26 cases)" in err
-    assert "examples (first 10" in err
-    assert err.count("  row ") == 10  # capped
+    # The 26 missing values share one example line, naming a few of their rows.
+    assert "examples (all written by --failures CSV)" in err
+    assert "  rows 7, 8, 9, 10, 11 and 21 more: property_value = nan (not_nullable)" in err
     assert "row 3: coord_x = inf" in err  # data row 1 is line 3 of the file
     assert "line in the file" in err
     assert "Traceback" not in err
@@ -280,7 +268,7 @@ def test_dry_run_sends_nothing_and_needs_no_key(
         "upload", points_csv, "--sample", sample_id, *MAPPING, "--dry-run", "--chunk-size", "7"
     )
     assert status == EXIT_OK, err
-    assert "30 annotations would be sent" in out and "in 5 request(s)" in out
+    assert "30 annotations would be sent" in out and "in 5 requests" in out
     assert atomscale_server.annotation_count(sample_id) == 0
 
 
@@ -367,7 +355,7 @@ def test_fetch_prints_a_compact_table_and_filters(run, env_client, client, sampl
         "fetch", "--sample", sample_id, "--x-range", "-1", "1", "--y-range", "-1", "1"
     )
     assert status == EXIT_OK
-    assert out.startswith("1 annotations")  # only the centre site
+    assert out.startswith("1 annotation on sample")  # only the centre site
     status, out, _ = run("fetch", "--sample", sample_id, "--property-name", "thickness")
     assert status == EXIT_OK
     assert "no annotations" in out

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 import atomscale_accessors
-from atomscale_accessors import Client, fetch
+from atomscale_accessors import Client, RetryPolicy, fetch
 from atomscale_accessors.client import resolve_client
 from atomscale_accessors.errors import (
     ApiError,
@@ -30,6 +30,8 @@ THICKNESS = {
     "coord_units": "mm",
     "coord_ref_frame": "sample_relative",
 }
+# A client that makes one attempt per request: for tests of how one failure is reported.
+ONCE = RetryPolicy(max_attempts=1)
 
 
 @pytest.fixture(autouse=True)
@@ -187,7 +189,8 @@ def test_connection_refused_is_known_not_sent():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = Client(api_key="k", endpoint=f"http://127.0.0.1:{port}/")
+    # One attempt: the transport's retries of a GET are tested in test_transport_retry.py.
+    client = Client(api_key="k", endpoint=f"http://127.0.0.1:{port}/", retry=ONCE)
     with pytest.raises(TransportError) as info:
         client.list_samples()
     assert info.value.sent is False
@@ -196,7 +199,10 @@ def test_connection_refused_is_known_not_sent():
 
 def test_read_timeout_is_known_maybe_sent(atomscale_server):
     client = Client(
-        api_key=atomscale_server.api_key, endpoint=atomscale_server.endpoint, timeout=(5, 0.3)
+        api_key=atomscale_server.api_key,
+        endpoint=atomscale_server.endpoint,
+        timeout=(5, 0.3),
+        retry=ONCE,
     )
     atomscale_server.inject("latency", seconds=1.0, route="list_samples")
     with pytest.raises(TransportError) as info:
@@ -216,9 +222,10 @@ def test_dropped_connection_is_maybe_sent(client, atomscale_server):
 
 def test_retry_after_is_read(client, atomscale_server):
     # Whole seconds: Retry-After carries no fractions (the server refuses to send one).
-    atomscale_server.inject("rate_limited", route="list_samples", retry_after=3)
+    # A POST, which the transport does not repeat: the 429 reaches the caller.
+    atomscale_server.inject("rate_limited", route="create_sample", retry_after=3)
     with pytest.raises(ApiError) as info:
-        client.list_samples()
+        client.create_sample("wafer")
     assert info.value.status_code == 429
     assert info.value.retry_after == 3.0
 

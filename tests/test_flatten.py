@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 
 import atomscale_accessors
-from atomscale_accessors import datasets, maps, xarray_accessor
+from atomscale_accessors import datasets, maps, units, xarray_accessor
 from atomscale_accessors.datasets import sheet_resistance_map, wafer_thickness_map, xps_line_scan
 from atomscale_accessors.errors import AnnotationValidationError, MapStructureError
 from atomscale_accessors.maps import flatten as maps_flatten
@@ -377,7 +377,7 @@ def test_coord_units_argument_converts_attributes():
 
 
 def test_different_units_without_pint_are_an_error(monkeypatch):
-    monkeypatch.setattr(structure, "_unit_registry", lambda: None)
+    monkeypatch.setattr(units, "unit_registry", lambda: None)
     ds = grid()
     ds["y"].attrs["units"] = "um"
     err = structure_error(ds)

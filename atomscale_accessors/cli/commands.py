@@ -7,12 +7,14 @@ turns them into one paragraph on stderr (see :mod:`atomscale_accessors.cli.exits
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AnnotationValidationError
+from ..failures import plural
 from .exits import EXIT_INVALID, EXIT_OK
 from .files import check_output, file_kind, read_input, write_frame
 from .options import mapping_for
@@ -58,8 +60,8 @@ def _describe_records(records: pd.DataFrame) -> list[str]:
             )
         )
     lines = [
-        f"{len(records):,} records: {n_points:,} points, {len(names)} "
-        f"{'property' if len(names) == 1 else 'properties'}"
+        f"{plural(len(records), 'record')}: {plural(n_points, 'point')}, "
+        f"{plural(len(names), 'property', 'properties')}"
     ]
     table = format_table(("property", "records", "unit", "min", "mean", "max"), rows, {1, 3, 4, 5})
     lines += ["  " + line for line in table.splitlines()]
@@ -146,6 +148,21 @@ def _stored_already(records: pd.DataFrame, args: argparse.Namespace) -> str:
 
 
 # -- subcommands ----------------------------------------------------------------------------------
+def _serve_error(exc: OSError, args: argparse.Namespace) -> str:
+    """What went wrong starting the server: a socket error names the address and port."""
+    if exc.filename is not None or exc.errno not in _SOCKET_ERRORS:
+        return str(exc)
+    reason = _SOCKET_ERRORS[exc.errno]
+    return f"cannot serve on {args.host} port {args.port}: {exc.strerror or exc}; {reason}"
+
+
+_SOCKET_ERRORS = {
+    errno.EADDRINUSE: "another server is running there? Choose another with --port",
+    errno.EACCES: "ports below 1024 need privileges: choose another with --port",
+    errno.EADDRNOTAVAIL: "the address is not one of this machine's: see --host",
+}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the local Atomscale-compatible server in the foreground.
 
@@ -186,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             on_ready=announce,
         )
     except OSError as exc:  # port taken, database path unusable
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_serve_error(exc, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # uvicorn stops gracefully on Ctrl+C, then raises the signal again once done
@@ -221,7 +238,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except AnnotationValidationError as exc:
         if args.failures:
             exc.failure_cases.to_csv(args.failures, index=False)
-            print(f"{len(exc.failure_cases):,} failures written to {args.failures}")
+            print(f"{plural(len(exc.failure_cases), 'failure')} written to {args.failures}")
         raise
     print(f"{args.file}: valid")
     for line in _describe_records(records):
@@ -271,7 +288,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         for line in table.splitlines():
             print("  " + line)
     note = " (annotations already stored were skipped)" if args.if_exists == "skip" else ""
-    print(f"{len(created):,} annotations {verb} in {seconds:.2f} s{note}")
+    print(f"{plural(len(created), 'annotation')} {verb} in {seconds:.2f} s{note}")
     if args.output is not None:
         write_frame(created, args.output, keep_index=True)
         print(f"created annotations written to {args.output}")
@@ -309,7 +326,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             print("no annotations match: nothing to put on a map, no file written")
             return EXIT_OK
         write_frame(frame, args.output)
-        print(f"{len(frame):,} annotations of sample {args.sample} written to {args.output}")
+        print(
+            f"{plural(len(frame), 'annotation')} of sample {args.sample} written to {args.output}"
+        )
         return EXIT_OK
     if len(frame) == 0:
         print(f"no annotations on sample {args.sample} match")
@@ -318,6 +337,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         f"{name}: {len(part):,} in {_joined(part['property_unit']) or 'no unit'}"
         for name, part in frame.groupby("property_name", sort=False, observed=True)
     )
-    print(f"{len(frame):,} annotations on sample {args.sample} ({counts})")
+    print(f"{plural(len(frame), 'annotation')} on sample {args.sample} ({counts})")
     print(frame[_SHOWN_COLUMNS].to_string(max_rows=args.rows, index=False))
     return EXIT_OK

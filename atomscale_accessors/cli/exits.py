@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "EXIT_USAGE",
     "InputError",
     "UsageError",
+    "command_line_terms",
     "explain",
     "first_line",
     "redact",
@@ -147,8 +150,11 @@ def _api(exc: ApiError, args: argparse.Namespace) -> Explanation:
 
 
 def _transport(exc: BaseException, args: argparse.Namespace) -> Explanation:
-    endpoint = args.endpoint or os.environ.get(ENDPOINT_VARIABLE) or "the API"
-    return EXIT_API, f"error: {exc}. Is {endpoint} reachable?"
+    # The error names the URL; where the endpoint came from is the command line's to say.
+    source = "--endpoint" if args.endpoint else ENDPOINT_VARIABLE
+    if not args.endpoint and not os.environ.get(ENDPOINT_VARIABLE):
+        source = f"the default; set {ENDPOINT_VARIABLE} or --endpoint for another"
+    return EXIT_API, f"error: {exc}. Is the server up, and the endpoint right ({source})?"
 
 
 def _os(exc: BaseException, args: argparse.Namespace) -> Explanation:
@@ -194,7 +200,84 @@ def explain(exc: BaseException, args: argparse.Namespace) -> Explanation:
     """
     for kind, explainer in _EXPLAINERS:
         if isinstance(exc, kind):
-            return explainer(exc, args)
+            code, message = explainer(exc, args)
+            return code, command_line_terms(message, getattr(args, "command", None))
     return EXIT_INVALID, (
         f"error: {type(exc).__name__}: {first_line(exc)} (run again with --debug for the traceback)"
     )
+
+
+# -- the library's words for the command line's -------------------------------------------
+# Library arguments whose option has another name on the command line.
+_OPTION_FOR = {"metadata": "metadata_columns", "progress": "no_progress"}
+# ``name=value`` in a message, as Python is written; not inside a call (``.sel(x=...)``,
+# which shows code to run) nor after a dot.
+_ARGUMENT = re.compile(
+    r"(?<![\w.])(?<!\w\()(?P<name>[a-z][a-z_]*)="
+    r"(?P<value>'[^'\n]*'|\"[^\"\n]*\"|\[[^\]\n]*\]|\{[^}\n]*\}|\.\.\.|[\w.+-]+)?"
+)
+# Attributes of the library's errors: the command line prints its own account instead.
+_ATTRIBUTE = re.compile(
+    r"(?:^|[\s,(])\.(?:created|not_created|not_updated|unknown|existing|mismatched)\b"
+)
+
+
+@functools.cache
+def _options(command: str) -> Mapping[str, argparse.Action]:
+    """The options of a subcommand, by their destination name."""
+    from .parser import build_parser  # the parser imports the commands, which import this
+
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub = action.choices[command]
+            return {a.dest: a for a in sub._actions if a.option_strings}
+    return {}
+
+
+def command_line_terms(message: str, command: str | None) -> str:
+    """``message`` with the library's Python terms in the command line's: ``value='<column>'``
+    becomes ``--value COLUMN``, ``if_exists='skip'`` ``--if-exists skip``,
+    ``.failure_cases`` the ``--failures`` file; clauses about an error's attributes, which
+    the command line accounts for itself, are left out.
+
+    Examples
+    --------
+    >>> command_line_terms("pass value='<column>' or values=[...]", "validate")
+    'pass --value COLUMN or --values COLUMNS'
+    >>> command_line_terms("pass if_exists='skip' to send only new records", "upload")
+    'pass --if-exists skip to send only new records'
+    """
+    if command is None:
+        return message
+    options = _options(command)
+    if "failures" in options:
+        message = message.replace("in .failure_cases", "written by --failures CSV")
+        message = message.replace(".failure_cases", "--failures CSV")
+    else:
+        message = message.replace(".failure_cases", "the failure table (validate --failures CSV)")
+
+    def option(match: re.Match[str]) -> str:
+        action = options.get(_OPTION_FOR.get(match["name"], match["name"]))
+        if action is None:
+            return match[0]
+        flag, value = action.option_strings[0], match["value"]
+        if value is None or action.nargs == 0:
+            return flag
+        metavar = action.metavar if isinstance(action.metavar, str) else match["name"].upper()
+        if value[0] in "'\"" and not value[1:].startswith("<"):
+            return f"{flag} {value[1:-1]}"
+        return f"{flag} {value if value[0].isalnum() else metavar}"
+
+    return "\n".join(
+        _without_attributes(_ARGUMENT.sub(option, line)) for line in message.split("\n")
+    )
+
+
+def _without_attributes(line: str) -> str:
+    clauses = re.split(r"(?<=[.;])\s+", line)
+    kept = [clause for clause in clauses if not _ATTRIBUTE.search(clause)]
+    if len(kept) == len(clauses):
+        return line
+    text = " ".join(kept)
+    return text[:-1] + "." if text.endswith(";") else text

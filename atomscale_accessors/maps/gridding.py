@@ -17,7 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import MapStructureError
-from ..failures import failure_table, quote, quote_list
+from ..failures import agree, failure_table, plural, quote, quote_list
 from ..fields import SAMPLE_DIM, SAMPLE_ID, SAMPLE_NAME
 from .plan import StructureProblems, plain_scalar
 
@@ -213,7 +213,8 @@ def _read_rows(frame: pd.DataFrame, problems: StructureProblems) -> _Rows:
     unplaced = np.isnan(x) | np.isnan(y)
     if unplaced.any():
         problems.add(
-            f"{int(unplaced.sum())} annotations have no x or y coordinate and cannot be placed "
+            f"{plural(int(unplaced.sum()), 'annotation')} {agree(int(unplaced.sum()), 'has', 'have')} "
+            "no x or y coordinate and cannot be placed "
             "on a map: leave them out, e.g. frame.dropna(subset=['coord_x', 'coord_y'])",
             ("coord_x", "coord_y"),
             "position_given",

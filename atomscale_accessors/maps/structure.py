@@ -13,8 +13,10 @@ Maps understood
   dimension of its own for a volume).
 
 Coordinates are found, in this order, by an explicit name (``x=``, ``y=``, ``z=``), by the
-CF ``axis`` attribute (``axis="X"``), or by a common name (:data:`COORD_NAMES`: ``x``,
-``X``, ``x_mm``, ``xc``, ...). Geographic names (``lon``, ``lat``) are deliberately not
+CF ``axis`` attribute (``axis="X"``), by a CF ``standard_name`` (:data:`STANDARD_NAMES`:
+``projection_x_coordinate``, ``projection_y_coordinate``), or by a common name
+(:data:`COORD_NAMES`: ``x``, ``X``, ``x_mm``, ``xc``, ...). Geographic names (``lon``,
+``lat``, and the standard names ``longitude`` and ``latitude``) are deliberately not
 recognised: an annotation position is on a sample, not on the Earth. A coordinate may also be
 a data variable (scattered data often keeps ``x`` and ``y`` as columns); it is then used as a
 coordinate and is not a property. :func:`find_coordinates` is the one place this is decided,
@@ -23,22 +25,23 @@ for uploads and pictures alike: when two coordinates could serve, both refuse to
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
+from .. import units
 from ..failures import clip, quote, quote_list
 from ..options import ExtraDims, MapOptions
 from ..records import DEFAULT_COORD_REF_FRAME
-from .plan import MapAxis, MapPlan, MapProperty, StructureProblems, check_unique_positions
+from .plan import MapPlan, MapProperty, StructureProblems, check_unique_positions
+from .positions import resolve_axes
 from .schema import map_structure_schema, run_schema
 
 __all__ = [
     "COORD_NAMES",
+    "STANDARD_NAMES",
     "find_coordinate",
     "find_coordinates",
 ]
@@ -64,6 +67,13 @@ COORD_NAMES: dict[str, tuple[str, ...]] = {
         f"{role}_coordinate",
     )
     for role in ("x", "y", "z")
+}
+#: CF ``standard_name`` values recognised for the x, y and z coordinate. (CF names no
+#: standard name for a height on a sample: a z coordinate is found by ``axis="Z"`` or name.)
+STANDARD_NAMES: dict[str, tuple[str, ...]] = {
+    "x": ("projection_x_coordinate",),
+    "y": ("projection_y_coordinate",),
+    "z": (),
 }
 
 
@@ -140,14 +150,17 @@ def _resolve(
 ) -> Hashable | None:
     if given is not None:
         return _given_coordinate(ds, role, given, problems)
-    by_axis = [
-        n for n, c in ds.coords.items() if str(c.attrs.get("axis", "")).upper() == role.upper()
-    ]
-    if len(by_axis) == 1:
-        return by_axis[0]
-    if len(by_axis) > 1:
-        found = f"several coordinates have axis={quote(role.upper())}"
-        return _ambiguous(role, found, by_axis, problems)
+    marked = (
+        ("axis", lambda value: str(value).upper() == role.upper()),
+        ("standard_name", lambda value: value in STANDARD_NAMES[role]),
+    )
+    for attr, wanted in marked:
+        hits = [n for n, c in ds.coords.items() if attr in c.attrs and wanted(c.attrs[attr])]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            said = f"{attr}={quote(ds[hits[0]].attrs[attr])}"
+            return _ambiguous(role, f"several coordinates have {said}", hits, problems)
     for pool in (ds.coords, ds.data_vars):
         hits = [n for n in COORD_NAMES[role] if n in pool]
         if len(hits) == 1:
@@ -196,7 +209,8 @@ def _not_found(ds: xr.Dataset, role: str, problems: StructureProblems) -> None:
         else ""
     )
     problems.add(
-        f"no {role} coordinate found (looked for axis={quote(role.upper())} and the names "
+        f"no {role} coordinate found (looked for axis={quote(role.upper())}, "
+        f"standard_name={quote(STANDARD_NAMES[role][0])} and the names "
         f"{', '.join(COORD_NAMES[role][:6])}, ...; coordinates: {quote_list(ds.coords)}): "
         f"name it with {role}=...{hint}",
         role,
@@ -211,6 +225,8 @@ def plan_map(ds: xr.Dataset, options: MapOptions) -> MapPlan:
     problem found, step by step."""
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"expected an xarray Dataset, got {type(ds).__name__}")
+    # 0. Values held as pint quantities: their magnitudes, their units as attributes.
+    ds = _without_quantities(ds)
     # 1. Where the positions are.
     names = find_coordinates(ds, {"x": options.x, "y": options.y, "z": options.z})
     problems = StructureProblems()
@@ -240,7 +256,7 @@ def plan_map(ds: xr.Dataset, options: MapOptions) -> MapPlan:
     problems.raise_if_any()
 
     # 5. Units of the positions.
-    axes, target = _resolve_axes(ds, names, axes_dims, options.coord_units, problems)
+    axes, target = resolve_axes(ds, names, axes_dims, options.coord_units, problems)
 
     # 6. The properties and their text fields.
     texts = {"char_source_type": options.char_source_type, "data_id": options.data_id}
@@ -262,6 +278,21 @@ def plan_map(ds: xr.Dataset, options: MapOptions) -> MapPlan:
     check_unique_positions(plan, problems)
     problems.raise_if_any()
     return plan
+
+
+def _without_quantities(ds: xr.Dataset) -> xr.Dataset:
+    plain, conflicts = units.split_quantities(ds)
+    problems = StructureProblems()
+    for name, written, unit in conflicts:
+        problems.add(
+            f"{quote(name)} holds a quantity in {quote(unit)} but its units attribute says "
+            f"{quote(written)}: drop the attribute, or convert the quantity",
+            name,
+            "units_agree",
+            written,
+        )
+    problems.raise_if_any()
+    return plain
 
 
 def _spatial_layout(
@@ -450,77 +481,3 @@ def _properties(
             )
         seen[p.name] = p.variable
     return tuple(properties)
-
-
-# -- units of the positions ------------------------------------------------------------------
-def _resolve_axes(
-    ds: xr.Dataset,
-    names: dict[str, Hashable | None],
-    axes_dims: dict[str, tuple[Hashable, ...]],
-    coord_units: str | None,
-    problems: StructureProblems,
-) -> tuple[tuple[MapAxis, ...], str]:
-    """The axes with their unit conversions; the unit every position is given in."""
-    if coord_units is not None and (not isinstance(coord_units, str) or not coord_units.strip()):
-        problems.add(f"coord_units={quote(coord_units)} is not a unit", "coord_units", "units_text")
-        problems.raise_if_any()
-    units = {role: ds[n].attrs.get("units") for role, n in names.items() if n is not None}
-    target = coord_units if coord_units is not None else units["x"]
-    axes = []
-    for role, name in names.items():
-        if name is None:
-            continue
-        source = units[role] if units[role] is not None else target
-        convert = None
-        if source != target:
-            convert = _converter(role, name, source, target, units, problems)
-        axes.append(MapAxis(role=role, name=name, dims=axes_dims[role], convert=convert))
-    problems.raise_if_any()
-    return tuple(axes), target
-
-
-def _converter(
-    role: str,
-    name: Hashable,
-    source: str,
-    target: str,
-    units: dict[str, Any],
-    problems: StructureProblems,
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    registry = _unit_registry()
-    if registry is None:
-        shown = ", ".join(f"{r} in {quote(u)}" for r, u in units.items())
-        problems.add(
-            f"the coordinates are in different units ({shown}) and pint is not installed to "
-            f"convert {role} ({quote(name)}) to {quote(target)}: install pint, or convert the "
-            "coordinates to one unit yourself",
-            name,
-            "same_units",
-            source,
-        )
-        return None
-    try:
-        registry.Quantity(1.0, source).to(target)
-    except Exception as exc:  # pint raises several unrelated types for bad units
-        problems.add(
-            f"cannot convert {role} ({quote(name)}) from {quote(source)} to {quote(target)}: {exc}",
-            name,
-            "convertible_units",
-            source,
-        )
-        return None
-
-    def convert(values: np.ndarray) -> np.ndarray:
-        return np.asarray(registry.Quantity(values, source).to(target).magnitude, dtype="float64")
-
-    return convert
-
-
-@functools.cache
-def _unit_registry() -> Any:
-    """pint's application registry, or None without pint (tests replace this function)."""
-    try:
-        import pint
-    except ImportError:
-        return None
-    return pint.get_application_registry()

@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..client import Client, check_uuid, resolve_client
 from ..errors import AnnotationValidationError, ApiError, TransportError, UploadError
+from ..failures import agree, plural
 from ..frame_builder import FrameBuilder
 from ..frames import AnnotationObject, annotation_frame
 from ..keys import key_frame, record_keys
@@ -320,11 +321,13 @@ def _check_unaccounted(
     problems = []
     if missing.any() and strict:
         problems.append(
-            f"{int(missing.sum())} annotations the server answered as created are not stored"
+            f"{plural(int(missing.sum()), 'annotation')} the server answered as created "
+            f"{agree(int(missing.sum()), 'is', 'are')} not stored"
         )
     if len(extra):
         problems.append(
-            f"{len(extra)} annotations at the positions of this upload's records were stored "
+            f"{plural(len(extra), 'annotation')} at the positions of this upload's records "
+            f"{agree(len(extra), 'was', 'were')} stored "
             f"by no one this upload knows of ({describe_positions(extra)}): a request that timed out "
             "and was committed after its records were sent again, or another upload to the "
             "same sample at the same time"
@@ -407,7 +410,8 @@ def upload_error(
     each group of records, and how to complete the upload."""
     lines = [
         headline,
-        f"{len(created)} annotations were created or updated, {len(not_created)} were not created"
+        f"{plural(len(created), 'annotation')} {agree(len(created), 'was', 'were')} created or "
+        f"updated, {len(not_created)} {agree(len(not_created), 'was', 'were')} not created"
         + (f", {len(not_updated)} stored ones were not updated" if len(not_updated) else "")
         + (f", and {len(unknown)} may or may not have been stored" if len(unknown) else "")
         + ".",
@@ -415,7 +419,7 @@ def upload_error(
         + (" (with if_exists='update' to also apply the updates)" if len(not_updated) else "")
         + "; .created, .not_created, .not_updated and .unknown hold the records"
         + (
-            f"; .mismatched shows what is stored for {len(mismatched)} records stored with "
+            f"; .mismatched shows what is stored for {plural(len(mismatched), 'record')} stored with "
             "other content than sent."
             if mismatched is not None and len(mismatched)
             else "."

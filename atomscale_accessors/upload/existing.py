@@ -18,6 +18,7 @@ from ..errors import (
     ApiError,
     TransportError,
 )
+from ..failures import agree, plural
 from ..frames import (
     REPEATED_TEXT_COLUMNS,
     AnnotationObject,
@@ -25,7 +26,7 @@ from ..frames import (
     decode_annotations,
 )
 from ..keys import Box, box_filters, key_frame, listing_filters, record_keys
-from ..retry import retry_safe
+from ..retry import stopping
 from ..schemas import (
     FLOAT_COLUMNS,
     POSITION_KEY,
@@ -186,7 +187,8 @@ def apply_if_exists(
 
 def exists_error(table: pd.DataFrame) -> AnnotationExistsError:
     return AnnotationExistsError(
-        f"{len(table)} records are already stored on the sample ({describe_positions(table)}); "
+        f"{plural(len(table), 'record')} {agree(len(table), 'is', 'are')} already stored on the "
+        f"sample ({describe_positions(table)}); "
         "nothing was "
         "sent. Pass if_exists='skip' to send only new records, 'update' to overwrite the "
         "stored values, or 'append' to store them again. The clashes are in .existing.",
@@ -301,13 +303,11 @@ def patch(uploader: Uploader, annotation_id: str, changes: dict[str, Any]) -> An
     path = f"physical_samples/{uploader.sample_id}/annotations/{check_uuid(annotation_id)}"
     body = ENCODER.encode(changes)
 
-    def send() -> AnnotationObject:
+    # PATCH sets values, so the client's transport repeats it after a failure that may pass.
+    with stopping(uploader.stop):
         raw = uploader.client.request("PATCH", path, data=body).content
-        # One object: read as a list of one, with the checks of every other answer.
-        return decode_annotations(b"[" + raw + b"]", "PATCH /" + path)[0]
-
-    # PATCH sets values, so repeating it is harmless.
-    return retry_safe(send, uploader.policy, uploader.stop)
+    # One object: read as a list of one, with the checks of every other answer.
+    return decode_annotations(b"[" + raw + b"]", "PATCH /" + path)[0]
 
 
 def describe_positions(table: pd.DataFrame, shown: int = 5) -> str:

@@ -17,10 +17,11 @@ from ..errors import (
     ApiError,
     TransportError,
 )
+from ..failures import agree, plural
 from ..frame_builder import parse_times, text_codes
 from ..frames import metadata_copies
 from ..keys import listing_filters, match
-from ..retry import Action, Tries, classify, describe, may_be_running, retry_safe
+from ..retry import Action, Tries, classify, describe, may_be_running, stopping
 from ..schemas import (
     RECORD_STRING_COLUMNS,
 )
@@ -57,12 +58,10 @@ class Uploader:
         self.guess_shared = True
 
     def list_existing(self, **filters: Any) -> bytes:
-        """List annotations as raw JSON, retrying any failure that may pass."""
-        return retry_safe(
-            lambda: self.client.list_annotations_raw(self.sample_id, **filters),
-            self.policy,
-            self.stop,
-        )
+        """List annotations as raw JSON (the client's transport retries a GET), with any
+        wait ended by the upload's stop."""
+        with stopping(self.stop):
+            return self.client.list_annotations_raw(self.sample_id, **filters)
 
     # -- one chunk -----------------------------------------------------------------------
     def send(self, chunk: Chunk) -> Outcome:
@@ -282,7 +281,8 @@ class Uploader:
             outcome.mismatched.append((mismatched, checked.stored))
             outcome.error = outcome.error or ApiError(
                 getattr(cause, "status_code", 200),
-                f"{len(mismatched)} records are stored with other content than was sent "
+                f"{plural(len(mismatched), 'record')} {agree(len(mismatched), 'is', 'are')} stored "
+                "with other content than was sent "
                 "(see .mismatched)",
                 method="POST",
                 path="/" + self.bulk_path,
