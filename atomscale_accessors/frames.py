@@ -28,8 +28,10 @@ import numpy as np
 import pandas as pd
 
 from .client import check_uuid, resolve_client
-from .errors import ApiError
-from .schemas import ANNOTATION_COLUMNS, FLOAT_COLUMNS
+from .errors import ApiError, InvalidIdentifierError
+from .failures import clip
+from .fields import SAMPLE_NAME
+from .schemas import ANNOTATION_COLUMNS, FLOAT_COLUMNS, is_uuid
 
 __all__ = [
     "REPEATED_TEXT_COLUMNS",
@@ -277,8 +279,9 @@ def sort_annotations(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def fetch(
-    sample_id: str,
+    samples: str | Sequence[str] | None = None,
     *,
+    project: str | None = None,
     property_name: str | None = None,
     char_source_type: str | None = None,
     x_range: tuple[float | None, float | None] | None = None,
@@ -286,12 +289,18 @@ def fetch(
     sort: bool = True,
     client: Any = None,
 ) -> pd.DataFrame:
-    """The annotations of a sample as an annotation frame.
+    """The annotations of a sample (or of several, or of a project's) as an annotation
+    frame.
 
     Parameters
     ----------
-    sample_id : str
-        UUID of the physical sample.
+    samples : str or list of str, optional
+        A sample by name (matched without case and surrounding blanks) or UUID, or a list
+        of them. A list gives one frame of all of them, sample after sample in the order
+        of their names, with the columns ``physical_sample_id`` and ``sample_name``.
+    project : str, optional
+        A project's name or UUID: every sample of the project (or, with ``samples``, the
+        names looked up in it), as for a list.
     property_name, char_source_type : str, optional
         Keep only annotations of this property / technique.
     x_range, y_range : (float, float), optional
@@ -312,21 +321,57 @@ def fetch(
 
     Raises
     ------
+    SampleNotFoundError, ProjectNotFoundError
+        A name or UUID that matches no sample (project); nothing else was fetched.
     ApiError
-        Status 404 for an unknown sample; any other refusal that persists after the
+        Any refusal that persists after the
         client's retries (429 and 5xx answers and failed connections are retried as
         its :class:`~atomscale_accessors.RetryPolicy` allows).
     TransportError
         The server could not be reached, or the answer did not arrive, after the retries.
     """
-    sid = check_uuid(sample_id)
-    raw = resolve_client(client).list_annotations_raw(
-        sid,
-        property_name=property_name,
-        char_source_type=char_source_type,
-        x_range=x_range,
-        y_range=y_range,
+    from .samples import SampleResolver, samples_named
+
+    resolved = resolve_client(client)
+    filters = {
+        "property_name": property_name,
+        "char_source_type": char_source_type,
+        "x_range": x_range,
+        "y_range": y_range,
+    }
+    if isinstance(samples, str) and project is None:
+        # A UUID is asked for as it is (404 when unknown); a name is looked up.
+        sid = check_uuid(samples) if is_uuid(samples) else SampleResolver(resolved).resolve(samples)
+        return _fetch_one(resolved, sid, filters, sort)
+    if samples is None and project is None:
+        raise TypeError("fetch() takes a sample, a list of samples, or project=")
+    if not (samples is None or isinstance(samples, str) or _texts(samples)):
+        shown = clip(samples, 80)
+        raise InvalidIdentifierError(
+            f"a sample is given by its name or UUID as a string (or a list of them), not {shown}"
+        )
+    names = samples_named(samples, project=project, client=resolved)
+    frames = [
+        _fetch_one(resolved, sid, filters, sort).assign(**{SAMPLE_NAME: name})
+        for sid, name in names.items()
+    ]
+    if not frames:
+        return annotation_frame([]).assign(**{SAMPLE_NAME: pd.Series(dtype=TEXT_DTYPE)})
+    frame = pd.concat(frames, ignore_index=True)
+    frame[SAMPLE_NAME] = categorical(frame[SAMPLE_NAME].to_numpy(dtype=object))
+    return frame
+
+
+def _texts(values: Any) -> bool:
+    return (
+        isinstance(values, Sequence)
+        and not isinstance(values, bytes)
+        and all(isinstance(v, str) for v in values)
     )
-    route = f"GET /physical_samples/{sid}/annotations/"
+
+
+def _fetch_one(client: Any, sample_id: str, filters: dict[str, Any], sort: bool) -> pd.DataFrame:
+    raw = client.list_annotations_raw(sample_id, **filters)
+    route = f"GET /physical_samples/{sample_id}/annotations/"
     frame = annotation_frame(decode_annotations(raw, route), route=route)
     return sort_annotations(frame) if sort else frame

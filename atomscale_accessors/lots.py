@@ -29,7 +29,7 @@ from .errors import (
     SampleNotFoundError,
     UploadError,
 )
-from .failures import cap_message, clip, failure_table, quote, repeat_failures
+from .failures import agree, cap_message, clip, failure_table, plural, quote, repeat_failures
 from .fields import SAMPLE_ID
 from .frames import annotation_frame
 from .keys import repeated_positions
@@ -168,7 +168,8 @@ def _split_sample_column(df: pd.DataFrame, column: Hashable) -> tuple[pd.DataFra
             (row, column, "sample_given", labels[row]) for row in labels.index[missing]
         )
         raise AnnotationValidationError(
-            f"{int(missing.sum())} of {len(df)} rows name no sample in column {quote(column)}: "
+            f"{int(missing.sum())} of {plural(len(df), 'row')} {agree(int(missing.sum()), 'names', 'name')} "
+            f"no sample in column {quote(column)}: "
             f"rows {clip(list(labels.index[missing][:5]))}",
             table,
         )
@@ -205,7 +206,8 @@ def resolve_samples(given: pd.Series, options: UploadOptions, client: Any) -> di
 
 def _not_found(errors: list[SampleNotFoundError]) -> SampleNotFoundError:
     lines = [
-        f"{len(errors)} sample names match no sample (pass create_sample=True to create them):"
+        f"{plural(len(errors), 'sample name')} {agree(len(errors), 'matches', 'match')} no sample "
+        "(pass create_sample=True to create them):"
     ]
     for error in errors[:10]:
         close = f" (close: {', '.join(map(quote, error.suggestions))})" if error.suggestions else ""
@@ -250,7 +252,8 @@ def _check_joined(records: pd.DataFrame, sample_ids: np.ndarray) -> None:
     if repeated.any():
         table = repeat_failures(records.index[repeated])
         raise AnnotationValidationError(
-            f"{int(repeated.sum())} records repeat a position of their sample, which the "
+            f"{plural(int(repeated.sum()), 'record')} {agree(int(repeated.sum()), 'repeats', 'repeat')} "
+            "a position of their sample, which the "
             "table names in two ways (a name and its UUID, say)",
             table,
         )
@@ -392,7 +395,7 @@ def join_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _message(table: pd.DataFrame, errors: dict[str, Exception]) -> str:
     failed = table[table["error"] != ""]
     lines = [
-        f"{len(failed)} of {len(table)} samples did not complete "
+        f"{len(failed)} of {plural(len(table), 'sample')} did not complete "
         f"({int(table['created'].sum())} of {int(table['records'].sum())} records created; "
         "re-run with if_exists='skip' to complete them):"
     ]

@@ -18,7 +18,7 @@ import xarray as xr
 
 from .client import resolve_client
 from .errors import AnnotationValidationError, MapStructureError
-from .failures import cap_message, clip, quote
+from .failures import agree, cap_message, clip, plural, quote
 from .lots import SampleJob, account, join_frames, resolve_samples, run_jobs, sample_key
 from .maps.flatten import flatten_plan, iter_plan_blocks, validate_plan_blocks
 from .maps.structure import plan_map
@@ -210,7 +210,10 @@ def _stack_error(
 ) -> AnnotationValidationError | MapStructureError:
     """One error for the problems of several maps: each map's message under its label,
     and the failure tables joined with a column saying which map."""
-    lines = [f"{len(problems)} of {n_maps} maps along {quote(sample_dim)} are invalid:"]
+    verb = agree(len(problems), "is", "are")
+    lines = [
+        f"{len(problems)} of {plural(n_maps, 'map')} along {quote(sample_dim)} {verb} invalid:"
+    ]
     tables = []
     for label, exc in problems:
         lines.append(f"{quote(label)}: " + str(exc).replace("\n", "\n  "))

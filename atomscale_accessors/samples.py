@@ -43,6 +43,7 @@ __all__ = [
     "resolve_project",
     "resolve_sample",
     "samples",
+    "samples_named",
 ]
 
 #: Columns of :func:`samples`, in order.
@@ -418,6 +419,24 @@ def samples(*, project: str | None = None, client: Any = None) -> pd.DataFrame:
                 }
             )
     return _frame(rows, SAMPLE_COLUMNS, "GET /physical_samples/", ("name", "project_name"))
+
+
+def samples_named(
+    wanted: str | Iterable[str] | None, *, project: str | None = None, client: Any = None
+) -> dict[str, str]:
+    """The id and name of each sample wanted (names or UUIDs), or of every sample of a
+    project when ``wanted`` is None, ordered by name (a listing of the samples, and one
+    more to resolve names)."""
+    api = resolve_client(client)
+    listing = samples(project=project, client=api).drop_duplicates("physical_sample_id")
+    names = dict(zip(listing["physical_sample_id"], listing["name"], strict=True))
+    if wanted is None:
+        ids = list(names)
+    else:
+        given = [wanted] if isinstance(wanted, str) else list(wanted)
+        ids = list(dict.fromkeys(SampleResolver(api, project=project).resolve_many(given).values()))
+    found = {sid: str(names.get(sid) or sid) for sid in ids}
+    return dict(sorted(found.items(), key=lambda item: (_key(item[1]), item[0])))
 
 
 def projects(client: Any = None) -> pd.DataFrame:

@@ -739,9 +739,9 @@ NOT_TEXT = ("empty", "none", "number", "bytes")
 def test_malformed_sample_id(bad, entry, fresh):
     server, client, _ = fresh
     value = BAD_IDS[bad]
-    if bad in NOT_TEXT or entry == "fetch":
-        # No sample at all is a missing argument to an upload.
-        expected = TypeError if value is None and entry != "fetch" else InvalidIdentifierError
+    if bad in NOT_TEXT:
+        # No sample at all is a missing argument.
+        expected = TypeError if value is None else InvalidIdentifierError
         with pytest.raises(expected):
             ENTRY_POINTS[entry](value, client)
         assert server.request_count() == 0, f"requests were sent: {server.request_counts}"

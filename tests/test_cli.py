@@ -71,7 +71,7 @@ def test_help_lists_every_command_and_the_exit_codes(capsys):
     "argv",
     [
         ["upload", "x.csv"],  # no --sample
-        ["fetch", "--sample", "not-a-uuid"],
+        ["fetch", "--sample", "  "],  # blank
         ["upload", "x.csv", "--sample", "a1b2c3d4-5678-90ab-cdef-1234567890ab", "--if-exists", "x"],
         ["fetch", "--sample", "a1b2c3d4-5678-90ab-cdef-1234567890ab", "--x-range", "1"],
         ["frobnicate"],
@@ -346,7 +346,7 @@ def test_fetch_prints_a_compact_table_and_filters(run, env_client, client, sampl
     sheet_resistance_map().atomscale.upload(sample_id, client=client, progress=False)
     status, out, err = run("fetch", "--sample", sample_id, "--rows", "6")
     assert status == EXIT_OK, err
-    assert out.startswith(f"49 annotations on sample {sample_id} (sheet_resistance: 49 in ohm/sq)")
+    assert out.startswith(f"49 annotations of sample {sample_id} (sheet_resistance: 49 in ohm/sq)")
     lines = out.splitlines()
     assert "property_value" in lines[1] and "coord_x" in lines[1]
     assert "..." in out
@@ -355,7 +355,7 @@ def test_fetch_prints_a_compact_table_and_filters(run, env_client, client, sampl
         "fetch", "--sample", sample_id, "--x-range", "-1", "1", "--y-range", "-1", "1"
     )
     assert status == EXIT_OK
-    assert out.startswith("1 annotation on sample")  # only the centre site
+    assert out.startswith("1 annotation of sample")  # only the centre site
     status, out, _ = run("fetch", "--sample", sample_id, "--property-name", "thickness")
     assert status == EXIT_OK
     assert "no annotations" in out

@@ -176,3 +176,50 @@ def test_the_command_line_uploads_a_lot(atomscale_server, tmp_path, capsys, monk
     in_project = [s for s in atomscale_server.store.list_samples() if s["projects"]]
     assert sorted(s["name"] for s in in_project) == ["W01", "W02"]
     assert all(s["projects"][0]["id"] == project for s in in_project)
+
+
+def test_a_lot_comes_back_by_names_or_by_project_and_stacks_exactly(atomscale_server, client):
+    import xarray as xr
+
+    from atomscale_accessors import fetch
+    from atomscale_accessors.datasets import wafer_thickness_map
+
+    atomscale_server.create_project("Lot 0421")
+    maps = [wafer_thickness_map(n=9, seed=i) for i in range(3)]
+    stack = xr.concat(maps, dim=pd.Index(["W03", "W01", "W02"], name="wafer"))
+    stack.atomscale.upload(
+        sample_dim="wafer", client=client, create_sample=True, project="Lot 0421", progress=False
+    )
+    atomscale_server.create_sample("W99")  # in no project
+    by_project = fetch(project="lot 0421", client=client)
+    by_names = fetch(["w02", "W01 ", "W03"], client=client)
+    pd.testing.assert_frame_equal(by_project, by_names)
+    assert list(pd.unique(by_names["sample_name"])) == ["W01", "W02", "W03"]
+    ids = {s["name"]: s["id"] for s in atomscale_server.store.list_samples()}
+    assert list(pd.unique(by_names["physical_sample_id"])) == [ids[n] for n in ("W01", "W02", "W03")]
+    back = by_names.atomscale.to_xarray()
+    assert list(back["sample"].values) == ["W01", "W02", "W03"]
+    assert list(back["physical_sample_id"].values) == [ids[n] for n in ("W01", "W02", "W03")]
+    expected = stack.rename(wafer="sample").sortby("sample")
+    xr.testing.assert_equal(back.drop_vars("physical_sample_id"), expected)
+    with pytest.raises(SampleNotFoundError, match="W04"):
+        fetch(["W01", "W04"], client=client)
+
+
+def test_the_command_line_fetches_a_lot(atomscale_server, client, tmp_path, capsys, monkeypatch):
+    from atomscale_accessors.cli import main
+
+    monkeypatch.setenv("AS_API_KEY", atomscale_server.api_key)
+    monkeypatch.setenv("AS_API_ENDPOINT", atomscale_server.endpoint)
+    atomscale_server.create_project("lot-9")
+    lot(["A", "B"]).atomscale.upload(
+        sample_column="wafer", client=client, create_sample=True, project="lot-9", **THICKNESS_MAPPING
+    )
+    out = tmp_path / "lot.csv"
+    assert main(["fetch", "--project", "lot-9", "-o", str(out)]) == 0
+    stored = pd.read_csv(out)
+    assert stored.groupby("sample_name").size().to_dict() == {"A": SITES, "B": SITES}
+    assert main(["fetch", "--sample", "a", "--sample", "B"]) == 0
+    assert f"{2 * SITES} annotations of 2 samples" in capsys.readouterr().out
+    assert main(["fetch"]) == 2
+    assert "--sample" in capsys.readouterr().err

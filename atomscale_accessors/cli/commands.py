@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AnnotationValidationError
 from ..failures import plural
-from .exits import EXIT_INVALID, EXIT_OK
+from ..fields import SAMPLE_NAME
+from .exits import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from .files import check_output, file_kind, read_input, write_frame
 from .options import mapping_for
 
@@ -100,14 +101,15 @@ def _report_dry_run(planned: pd.DataFrame, args: argparse.Namespace) -> None:
     if args.sample is None:
         per_sample = planned.groupby("sample", sort=False)["chunk"].nunique()
         print(
-            f"dry run: {args.file} is valid; {len(planned):,} annotations would be sent to "
-            f"{len(per_sample)} samples in {int(per_sample.sum())} request(s); nothing was sent"
+            f"dry run: {args.file} is valid; {plural(len(planned), 'annotation')} would be "
+            f"sent to {plural(len(per_sample), 'sample')} in "
+            f"{plural(int(per_sample.sum()), 'request')}; nothing was sent"
         )
         return
     n_requests = int(planned["chunk"].nunique()) if len(planned) else 0
     print(
-        f"dry run: {args.file} is valid; {len(planned):,} annotations would be sent to "
-        f"sample {args.sample} in {n_requests} request(s); nothing was sent"
+        f"dry run: {args.file} is valid; {plural(len(planned), 'annotation')} would be "
+        f"sent to sample {args.sample} in {plural(n_requests, 'request')}; nothing was sent"
     )
     if len(planned):
         print(_stored_already(planned.drop(columns="chunk"), args))
@@ -310,11 +312,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     """Fetch a sample's annotations; print them, or write them to a file."""
     from ..frames import fetch
 
+    if not args.sample and args.project is None:
+        print(
+            "error: fetch needs --sample (a name or UUID, repeatable) or --project", file=sys.stderr
+        )
+        return EXIT_USAGE
     if args.output is not None:
         check_output(args.output)
     client = _client(args)
+    samples = args.sample[0] if args.sample and len(args.sample) == 1 else args.sample
+    what = f"sample {samples}" if isinstance(samples, str) else _samples_named(args)
     frame = fetch(
-        args.sample,
+        samples,
+        project=args.project,
         property_name=args.property_name,
         char_source_type=args.char_source_type,
         x_range=tuple(args.x_range) if args.x_range else None,
@@ -326,17 +336,22 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             print("no annotations match: nothing to put on a map, no file written")
             return EXIT_OK
         write_frame(frame, args.output)
-        print(
-            f"{plural(len(frame), 'annotation')} of sample {args.sample} written to {args.output}"
-        )
+        print(f"{plural(len(frame), 'annotation')} of {what} written to {args.output}")
         return EXIT_OK
     if len(frame) == 0:
-        print(f"no annotations on sample {args.sample} match")
+        print(f"no annotations of {what} match")
         return EXIT_OK
     counts = ", ".join(
         f"{name}: {len(part):,} in {_joined(part['property_unit']) or 'no unit'}"
         for name, part in frame.groupby("property_name", sort=False, observed=True)
     )
-    print(f"{plural(len(frame), 'annotation')} on sample {args.sample} ({counts})")
-    print(frame[_SHOWN_COLUMNS].to_string(max_rows=args.rows, index=False))
+    print(f"{plural(len(frame), 'annotation')} of {what} ({counts})")
+    shown = [SAMPLE_NAME, *_SHOWN_COLUMNS] if SAMPLE_NAME in frame else list(_SHOWN_COLUMNS)
+    print(frame[shown].to_string(max_rows=args.rows, index=False))
     return EXIT_OK
+
+
+def _samples_named(args: argparse.Namespace) -> str:
+    if args.sample:
+        return plural(len(args.sample), "sample")
+    return f"project {args.project}"

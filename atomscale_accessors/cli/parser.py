@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import InvalidIdentifierError
 from ..failures import MAX_FAILURE_CASES
 from .catalog import cmd_projects_list, cmd_samples_create, cmd_samples_list
 from .commands import cmd_demo, cmd_fetch, cmd_serve, cmd_upload, cmd_validate
@@ -34,15 +33,6 @@ def _limit(text: str) -> int | None:
     if value < 0:
         raise argparse.ArgumentTypeError(f"limit must be >= 0 or 'none', got {value}")
     return value
-
-
-def _sample(text: str) -> str:
-    from ..client import check_uuid
-
-    try:
-        return check_uuid(text)
-    except InvalidIdentifierError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _sample_text(text: str) -> str:
@@ -318,7 +308,14 @@ def _add_fetch(subparsers: argparse._SubParsersAction, parents: list[Any]) -> No
             " along 'point' for scattered points)."
         ),
     )
-    parser.add_argument("--sample", required=True, type=_sample, metavar="UUID", help="sample id")
+    parser.add_argument(
+        "--sample",
+        action="append",
+        type=_sample_text,
+        metavar="SAMPLE",
+        help="a sample's name or UUID; repeat it for several (one table, with sample_name)",
+    )
+    _project_option(parser, "every sample of this project (or, with --sample, the names in it)")
     parser.add_argument(
         "--output",
         "-o",
