@@ -23,6 +23,7 @@ import xarray as xr
 
 from .client import Client
 from .datasets import sheet_resistance_map, wafer_thickness_map
+from .demo_lot import LOT_PROJECT, LotResult, run_lot
 from .errors import AnnotationExistsError
 from .frames import fetch
 
@@ -100,6 +101,8 @@ class DemoResult:
         Why no picture was drawn, when none was.
     seconds : float
         Wall time of the whole demo.
+    lot : LotResult, optional
+        The lot of 25 wafers uploaded in one call (see :mod:`atomscale_accessors.demo_lot`).
     """
 
     maps: tuple[MapResult, ...]
@@ -110,14 +113,17 @@ class DemoResult:
     pictures: tuple[Path, ...] = field(default_factory=tuple)
     picture_note: str | None = None
     seconds: float = 0.0
+    lot: LotResult | None = None
 
     @property
     def ok(self) -> bool:
         """Every check passed: exact round trips, the re-run refused, nothing doubled."""
+        lot = self.lot
         return (
             all(m.round_trip_exact and m.created == m.points_sent for m in self.maps)
             and self.rerun_refused
             and self.stored == sum(m.created for m in self.maps)
+            and (lot is None or (lot.round_trip_exact and lot.created == lot.points))
         )
 
     def table(self) -> str:
@@ -137,6 +143,10 @@ class DemoResult:
         ]
         return format_table(header, rows, right={3, 4, 5})
 
+    def lot_summary(self) -> str:
+        """The lot: what went where, and each wafer's uniformity (empty without a lot)."""
+        return "\n".join(_lot_lines(self.lot)) if self.lot is not None else ""
+
     def summary(self) -> str:
         """The table, then the checks, the pictures and the total time."""
         lines = [self.table(), ""]
@@ -148,12 +158,34 @@ class DemoResult:
         else:
             lines.append("re-run with if_exists='fail': NOT refused")
         lines.append(f"annotations stored on the sample: {self.stored:,}")
+        if self.lot is not None:
+            lines += ["", self.lot_summary()]
         for path in self.pictures:
             lines.append(f"picture: {path}")
         if self.picture_note:
             lines.append(f"picture skipped: {self.picture_note}")
         lines.append(f"total time: {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def _lot_lines(lot: LotResult) -> list[str]:
+    """The lot's summary: what went where, then its wafers' uniformity."""
+    check = "exact" if lot.round_trip_exact else "DIFFERS"
+    table = lot.uniformity
+    rows = [
+        (str(r.sample_name), f"{r.sites}", f"{r.mean:.2f}", f"{r.sigma_pct:.2f}", f"{r.range:.2f}")
+        for r in table.itertuples()
+    ]
+    header = ("wafer", "sites", "mean ohm/sq", "1-sigma %", "range ohm/sq")
+    lines = [
+        f"lot {LOT_PROJECT!r}: {lot.points:,} sites of {lot.wafers} wafers sent in one call, "
+        f"{lot.created:,} created in {lot.seconds:.2f} s, {lot.fetched:,} fetched back by "
+        f"project, round trip {check}",
+        format_table(header, rows, right={1, 2, 3, 4}),
+    ]
+    if lot.picture is not None:
+        lines.append(f"picture: {lot.picture}")
+    return lines
 
 
 def run_demo(
@@ -220,6 +252,8 @@ def run_demo(
         try:
             with server:
                 story = _tell(server, maps, progress, say)
+                client = Client(api_key=server.api_key, endpoint=server.endpoint)
+                lot = run_lot(client, server.create_project, out, progress, say)
         finally:
             server.close()
 
@@ -238,6 +272,7 @@ def run_demo(
         pictures=tuple(p for p in pictures if p is not None),
         picture_note=note,
         seconds=time.perf_counter() - started,
+        lot=lot,
     )
 
 

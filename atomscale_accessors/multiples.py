@@ -95,6 +95,8 @@ def plot_stack(
         artist = ax.collections[0] if ax.collections else artist
     for ax in axes.ravel()[len(labels) :]:
         ax.set_visible(False)
+    for ax in axes.ravel():
+        ax.label_outer()  # axis labels on the outer panels only
     if artist is not None:
         prop = str(var.attrs.get("property_name", name))
         axes.ravel()[0].figure.colorbar(

@@ -40,7 +40,16 @@ def test_run_demo_counts_checks_and_pictures(tmp_path: Path):
     assert thickness.picture == result.pictures[0]
     assert result.picture_note is None
 
+    lot = result.lot
+    assert (lot.wafers, lot.points, lot.created, lot.fetched) == (25, 25 * 49, 25 * 49, 25 * 49)
+    assert lot.round_trip_exact
+    assert len(lot.uniformity) == 25 and (lot.uniformity["sites"] == 49).all()
+    assert lot.uniformity["sigma_pct"].between(0.5, 5.0).all()
+    assert lot.picture == tmp_path / "lot_sheet_resistance.png"
+    assert lot.picture.read_bytes()[:8] == PNG_MAGIC
+
     summary = result.summary()
+    assert "W0421-25" in summary and "1-sigma %" in summary and "fetched back by project" in summary
     assert "points sent" in summary and "created" in summary and "upload s" in summary
     assert f"{n_cells:,}" in summary
     assert "refused" in summary
@@ -93,6 +102,6 @@ def test_run_demo_writes_into_the_current_folder_which_git_ignores(tmp_path: Pat
     assert result.ok
     assert [p.parent for p in result.pictures] == [tmp_path, tmp_path]
     ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
-    for path in result.pictures:
+    for path in (*result.pictures, result.lot.picture):
         assert path.read_bytes()[:8] == PNG_MAGIC
         assert path.name in ignored  # a demo run in a clone leaves git status clean

@@ -223,6 +223,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(result.table())
     print()
+    if result.lot is not None:
+        print(result.lot_summary())
+        print()
     if not result.ok:
         print(result.summary(), file=sys.stderr)
         print("error: a check of the demo failed (see above)", file=sys.stderr)
