@@ -65,7 +65,10 @@ def _lines(text: str) -> list[str]:
     return [line.rstrip() for line in text.strip("\n").splitlines()]
 
 
-PAGES_WITH_EXAMPLES = [page for page in PAGES if _examples(page.read_text("utf-8"))]
+# The README's examples run too: its first snippet must work as written.
+PAGES_WITH_EXAMPLES = [
+    page for page in [*PAGES, ROOT / "README.md"] if _examples(page.read_text("utf-8"))
+]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ EXPECTED = {
     "01_dataframe_upload.ipynb",
     "02_xarray_wafer_map.ipynb",
     "03_round_trip_analysis.ipynb",
+    "04_lot_analysis.ipynb",
 }
 # Seconds per cell; the slowest cell (a 70 000-point dask upload) takes a few seconds.
 CELL_TIMEOUT = 180
