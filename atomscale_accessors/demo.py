@@ -191,7 +191,7 @@ def _lot_lines(lot: LotResult) -> list[str]:
 def run_demo(
     output_dir: str | Path | None = None,
     *,
-    progress: bool | Callable[[int, int | None], None] | None = None,
+    progress_bar: bool | Callable[[int, int | None], None] | None = None,
     echo: Echo | None = None,
     grid_points: int = DEMO_GRID_POINTS,
 ) -> DemoResult:
@@ -202,7 +202,7 @@ def run_demo(
     output_dir : str or pathlib.Path, optional
         Where the pictures go (``wafer_thickness.png``, ``sheet_resistance.png``);
         default the current directory. Created when missing.
-    progress : bool or callable, optional
+    progress_bar : bool or callable, optional
         The uploads' progress bar, as in
         :func:`~atomscale_accessors.upload.upload_records`: ``None`` shows one on a
         terminal, ``False`` never.
@@ -251,9 +251,9 @@ def run_demo(
         server = LocalServer(db_path=Path(tmp) / "demo.sqlite")
         try:
             with server:
-                story = _tell(server, maps, progress, say)
+                story = _tell(server, maps, progress_bar, say)
                 client = Client(api_key=server.api_key, endpoint=server.endpoint)
-                lot = run_lot(client, server.create_project, out, progress, say)
+                lot = run_lot(client, server.create_project, out, progress_bar, say)
         finally:
             server.close()
 
@@ -316,7 +316,7 @@ def _rerun(
     """Upload a map again with the default ``if_exists="fail"``: whether it was refused,
     and how many stored annotations the refusal found."""
     try:
-        ds.atomscale.upload(sample_id, client=client, progress=False)
+        ds.atomscale.upload(sample_id, client=client, progress_bar=False)
     except AnnotationExistsError as exc:
         say(
             f"re-running the {name} upload (if_exists='fail'): refused, "
@@ -393,7 +393,7 @@ def _run_map(
     say(f"{name} map ({what}): {len(records):,} points in {unit}, valid")
 
     started = time.perf_counter()
-    created = ds.atomscale.upload(sample_id, client=client, progress=progress)
+    created = ds.atomscale.upload(sample_id, client=client, progress_bar=progress)
     seconds = time.perf_counter() - started
     say(f"uploaded {len(created):,} {prop} annotations in {seconds:.2f} s")
 

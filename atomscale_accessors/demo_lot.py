@@ -124,7 +124,7 @@ def run_lot(
         client=client,
         create_sample=True,
         project=LOT_PROJECT,
-        progress=progress,
+        progress_bar=progress,
         **_MAPPING,
     )
     seconds = time.perf_counter() - started

@@ -8,6 +8,7 @@ failure tables, what was and was not created) so callers never have to parse a m
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -271,3 +272,17 @@ class UploadError(AtomscaleError, RuntimeError):
 def _short(detail: Any, limit: int = 500) -> str:
     text = detail if isinstance(detail, str) else repr(detail)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller of this function point
+    at the first line outside the package: the user's call, however deep the path."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+_PACKAGE = __name__.partition(".")[0] + "."

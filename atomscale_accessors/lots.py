@@ -266,11 +266,11 @@ def run_jobs(jobs: list[SampleJob], options: UploadOptions) -> list[pd.DataFrame
     total = sum(job.n_records for job in jobs)
     parallel = max(1, min(options.max_workers, len(jobs)))
     inner = max(1, options.max_workers // parallel)
-    bar = Progress(options.progress, total)
+    bar = Progress(options.progress_bar, total)
     lock = threading.Lock()
 
     def one(job: SampleJob) -> pd.DataFrame | Exception:
-        opts = replace(options, max_workers=inner, progress=_share(bar, lock))
+        opts = replace(options, max_workers=inner, progress_bar=_share(bar, lock))
         try:
             return job.send(opts)
         except (AtomscaleError, OSError) as exc:
@@ -414,6 +414,6 @@ def _dry_run(records: pd.DataFrame, labels: pd.Series, options: UploadOptions) -
     parts = []
     for key in dict.fromkeys(keys):
         mine = compact_records(records[keys == key])
-        part = dry_run_frame([mine], options.chunk_size, options.max_chunk_bytes)
+        part = dry_run_frame([mine], options.chunksize, options.max_chunk_bytes)
         parts.append(part.assign(sample=labels.loc[part.index].to_numpy()))
     return pd.concat(parts)

@@ -10,11 +10,14 @@ Every way of reading a map (flatten, validate, upload) turns its options into on
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Self
 
 import numpy as np
+
+from .errors import user_stacklevel
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -52,6 +55,7 @@ class _Options:
         ``options``, when given, provides the options not named in ``given``.
         """
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        given = _renamed(given, names)
         mine = {k: v for k, v in given.items() if k in names}
         rest = {k: v for k, v in given.items() if k not in names}
         if options is not None:
@@ -82,16 +86,16 @@ class UploadOptions(_Options):
         raise :class:`~atomscale_accessors.errors.AnnotationExistsError` and send nothing;
         send only the new ones; send everything; or PATCH the stored ones with the new
         values and create the rest.
-    chunk_size : int, default 5000
+    chunksize : int, default 5000
         Records per request at most.
     max_chunk_bytes : int, default 8 MiB
         Request body size at most (at least 128 KiB).
     max_workers : int, default 4
         Requests in flight at once.
-    progress : bool or callable, optional
+    progress_bar : bool or callable, optional
         ``None``: a progress bar on a terminal or in a notebook, none otherwise;
         ``False``: never; ``True``: always; a callable is called as
-        ``progress(done, total)``.
+        ``progress_bar(done, total)``.
     dry_run : bool, default False
         Send nothing; return the records that would be sent, with a ``chunk`` column.
     verify : bool, default False
@@ -107,12 +111,12 @@ class UploadOptions(_Options):
         A project's name or id: names are looked up among its samples, and a created
         sample is added to it.
 
-    ``None`` for ``chunk_size``, ``max_chunk_bytes`` or ``max_workers`` means the default.
+    ``None`` for ``chunksize``, ``max_chunk_bytes`` or ``max_workers`` means the default.
 
     Examples
     --------
     >>> from atomscale_accessors.options import UploadOptions
-    >>> UploadOptions(if_exists="skip", chunk_size=None).chunk_size
+    >>> UploadOptions(if_exists="skip", chunksize=None).chunksize
     5000
     >>> UploadOptions(if_exists="merge", max_workers=0)
     Traceback (most recent call last):
@@ -122,10 +126,10 @@ class UploadOptions(_Options):
 
     client: Any = None
     if_exists: IfExists = "fail"
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunksize: int = DEFAULT_CHUNK_SIZE
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
     max_workers: int = DEFAULT_MAX_WORKERS
-    progress: bool | Callable[[int, int | None], None] | None = None
+    progress_bar: bool | Callable[[int, int | None], None] | None = None
     dry_run: bool = False
     verify: bool = False
     create_sample: bool = False
@@ -138,9 +142,13 @@ class UploadOptions(_Options):
             problems.append(f"if_exists must be one of {allowed}, got {_shown(self.if_exists)}")
         problems += self._size_problems()
         if not (
-            self.progress is None or isinstance(self.progress, bool) or callable(self.progress)
+            self.progress_bar is None
+            or isinstance(self.progress_bar, bool)
+            or callable(self.progress_bar)
         ):
-            problems.append(f"progress must be a bool or a callable, got {_shown(self.progress)}")
+            problems.append(
+                f"progress_bar must be a bool or a callable, got {_shown(self.progress_bar)}"
+            )
         if self.project is not None and not (
             isinstance(self.project, str) and self.project.strip()
         ):
@@ -155,7 +163,7 @@ class UploadOptions(_Options):
         """Check the sizes, putting in the default of each that is None."""
         problems = []
         defaults = {
-            "chunk_size": DEFAULT_CHUNK_SIZE,
+            "chunksize": DEFAULT_CHUNK_SIZE,
             "max_chunk_bytes": DEFAULT_MAX_CHUNK_BYTES,
             "max_workers": DEFAULT_MAX_WORKERS,
         }
@@ -302,6 +310,26 @@ def _unknown(given: Mapping[str, Any], known: Sequence[str]) -> str:
         close = difflib.get_close_matches(name, known, n=1)
         shown.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return ", ".join(shown)
+
+
+#: Options renamed to the names pandas' ``DataFrame.to_sql`` and pandas-gbq's ``to_gbq``
+#: give the same idea; the old names still work, with a FutureWarning.
+RENAMED = {"chunk_size": "chunksize", "progress": "progress_bar"}
+
+
+def _renamed(given: Mapping[str, Any], names: set[str]) -> Mapping[str, Any]:
+    old = [name for name in given if name in RENAMED and RENAMED[name] in names]
+    if not old:
+        return given
+    for name in old:
+        if RENAMED[name] in given:
+            raise TypeError(f"{name} and {RENAMED[name]} are one option: give {RENAMED[name]}")
+        warnings.warn(
+            f"{name}= is now {RENAMED[name]}= (pandas' name for it); {name}= will go",
+            FutureWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return {RENAMED.get(k, k) if k in old else k: v for k, v in given.items()}
 
 
 def _shown(value: Any) -> str:

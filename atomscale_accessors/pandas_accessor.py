@@ -119,7 +119,7 @@ class AtomscaleDataFrameAccessor:
             Drop rows whose value is NaN; accept several rows of one property at one
             position.
         **kwargs
-            The upload's options by name (``client``, ``if_exists``, ``chunk_size``,
+            The upload's options by name (``client``, ``if_exists``, ``chunksize``,
             ``max_chunk_bytes``, ``max_workers``, ``progress``, ``dry_run``, ``verify``:
             see :class:`~atomscale_accessors.options.UploadOptions`), and where each
             annotation field comes from (``x=``, ``value=``, ...; see

@@ -8,7 +8,6 @@ exception keeps the first ``MAX_FAILURE_CASES`` cases, with every failure counte
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pandera.errors
 
-from .errors import AnnotationValidationError, AtomscaleWarning
+from .errors import AnnotationValidationError, AtomscaleWarning, user_stacklevel
 from .failures import (
     FAILURE_COLUMNS,
     MAX_EXAMPLES,
@@ -41,8 +40,7 @@ __all__ = [
     "validate_records",
 ]
 
-# Modules whose frames a warning skips, to point at the user's line.
-_PACKAGE = __name__.partition(".")[0] + "."
+
 _FRAME_CHECK_COLUMNS = {
     "coord_units_given_with_coordinates": "coord_units",
     "x_and_y_together": "coord_x, coord_y",
@@ -137,7 +135,7 @@ def check_records(
                 f"{'record' if n_dropped == 1 else 'records'} without a value "
                 f"(rows {quote_list(dropped, limit=5)})",
                 AtomscaleWarning,
-                stacklevel=_outside_the_package(),
+                stacklevel=user_stacklevel(),
             )
             if report is not None:
                 report.dropped = pd.DataFrame(
@@ -297,14 +295,3 @@ def _check_name(check: str) -> str:
     if check.startswith("column_in_schema"):
         return "unknown_column"
     return check
-
-
-def _outside_the_package() -> int:
-    """The ``stacklevel`` that makes a warning issued by the caller of this function point
-    at the first line outside the package: the user's call, however deep the path."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGE):
-        frame = frame.f_back
-        level += 1
-    return level

@@ -154,7 +154,7 @@ class _MapAccessor:
         >>> from atomscale_accessors.datasets import wafer_thickness_map
         >>> ds = wafer_thickness_map(n=11)
         >>> plan = ds.atomscale.upload(
-        ...     "a1b2c3d4-5678-90ab-cdef-1234567890ab", dry_run=True, chunk_size=40
+        ...     "a1b2c3d4-5678-90ab-cdef-1234567890ab", dry_run=True, chunksize=40
         ... )
         >>> plan["chunk"].value_counts().sort_index().tolist()
         [40, 40, 1]

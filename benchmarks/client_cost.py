@@ -51,7 +51,7 @@ def library(
     sample_id = server.create_sample(f"library {run}")
     cpu, wall = time.process_time(), time.perf_counter()
     created = ds.atomscale.upload(
-        sample_id, client=client, chunk_size=CHUNK, max_workers=workers, progress=False
+        sample_id, client=client, chunksize=CHUNK, max_workers=workers, progress_bar=False
     )
     return time.process_time() - cpu, time.perf_counter() - wall, created
 

@@ -6,7 +6,7 @@ seeded generator) is uploaded to the local server running in another process. Ea
 variant runs in a fresh Python process of its own, so that its peak resident memory
 (``VmHWM`` of ``/proc/self/status``) is its alone:
 
-* ``library``: ``ds.atomscale.upload(sample_id, client=..., progress=False)``; the
+* ``library``: ``ds.atomscale.upload(sample_id, client=..., progress_bar=False)``; the
   returned annotation frame is part of the peak, and its size is reported too
   (``frame.memory_usage(deep=True).sum()``). It runs for a 1000 x 1000 and for the
   ``--side`` map, to show what memory grows with.
@@ -77,7 +77,7 @@ def run_library(side: int, chunk: int, endpoint: str, key: str, sample_id: str) 
     client = atomscale_accessors.Client(api_key=key, endpoint=endpoint)
     baseline = _status_kib("VmRSS")
     started = time.perf_counter()
-    created = ds.atomscale.upload(sample_id, client=client, progress=False)
+    created = ds.atomscale.upload(sample_id, client=client, progress_bar=False)
     wall = time.perf_counter() - started
     return {
         "rows": len(created),

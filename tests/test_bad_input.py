@@ -682,7 +682,7 @@ def run_case(case: Bad, fresh: tuple[LocalServer, Client, str]) -> None:
     assert_names_the_problem(validated.value, case)
 
     with pytest.raises(case.error) as uploaded:
-        obj.atomscale.upload(sample_id, client=client, progress=False, **options)
+        obj.atomscale.upload(sample_id, client=client, progress_bar=False, **options)
     assert_names_the_problem(uploaded.value, case)
     assert type(uploaded.value) is type(validated.value)
 

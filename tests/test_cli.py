@@ -343,7 +343,7 @@ def test_netcdf_upload_fetch_validate_round_trip(run, env_client, sample_id, tmp
 
 
 def test_fetch_prints_a_compact_table_and_filters(run, env_client, client, sample_id):
-    sheet_resistance_map().atomscale.upload(sample_id, client=client, progress=False)
+    sheet_resistance_map().atomscale.upload(sample_id, client=client, progress_bar=False)
     status, out, err = run("fetch", "--sample", sample_id, "--rows", "6")
     assert status == EXIT_OK, err
     assert out.startswith(f"49 annotations of sample {sample_id} (sheet_resistance: 49 in ohm/sq)")

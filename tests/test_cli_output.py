@@ -95,7 +95,9 @@ def test_dry_run_counts_what_the_sample_holds(
     assert "none of the 30 records is stored on sample" in out
 
     # Store 12 of the 30 points, then ask again.
-    thickness_frame(30).iloc[:12].atomscale.upload(sample_id, progress=False, **THICKNESS_MAPPING)
+    thickness_frame(30).iloc[:12].atomscale.upload(
+        sample_id, progress_bar=False, **THICKNESS_MAPPING
+    )
     requests_before = atomscale_server.request_count("bulk")
     assert main(argv) == EXIT_OK
     out = capsys.readouterr().out

@@ -202,7 +202,7 @@ def test_position_hashes_treat_equal_positions_alike():
 def test_upload_on_a_local_cluster(on_cluster, server, api, sid):
     df = frame()
     created = dask_frame(df).atomscale.upload(
-        sid, client=api, chunk_size=CHUNK, max_workers=2, **THICKNESS_MAPPING
+        sid, client=api, chunksize=CHUNK, max_workers=2, **THICKNESS_MAPPING
     )
     assert_exactly_once(server, sid, created, df)
     assert isinstance(created["property_name"].dtype, pd.CategoricalDtype)
@@ -212,7 +212,7 @@ def test_upload_with_the_default_scheduler(server, api, sid):
     df = frame()
     with dask.config.set(scheduler="threads"):
         created = dask_frame(df).atomscale.upload(
-            sid, client=api, chunk_size=CHUNK, **THICKNESS_MAPPING
+            sid, client=api, chunksize=CHUNK, **THICKNESS_MAPPING
         )
     assert_exactly_once(server, sid, created, df)
 
@@ -229,7 +229,7 @@ def test_invalid_partition_sends_nothing(on_cluster, server, api, sid):
 
 def test_if_exists_fail_refuses_stored_records_before_sending(on_cluster, server, api, sid):
     df = frame()
-    df.iloc[30:31].atomscale.upload(sid, client=api, progress=False, **THICKNESS_MAPPING)
+    df.iloc[30:31].atomscale.upload(sid, client=api, progress_bar=False, **THICKNESS_MAPPING)
     server.reset_counters()
     with pytest.raises(AnnotationExistsError) as info:
         dask_frame(df).atomscale.upload(sid, client=api, **THICKNESS_MAPPING)
@@ -241,9 +241,11 @@ def test_if_exists_fail_refuses_stored_records_before_sending(on_cluster, server
 @pytest.mark.parametrize(("if_exists", "stored"), [("skip", N), ("append", N + 6)])
 def test_if_exists_with_some_records_stored_before(on_cluster, server, api, sid, if_exists, stored):
     df = frame()
-    before = df.iloc[10:16].atomscale.upload(sid, client=api, progress=False, **THICKNESS_MAPPING)
+    before = df.iloc[10:16].atomscale.upload(
+        sid, client=api, progress_bar=False, **THICKNESS_MAPPING
+    )
     created = dask_frame(df).atomscale.upload(
-        sid, client=api, if_exists=if_exists, chunk_size=CHUNK, **THICKNESS_MAPPING
+        sid, client=api, if_exists=if_exists, chunksize=CHUNK, **THICKNESS_MAPPING
     )
     assert server.annotation_count(sid) == stored
     assert set(created["annotation_id"]).isdisjoint(before["annotation_id"])
@@ -253,10 +255,10 @@ def test_if_exists_with_some_records_stored_before(on_cluster, server, api, sid,
 
 def test_update_changes_stored_values_and_creates_the_rest(on_cluster, server, api, sid):
     df = frame()
-    before = df.iloc[:20].atomscale.upload(sid, client=api, progress=False, **THICKNESS_MAPPING)
+    before = df.iloc[:20].atomscale.upload(sid, client=api, progress_bar=False, **THICKNESS_MAPPING)
     changed = df.assign(thk=df["thk"] + 1.0)
     created = dask_frame(changed).atomscale.upload(
-        sid, client=api, if_exists="update", chunk_size=CHUNK, **THICKNESS_MAPPING
+        sid, client=api, if_exists="update", chunksize=CHUNK, **THICKNESS_MAPPING
     )
     assert server.annotation_count(sid) == N
     assert list(created["annotation_id"][:20]) == list(before["annotation_id"])
@@ -269,7 +271,7 @@ def test_a_failed_partition_is_accounted_for(on_cluster, server, api, sid):
     server.inject("error_before_commit", route="bulk", status=400, after=2)
     with pytest.raises(UploadError) as info:
         dask_frame(df).atomscale.upload(
-            sid, client=api, chunk_size=CHUNK, max_workers=1, **THICKNESS_MAPPING
+            sid, client=api, chunksize=CHUNK, max_workers=1, **THICKNESS_MAPPING
         )
     exc = info.value
     assert isinstance(exc.cause, ApiError)
@@ -280,7 +282,7 @@ def test_a_failed_partition_is_accounted_for(on_cluster, server, api, sid):
     assert sorted([*exc.created.index, *exc.not_created.index]) == sorted(df.index)
     # A re-run with skip completes it, exactly once.
     rest = dask_frame(df).atomscale.upload(
-        sid, client=api, if_exists="skip", chunk_size=CHUNK, **THICKNESS_MAPPING
+        sid, client=api, if_exists="skip", chunksize=CHUNK, **THICKNESS_MAPPING
     )
     assert sorted(rest.index) == sorted(exc.not_created.index)
     assert server.annotation_count(sid) == N
@@ -312,7 +314,7 @@ def test_partitions_stream_through_one_upload(server, sid):
     client = RecordingClient(api_key=server.api_key, endpoint=server.endpoint, events=events)
     with dask.config.set(scheduler="synchronous"):
         created = ddf.atomscale.upload(
-            sid, client=client, chunk_size=CHUNK, max_workers=1, **THICKNESS_MAPPING
+            sid, client=client, chunksize=CHUNK, max_workers=1, **THICKNESS_MAPPING
         )
     assert server.request_count("list_annotations") == 1  # one listing for the whole frame
     assert_exactly_once(server, sid, created, df)
@@ -336,7 +338,7 @@ def test_dropna_drops_the_same_rows_in_both_passes(server, api, sid):
 def test_the_listing_is_bounded_by_the_frames_names_and_box(server, api, sid):
     df = frame()
     elsewhere = df.assign(x_mm=df["x_mm"] + 1_000.0).iloc[:5]
-    elsewhere.atomscale.upload(sid, client=api, progress=False, **THICKNESS_MAPPING)
+    elsewhere.atomscale.upload(sid, client=api, progress_bar=False, **THICKNESS_MAPPING)
     # Stored far outside the frame's box: not listed, so "fail" finds nothing to refuse.
     created = dask_frame(df).atomscale.upload(sid, client=api, **THICKNESS_MAPPING)
     assert len(created) == N and server.annotation_count(sid) == N + 5
@@ -348,9 +350,9 @@ def test_the_upload_takes_every_upload_option(server, api, sid):
         sid,
         client=api,
         dry_run=True,
-        chunk_size=CHUNK,
+        chunksize=CHUNK,
         max_chunk_bytes=2**17,
-        progress=False,
+        progress_bar=False,
         **THICKNESS_MAPPING,
     )
     assert plan["chunk"].nunique() == PARTS * -(-(N // PARTS) // CHUNK)  # chunks per partition
@@ -383,7 +385,7 @@ def test_a_worker_killed_mid_upload_leaves_every_row_stored_once(
     ddf = dask_frame(df).map_partitions(_dies_once(str(marker), str(calls)), meta=df.iloc[:0])
     workers_before = set(on_cluster.run(os.getpid).values())
     created = ddf.atomscale.upload(
-        sid, client=api, chunk_size=CHUNK, max_workers=1, **THICKNESS_MAPPING
+        sid, client=api, chunksize=CHUNK, max_workers=1, **THICKNESS_MAPPING
     )
     assert marker.exists()
     assert set(on_cluster.run(os.getpid).values()) != workers_before  # a worker died

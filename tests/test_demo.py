@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_run_demo_counts_checks_and_pictures(tmp_path: Path):
     pytest.importorskip("matplotlib", reason="the plot extra is not installed")
     lines: list[str] = []
-    result = run_demo(tmp_path, progress=False, echo=lines.append)
+    result = run_demo(tmp_path, progress_bar=False, echo=lines.append)
 
     n_cells = int(wafer_thickness_map(n=DEMO_GRID_POINTS).thickness.notnull().sum())
     thickness, sheet = result.maps
@@ -59,7 +59,7 @@ def test_run_demo_counts_checks_and_pictures(tmp_path: Path):
 def test_run_demo_without_matplotlib_skips_the_picture(tmp_path: Path, monkeypatch):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
-    result = run_demo(tmp_path, progress=False, grid_points=31)
+    result = run_demo(tmp_path, progress_bar=False, grid_points=31)
     assert result.ok
     assert result.pictures == ()
     assert result.maps[0].picture is None
@@ -98,7 +98,7 @@ def test_demo_out_option_and_its_default(option):
 def test_run_demo_writes_into_the_current_folder_which_git_ignores(tmp_path: Path, monkeypatch):
     pytest.importorskip("matplotlib", reason="the plot extra is not installed")
     monkeypatch.chdir(tmp_path)
-    result = run_demo(progress=False, grid_points=31)
+    result = run_demo(progress_bar=False, grid_points=31)
     assert result.ok
     assert [p.parent for p in result.pictures] == [tmp_path, tmp_path]
     ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()

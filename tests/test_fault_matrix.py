@@ -386,7 +386,7 @@ def test_fault_matrix(fresh, caplog, mode, kind, workers, fault, position):
     started = time.perf_counter()
     try:
         created = upload(
-            obj, sample_id, client=client, if_exists=mode, chunk_size=CHUNK, max_workers=workers
+            obj, sample_id, client=client, if_exists=mode, chunksize=CHUNK, max_workers=workers
         )
     except UploadError as exc:
         err = exc
@@ -460,7 +460,7 @@ def test_fail_mode_with_a_stored_clash_sends_nothing(fresh, kind, workers):
             sample_id,
             client=Client(api_key=server.api_key, endpoint=server.endpoint, retry=FAST),
             if_exists="fail",
-            chunk_size=CHUNK,
+            chunksize=CHUNK,
             max_workers=workers,
         )
     assert server.request_count("bulk_create") == 0

@@ -42,7 +42,7 @@ def uploaded(client, sample_id) -> pd.DataFrame:
         values=["zeta", "alpha"],
         units={"zeta": "nm", "alpha": "ohm/sq"},
         coord_units="mm",
-        progress=False,
+        progress_bar=False,
     )
 
 

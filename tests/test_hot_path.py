@@ -102,14 +102,12 @@ def test_body_sizes_add_up_and_every_float_is_exact(kind):
 
 def test_chunks_cut_by_bytes_hold_every_record_once():
     records = grid_records(40, 30)
-    chunks = list(
-        iter_chunks([(compact_records(records), np.arange(len(records)))], chunk_size=700)
-    )
+    chunks = list(iter_chunks([(compact_records(records), np.arange(len(records)))], chunksize=700))
     assert [len(c) for c in chunks] == [700, 500]
     small = list(
         iter_chunks(
             [(compact_records(records), np.arange(len(records)))],
-            chunk_size=700,
+            chunksize=700,
             max_chunk_bytes=128 * 1024,
         )
     )

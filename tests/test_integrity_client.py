@@ -446,7 +446,7 @@ def _upload_refused(server: LocalServer, sample_id: str) -> BaseException:
     )
     frame = pd.DataFrame({"x_mm": [0.0, 1.0], "y_mm": [0.0, 0.0], "thk": [1.0, 2.0]})
     with pytest.raises(AtomscaleError) as info:
-        frame.atomscale.upload(sample_id, client=client, progress=False, **THICKNESS_MAPPING)
+        frame.atomscale.upload(sample_id, client=client, progress_bar=False, **THICKNESS_MAPPING)
     return info.value
 
 
@@ -855,7 +855,7 @@ def test_the_key_is_in_no_log_record_when_the_server_echoes_it(
     frame = pd.DataFrame({"x_mm": np.arange(6.0), "y_mm": np.zeros(6), "thk": np.ones(6)})
     try:
         frame.atomscale.upload(
-            sample_id, client=client, chunk_size=3, progress=False, **THICKNESS_MAPPING
+            sample_id, client=client, chunksize=3, progress_bar=False, **THICKNESS_MAPPING
         )
     except AtomscaleError as exc:
         assert_error_holds_no_key(exc, key)

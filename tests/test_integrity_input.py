@@ -69,7 +69,9 @@ def lazy_map_entry_points(ds: xr.Dataset) -> dict[str, AnnotationValidationError
     """The error of each way a lazy map is validated: ``validate`` and the upload's pass."""
     return {
         "validate": validation_error(ds.atomscale.validate),
-        "upload": validation_error(lambda: ds.atomscale.upload(UUID, dry_run=True, progress=False)),
+        "upload": validation_error(
+            lambda: ds.atomscale.upload(UUID, dry_run=True, progress_bar=False)
+        ),
     }
 
 

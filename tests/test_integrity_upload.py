@@ -79,7 +79,7 @@ def test_a_replayed_answer_is_not_taken_for_the_next_chunk(
     proxy.add("replay", method="POST", path=BULK, times=1)
     df = thickness_frame(10)
     created = df.atomscale.upload(
-        sample_id, client=proxied, **THICKNESS_MAPPING, chunk_size=5, max_workers=1
+        sample_id, client=proxied, **THICKNESS_MAPPING, chunksize=5, max_workers=1
     )
     assert atomscale_server.annotation_count(sample_id) == 10
     _assert_result_is_what_is_stored(created, atomscale_server, sample_id)
@@ -291,7 +291,7 @@ _INTERRUPTED = textwrap.dedent(
     print("ready", flush=True)
     try:
         thickness_frame(400).atomscale.upload(
-            sys.argv[3], client=client, **THICKNESS_MAPPING, chunk_size=20, max_workers=4
+            sys.argv[3], client=client, **THICKNESS_MAPPING, chunksize=20, max_workers=4
         )
     except KeyboardInterrupt as exc:
         error = exc.__cause__

@@ -61,7 +61,7 @@ def run(job: Job, client: Client) -> pd.DataFrame:
             property_name="thickness",
             property_unit="nm",
             coord_units="mm",
-            progress=False,
+            progress_bar=False,
         )
     ds = xr.Dataset(
         {"thickness": (("y", "x"), job.values.reshape(NY, NX), {"units": "nm"})},
@@ -70,7 +70,7 @@ def run(job: Job, client: Client) -> pd.DataFrame:
             "y": ("y", job.y[::NX], {"units": "mm"}),
         },
     )
-    return ds.atomscale.upload(job.sample, client=client, progress=False)
+    return ds.atomscale.upload(job.sample, client=client, progress_bar=False)
 
 
 @pytest.fixture(scope="module")

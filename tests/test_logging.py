@@ -90,7 +90,7 @@ def test_dropna_upload_warns_once_and_sends_the_rest(client, sample_id):
     df.loc["site-004", "thk"] = np.nan
     with pytest.warns(AtomscaleWarning, match="left out 1 record without a value") as caught:
         created = df.atomscale.upload(
-            sample_id, client=client, dropna=True, progress=False, **THICKNESS_MAPPING
+            sample_id, client=client, dropna=True, progress_bar=False, **THICKNESS_MAPPING
         )
     assert len([w for w in caught.list if issubclass(w.category, AtomscaleWarning)]) == 1
     assert len(created) == 9 and "site-004" not in created.index

@@ -100,7 +100,7 @@ def test_one_failing_sample_does_not_stop_the_others_and_a_rerun_completes(atoms
         client = Client(api_key=atomscale_server.api_key, endpoint=proxy.endpoint, retry=FAST)
         with pytest.raises(LotUploadError) as info:
             table.atomscale.upload(
-                sample_column="wafer", client=client, chunk_size=5, **THICKNESS_MAPPING
+                sample_column="wafer", client=client, chunksize=5, **THICKNESS_MAPPING
             )
     error = info.value
     assert set(error.errors) == {ids["B"]}
@@ -143,7 +143,7 @@ def test_a_sample_holding_the_data_fails_alone(atomscale_server, client):
 def test_a_dry_run_says_where_each_record_would_go_and_sends_nothing(atomscale_server, client):
     table = lot(["A", "B"])
     planned = table.atomscale.upload(
-        sample_column="wafer", client=client, dry_run=True, chunk_size=4, **THICKNESS_MAPPING
+        sample_column="wafer", client=client, dry_run=True, chunksize=4, **THICKNESS_MAPPING
     )
     assert planned.groupby("sample")["chunk"].nunique().to_dict() == {"A": 3, "B": 3}
     assert atomscale_server.request_count() == 0
@@ -188,7 +188,11 @@ def test_a_lot_comes_back_by_names_or_by_project_and_stacks_exactly(atomscale_se
     maps = [wafer_thickness_map(n=9, seed=i) for i in range(3)]
     stack = xr.concat(maps, dim=pd.Index(["W03", "W01", "W02"], name="wafer"))
     stack.atomscale.upload(
-        sample_dim="wafer", client=client, create_sample=True, project="Lot 0421", progress=False
+        sample_dim="wafer",
+        client=client,
+        create_sample=True,
+        project="Lot 0421",
+        progress_bar=False,
     )
     atomscale_server.create_sample("W99")  # in no project
     by_project = fetch(project="lot 0421", client=client)
@@ -196,7 +200,9 @@ def test_a_lot_comes_back_by_names_or_by_project_and_stacks_exactly(atomscale_se
     pd.testing.assert_frame_equal(by_project, by_names)
     assert list(pd.unique(by_names["sample_name"])) == ["W01", "W02", "W03"]
     ids = {s["name"]: s["id"] for s in atomscale_server.store.list_samples()}
-    assert list(pd.unique(by_names["physical_sample_id"])) == [ids[n] for n in ("W01", "W02", "W03")]
+    assert list(pd.unique(by_names["physical_sample_id"])) == [
+        ids[n] for n in ("W01", "W02", "W03")
+    ]
     back = by_names.atomscale.to_xarray()
     assert list(back["sample"].values) == ["W01", "W02", "W03"]
     assert list(back["physical_sample_id"].values) == [ids[n] for n in ("W01", "W02", "W03")]
@@ -213,7 +219,11 @@ def test_the_command_line_fetches_a_lot(atomscale_server, client, tmp_path, caps
     monkeypatch.setenv("AS_API_ENDPOINT", atomscale_server.endpoint)
     atomscale_server.create_project("lot-9")
     lot(["A", "B"]).atomscale.upload(
-        sample_column="wafer", client=client, create_sample=True, project="lot-9", **THICKNESS_MAPPING
+        sample_column="wafer",
+        client=client,
+        create_sample=True,
+        project="lot-9",
+        **THICKNESS_MAPPING,
     )
     out = tmp_path / "lot.csv"
     assert main(["fetch", "--project", "lot-9", "-o", str(out)]) == 0

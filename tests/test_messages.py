@@ -129,7 +129,7 @@ def test_an_upload_error_agrees_with_its_counts(atomscale_server, sample_id):
     atomscale_server.inject("error_before_commit", route="bulk_create", status=422, after=1)
     with pytest.raises(UploadError) as info:
         points(2).atomscale.upload(
-            sample_id, client=client, coord_units="mm", chunk_size=1, max_workers=1, **MAPPING
+            sample_id, client=client, coord_units="mm", chunksize=1, max_workers=1, **MAPPING
         )
     assert "1 annotation was created or updated, 1 was not created." in str(info.value)
 
@@ -191,7 +191,7 @@ def test_terms_that_are_not_options_are_left_alone():
         "several coordinates have axis='X'; assign them with ds.assign_coords(x=...) or "
         ".isel(wavelength=0), or pass --extra-dims metadata or --x"
     )
-    assert command_line_terms("pass dropna=True or progress=False", "upload") == (
+    assert command_line_terms("pass dropna=True or progress_bar=False", "upload") == (
         "pass --dropna or --no-progress"
     )
     assert command_line_terms("pass value='x'", None) == "pass value='x'"

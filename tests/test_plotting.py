@@ -138,7 +138,7 @@ def test_plot_and_upload_find_the_coordinates_alike(client, atomscale_server, sa
     with pytest.raises(MapStructureError) as plotted:
         ds.atomscale.plot(ax=new_axes())
     with pytest.raises(MapStructureError) as uploaded:
-        ds.atomscale.upload(sample_id, client=client, progress=False)
+        ds.atomscale.upload(sample_id, client=client, progress_bar=False)
     assert str(plotted.value) == str(uploaded.value)
     assert "several candidates for the x coordinate: ['x', 'x_mm']; name one with x=" in str(
         plotted.value
@@ -148,7 +148,7 @@ def test_plot_and_upload_find_the_coordinates_alike(client, atomscale_server, sa
     # Named, the coordinate is used by both.
     ax = ds.atomscale.plot(x="x_mm", ax=new_axes())
     assert ax.get_xlabel() == "x_mm [mm]"
-    created = ds.atomscale.upload(sample_id, client=client, x="x_mm", progress=False)
+    created = ds.atomscale.upload(sample_id, client=client, x="x_mm", progress_bar=False)
     assert len(created) == int(ds.thickness.notnull().sum())
 
 
@@ -182,7 +182,7 @@ def test_frame_with_several_properties_needs_a_choice():
 
 
 def test_fetched_annotation_frame_plot_and_png(client, sample_id, tmp_path):
-    sheet_resistance_map().atomscale.upload(sample_id, client=client, progress=False)
+    sheet_resistance_map().atomscale.upload(sample_id, client=client, progress_bar=False)
     frame = fetch(sample_id, client=client)
     ax = frame.atomscale.plot(ax=new_axes())
     assert colorbar_label(ax) == "sheet_resistance [ohm/sq]"

@@ -348,7 +348,9 @@ def test_upload_then_fetch_is_the_identity_for_tables(server, client, table):
     df, options, _ = table
     sample_id = server.create_sample(f"prop-{uuid.uuid4()}")
     records = to_records(df, **options)
-    created = df.atomscale.upload(sample_id, client=client, progress=False, chunk_size=7, **options)
+    created = df.atomscale.upload(
+        sample_id, client=client, progress_bar=False, chunksize=7, **options
+    )
     assert len(created) == len(records)
     assert list(created.index) == list(records.index)
     stored = fetch(sample_id, client=client)
@@ -379,7 +381,7 @@ def test_upload_then_fetch_is_the_identity_for_tables(server, client, table):
 def test_upload_then_fetch_is_the_identity_for_maps(server, client, ds):
     assume(with_values(ds))
     sample_id = server.create_sample(f"prop-{uuid.uuid4()}")
-    created = ds.atomscale.upload(sample_id, client=client, progress=False, chunk_size=9)
+    created = ds.atomscale.upload(sample_id, client=client, progress_bar=False, chunksize=9)
     assert len(created) == sum(int(ds[v].notnull().sum()) for v in ds.data_vars)
     back = fetch(sample_id, client=client).atomscale.to_xarray(dims=("y", "x"))
     expected = as_stored(ds).assign_attrs(physical_sample_id=sample_id)

@@ -31,6 +31,7 @@ from atomscale_accessors.errors import (
     AtomscaleError,
     ConfigurationError,
     InvalidIdentifierError,
+    SampleNotFoundError,
     TransportError,
     UploadError,
 )
@@ -186,7 +187,7 @@ def test_the_key_stays_out_of_logs_and_errors_when_requests_fail(failure, fresh,
 
     def upload() -> None:
         points().atomscale.upload(
-            sample_id, client=client, chunk_size=4, max_workers=2, progress=False, **MAPPING
+            sample_id, client=client, chunksize=4, max_workers=2, progress_bar=False, **MAPPING
         )
 
     try:
@@ -217,7 +218,7 @@ def test_a_server_echoing_the_key_has_it_masked(logs):
         echo.mode = "string"
         # The first request (listing what is stored) fails already: nothing is sent.
         with pytest.raises((ApiError, UploadError)) as upload:
-            points(4).atomscale.upload(sid, client=client, progress=False, **MAPPING)
+            points(4).atomscale.upload(sid, client=client, progress_bar=False, **MAPPING)
         assert_no_key(everything_about(upload.value), logs.text)
         # The key did reach the echo server: the masking is what kept it out.
         assert echo.seen_keys and set(echo.seen_keys) == {KEY}
@@ -230,7 +231,7 @@ def test_the_library_never_turns_on_http_client_debug_output(fresh, capfd):
     from atomscale_accessors.cli import main
 
     client = Client(api_key=KEY, endpoint=server.endpoint, retry=FAST)
-    points(3).atomscale.upload(sample_id, client=client, progress=False, **MAPPING)
+    points(3).atomscale.upload(sample_id, client=client, progress_bar=False, **MAPPING)
     fetch(sample_id, client=client)
     assert http.client.HTTPConnection.debuglevel == 0
     main(
@@ -365,7 +366,7 @@ def test_plain_http_to_loopback_is_allowed(host, bind):
         assert client.list_annotations(sample_id) == []
         assert loopback.request_count("list_annotations") == 1
         assert (
-            len(points(3).atomscale.upload(sample_id, client=client, progress=False, **MAPPING))
+            len(points(3).atomscale.upload(sample_id, client=client, progress_bar=False, **MAPPING))
             == 3
         )
         assert loopback.annotation_count(sample_id) == 3
@@ -472,12 +473,17 @@ def test_ids_are_uuids_before_any_request(bad, fresh):
             sample_id, bad, {"property_value": 1.0}
         ),
         "list_samples": lambda: client.list_samples(bad),
-        "fetch": lambda: fetch(bad, client=client),
     }
     for name, call in calls.items():
         with pytest.raises(InvalidIdentifierError):
             call()
         assert server.request_count() == 0, f"{name} sent a request: {server.request_counts}"
+    # fetch takes a name too: such text is looked up among the samples, never put in a URL.
+    expected = InvalidIdentifierError if not bad.strip() else SampleNotFoundError
+    with pytest.raises(expected):
+        fetch(bad, client=client)
+    sent = {route for route, n in server.request_counts.items() if n}
+    assert sent <= {"list_samples", "get_sample"}, f"fetch sent: {sent}"
 
 
 # -- the local server -------------------------------------------------------------------------
@@ -636,7 +642,7 @@ def test_hostile_strings_are_stored_literally(fresh):
         coord_units="mm",
         char_source_type="tech",
         metadata=["note"],
-        progress=False,
+        progress_bar=False,
     )
     assert len(created) == n
     stored = fetch(sample_id, client=client).sort_values("coord_x").reset_index(drop=True)

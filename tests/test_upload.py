@@ -62,7 +62,7 @@ def test_upload_then_fetch_is_exact_and_aligned(client, atomscale_server, sample
         **THICKNESS_MAPPING,
         char_source_type="ellipsometry",
         metadata=["operator", "lot"],
-        chunk_size=7,
+        chunksize=7,
     )
     assert list(created.columns) == list(ANNOTATION_COLUMNS)
     assert created.index.equals(df.index)
@@ -168,7 +168,7 @@ def test_a_sample_by_name_with_create_sample(client, atomscale_server):
 
 @pytest.mark.parametrize(
     "options",
-    [{"if_exists": "replace"}, {"chunk_size": 0}, {"max_workers": -1}, {"chunk_size": 2.5}],
+    [{"if_exists": "replace"}, {"chunksize": 0}, {"max_workers": -1}, {"chunksize": 2.5}],
 )
 def test_bad_options_send_nothing(client, atomscale_server, sample_id, options):
     with pytest.raises(ValueError, match=next(iter(options))):
@@ -180,7 +180,7 @@ def test_bad_options_send_nothing(client, atomscale_server, sample_id, options):
 
 def test_dry_run_sends_nothing_and_numbers_chunks(client, atomscale_server, sample_id):
     out = thickness_frame(10).atomscale.upload(
-        sample_id, client=client, **THICKNESS_MAPPING, dry_run=True, chunk_size=4
+        sample_id, client=client, **THICKNESS_MAPPING, dry_run=True, chunksize=4
     )
     assert out["chunk"].tolist() == [0] * 4 + [1] * 4 + [2] * 2
     assert atomscale_server.request_count() == 0
@@ -234,7 +234,7 @@ def test_update_patches_changed_rows_and_creates_the_rest(client, atomscale_serv
 def test_byte_cap_splits_requests(client, atomscale_server, sample_id):
     df = thickness_frame(300).assign(note=["y" * 1000] * 300)
     records = to_records(df, **THICKNESS_MAPPING, metadata=["note"])
-    upload_records(records, sample_id, client=client, max_chunk_bytes=128 * 1024, chunk_size=1000)
+    upload_records(records, sample_id, client=client, max_chunk_bytes=128 * 1024, chunksize=1000)
     # each record is ~1.2 KB, so 300 of them need three 128 KiB requests
     assert atomscale_server.request_counts["bulk_create"] == 3
     assert_stored_exactly_once(atomscale_server, sample_id, df.drop(columns="note"))
@@ -262,7 +262,7 @@ def test_fault_completes_exactly_once(
     atomscale_server.inject(options.pop("kind"), route="bulk_create", after=after, **options)
     df = shuffled_frame(25)
     created = df.atomscale.upload(
-        sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=5, max_workers=max_workers
+        sample_id, client=fast_client, **THICKNESS_MAPPING, chunksize=5, max_workers=max_workers
     )
     assert created.index.equals(df.index)
     np.testing.assert_array_equal(created["property_value"].to_numpy(), df["thk"].to_numpy())
@@ -289,7 +289,7 @@ def test_429_waits_as_long_as_the_server_asks(
         api_key=atomscale_server.api_key, endpoint=atomscale_server.endpoint, retry=policy
     )
     df = shuffled_frame(25)
-    upload = dict(client=client, **THICKNESS_MAPPING, chunk_size=5, max_workers=max_workers)
+    upload = dict(client=client, **THICKNESS_MAPPING, chunksize=5, max_workers=max_workers)
     df.atomscale.upload(sample_id, **upload, dry_run=True)  # validation warmed up, not timed
     atomscale_server.inject(
         "rate_limited", route="bulk_create", after=after, times=2, retry_after=retry_after
@@ -315,7 +315,7 @@ def test_429_waits_as_long_as_the_server_asks(
 def test_413_splits_chunks(fast_client, atomscale_server, sample_id):
     atomscale_server.set_limits(max_bulk_annotations=3)
     df = thickness_frame(20)
-    created = df.atomscale.upload(sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=10)
+    created = df.atomscale.upload(sample_id, client=fast_client, **THICKNESS_MAPPING, chunksize=10)
     assert created.index.equals(df.index)
     assert_stored_exactly_once(atomscale_server, sample_id, df)
 
@@ -333,7 +333,7 @@ def test_timeout_waits_for_the_late_commit(atomscale_server, sample_id):
     atomscale_server.inject("latency_before_commit", seconds=0.6, route="bulk_create", after=1)
     df = thickness_frame(15)
     created = df.atomscale.upload(
-        sample_id, client=client, **THICKNESS_MAPPING, chunk_size=5, max_workers=1
+        sample_id, client=client, **THICKNESS_MAPPING, chunksize=5, max_workers=1
     )
     time.sleep(0.6)  # a commit still under way has landed
     stored = atomscale_server.stored_annotations(sample_id)
@@ -351,7 +351,7 @@ def test_retries_exhausted_then_skip_completes(fast_client, atomscale_server, sa
     df = thickness_frame(30)
     with pytest.raises(UploadError) as info:
         df.atomscale.upload(
-            sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=5, max_workers=1
+            sample_id, client=fast_client, **THICKNESS_MAPPING, chunksize=5, max_workers=1
         )
     err = info.value
     assert isinstance(err.cause, ApiError)
@@ -376,7 +376,7 @@ def test_unknown_fate_then_skip_completes(fast_client, atomscale_server, sample_
     df = thickness_frame(10)
     with pytest.raises(UploadError) as info:
         df.atomscale.upload(
-            sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=5, max_workers=1
+            sample_id, client=fast_client, **THICKNESS_MAPPING, chunksize=5, max_workers=1
         )
     assert len(info.value.unknown) == 5
     assert "may or may not" in str(info.value)
@@ -411,9 +411,9 @@ def test_progress_callback(client, sample_id):
         sample_id,
         client=client,
         **THICKNESS_MAPPING,
-        chunk_size=5,
+        chunksize=5,
         max_workers=1,
-        progress=lambda done, total: seen.append((done, total)),
+        progress_bar=lambda done, total: seen.append((done, total)),
     )
     assert seen == [(5, 12), (10, 12), (12, 12)]
 
@@ -444,7 +444,7 @@ def test_non_ascii_metadata_and_text_travel_intact(client, sample_id):
         client=client,
         **THICKNESS_MAPPING,
         metadata=["operator"],
-        chunk_size=4,
+        chunksize=4,
         char_source_type="ellipsométrie",
     )
     assert [m["operator"] for m in created["metadata"]] == df["operator"].tolist()
@@ -484,7 +484,7 @@ def test_repeated_positions_pair_one_to_one_with_skip(fast_client, atomscale_ser
             client=fast_client,
             **mapping,
             allow_duplicates=True,
-            chunk_size=1,
+            chunksize=1,
             max_workers=1,
         )
     assert info.value.created.index.tolist() == ["a"]
@@ -518,7 +518,7 @@ def test_413_is_learned_once_not_per_chunk(fast_client, atomscale_server, sample
     atomscale_server.set_limits(max_bulk_annotations=4)
     df = thickness_frame(40)
     df.atomscale.upload(
-        sample_id, client=fast_client, **THICKNESS_MAPPING, chunk_size=10, max_workers=1
+        sample_id, client=fast_client, **THICKNESS_MAPPING, chunksize=10, max_workers=1
     )
     # The first chunk of 10 is refused, then its halves of 5 (three 413s in all), and its
     # pieces of 2 and 3 land: the limit learned is 2, so the other 30 rows go as 15
@@ -551,7 +551,7 @@ def test_results_and_fetches_match_the_annotation_frame_model(client, sample_id)
     from atomscale_accessors.schemas import AnnotationFrameModel
 
     created = thickness_frame(12).atomscale.upload(
-        sample_id, client=client, **THICKNESS_MAPPING, chunk_size=5, metadata={"run": 1}
+        sample_id, client=client, **THICKNESS_MAPPING, chunksize=5, metadata={"run": 1}
     )
     AnnotationFrameModel.validate(created)
     AnnotationFrameModel.validate(fetch(sample_id, client=client))
@@ -563,7 +563,7 @@ def test_answers_in_another_order_are_paired_by_content(client, atomscale_server
     atomscale_server.faults.reverse_bulk_answers = True
     try:
         created = df.atomscale.upload(
-            sample_id, client=client, chunk_size=7, progress=False, **THICKNESS_MAPPING
+            sample_id, client=client, chunksize=7, progress_bar=False, **THICKNESS_MAPPING
         )
     finally:
         atomscale_server.faults.reverse_bulk_answers = False
@@ -574,3 +574,22 @@ def test_answers_in_another_order_are_paired_by_content(client, atomscale_server
         annotation = stored[row.annotation_id]
         assert (annotation["coord_x"], annotation["coord_y"]) == (row.coord_x, row.coord_y)
         assert annotation["property_value"] == row.property_value
+
+
+def test_the_old_option_names_still_work_with_a_warning(client, atomscale_server, sample_id):
+    with pytest.warns(FutureWarning, match=r"chunk_size= is now chunksize=") as seen:
+        planned = thickness_frame(9).atomscale.upload(
+            sample_id,
+            client=client,
+            chunk_size=4,
+            progress=False,
+            dry_run=True,
+            **THICKNESS_MAPPING,
+        )
+    assert planned["chunk"].nunique() == 3
+    assert any("progress= is now progress_bar=" in str(w.message) for w in seen)
+    assert all(w.filename == __file__ for w in seen)  # pointing at the caller's line
+    with pytest.raises(TypeError, match="one option"):
+        thickness_frame(3).atomscale.upload(
+            sample_id, client=client, chunk_size=4, chunksize=4, **THICKNESS_MAPPING
+        )

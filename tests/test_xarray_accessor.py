@@ -40,7 +40,7 @@ def test_accessors_are_registered_on_import():
 def test_grid_upload_fetch_to_xarray_round_trip(variant, client, atomscale_server, sample_id):
     ds = wafer_thickness_map(n=13)
     obj = as_variant(ds, variant)
-    created = obj.atomscale.upload(sample_id, client=client, progress=False)
+    created = obj.atomscale.upload(sample_id, client=client, progress_bar=False)
 
     n_cells = int(ds.thickness.notnull().sum())
     assert len(created) == n_cells == atomscale_server.annotation_count(sample_id)
@@ -63,7 +63,7 @@ def test_grid_upload_fetch_to_xarray_round_trip(variant, client, atomscale_serve
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_scattered_upload_round_trip(variant, client, sample_id):
     ds = sheet_resistance_map()
-    created = as_variant(ds, variant).atomscale.upload(sample_id, client=client, progress=False)
+    created = as_variant(ds, variant).atomscale.upload(sample_id, client=client, progress_bar=False)
     assert created.index.name == "point"
     assert sorted(created.index) == list(range(49))
     back = fetch(sample_id, client=client).atomscale.to_xarray()
@@ -99,7 +99,7 @@ def test_bad_value_in_the_last_block_sends_nothing(variant, client, atomscale_se
 def test_dask_upload_is_streamed_in_blocks(client, atomscale_server, sample_id):
     ds = wafer_thickness_map(n=21, chunks={"y": 5, "x": 7})
     created = ds.atomscale.upload(
-        sample_id, client=client, chunk_size=50, block_rows=30, progress=False
+        sample_id, client=client, chunksize=50, block_rows=30, progress_bar=False
     )
     assert len(created) == int(ds.thickness.notnull().sum())
     assert atomscale_server.annotation_count(sample_id) == len(created)
@@ -109,10 +109,10 @@ def test_dask_upload_is_streamed_in_blocks(client, atomscale_server, sample_id):
 
 def test_second_upload_fails_then_skips(client, atomscale_server, sample_id):
     ds = sheet_resistance_map()
-    ds.atomscale.upload(sample_id, client=client, progress=False)
+    ds.atomscale.upload(sample_id, client=client, progress_bar=False)
     with pytest.raises(AnnotationExistsError):
-        ds.atomscale.upload(sample_id, client=client, progress=False)
-    again = ds.atomscale.upload(sample_id, client=client, if_exists="skip", progress=False)
+        ds.atomscale.upload(sample_id, client=client, progress_bar=False)
+    again = ds.atomscale.upload(sample_id, client=client, if_exists="skip", progress_bar=False)
     assert len(again) == 0
     assert atomscale_server.annotation_count(sample_id) == 49
 
@@ -125,7 +125,7 @@ def test_options_reach_the_records(client, sample_id):
         property_name="film_thickness",
         char_source_type="reflectometry",
         metadata={"recipe": "B12"},
-        progress=False,
+        progress_bar=False,
     )
     assert set(created["property_name"]) == {"film_thickness"}
     assert set(created["char_source_type"]) == {"reflectometry"}
@@ -134,7 +134,7 @@ def test_options_reach_the_records(client, sample_id):
 
 def test_dry_run_sends_nothing(client, atomscale_server, sample_id):
     planned = wafer_thickness_map(n=9, chunks=4).atomscale.upload(
-        sample_id, client=client, dry_run=True, chunk_size=10
+        sample_id, client=client, dry_run=True, chunksize=10
     )
     assert planned["chunk"].max() >= 1
     assert atomscale_server.request_count() == 0
@@ -158,10 +158,10 @@ def test_a_streamed_map_lists_only_its_properties_within_its_extent(atomscale_se
         client = atomscale_accessors.Client(
             api_key=atomscale_server.api_key, endpoint=proxy.endpoint
         )
-        before = len(elsewhere.atomscale.upload(sample_id, client=client, progress=False))
+        before = len(elsewhere.atomscale.upload(sample_id, client=client, progress_bar=False))
         proxy.clear()
         created = ds.atomscale.upload(
-            sample_id, client=client, coord_units="mm", if_exists="skip", progress=False
+            sample_id, client=client, coord_units="mm", if_exists="skip", progress_bar=False
         )
         listings = [parse_qs(urlsplit(t).query) for m, t in proxy.targets if m == "GET"]
     assert len(created) == int(ds.thickness.notnull().sum())
@@ -193,7 +193,7 @@ def test_a_stack_uploads_one_map_per_sample(client, atomscale_server, chunks):
     w1 = atomscale_server.create_sample("W01")
     stack = _stack(["w01", "W02", "W03"], chunks=chunks)
     created = stack.atomscale.upload(
-        sample_dim="wafer", client=client, create_sample=True, progress=False
+        sample_dim="wafer", client=client, create_sample=True, progress_bar=False
     )
     ids = {s["name"]: s["id"] for s in atomscale_server.store.list_samples()}
     assert ids["W01"] == w1 and set(ids) == {"W01", "W02", "W03"}

@@ -219,7 +219,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     print("atomscale-accessors demo: wafer maps from xarray to the Atomscale API and back\n")
-    result = run_demo(output, progress=False if args.no_progress else None, echo=print)
+    result = run_demo(output, progress_bar=False if args.no_progress else None, echo=print)
     print()
     print(result.table())
     print()
@@ -273,8 +273,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
         project=args.project,
         client=client,
         if_exists=args.if_exists,
-        chunk_size=args.chunk_size,
-        progress=False if args.no_progress else None,
+        chunksize=args.chunksize,
+        progress_bar=False if args.no_progress else None,
         dry_run=args.dry_run,
         dropna=args.dropna,
         **mapping,

@@ -209,7 +209,7 @@ def explain(exc: BaseException, args: argparse.Namespace) -> Explanation:
 
 # -- the library's words for the command line's -------------------------------------------
 # Library arguments whose option has another name on the command line.
-_OPTION_FOR = {"metadata": "metadata_columns", "progress": "no_progress"}
+_OPTION_FOR = {"metadata": "metadata_columns", "progress_bar": "no_progress"}
 # ``name=value`` in a message, as Python is written; not inside a call (``.sel(x=...)``,
 # which shows code to run) nor after a dot.
 _ARGUMENT = re.compile(

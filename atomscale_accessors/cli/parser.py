@@ -284,7 +284,13 @@ def _add_upload(subparsers: argparse._SubParsersAction, parents: list[Any]) -> N
         help="write the created annotations (.csv, .tsv, .parquet or .nc)",
     )
     parser.add_argument(
-        "--chunk-size", type=_positive, default=None, metavar="N", help="annotations per request"
+        "--chunk-size",
+        "--chunksize",
+        dest="chunksize",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="annotations per request",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="validate and plan the requests; send nothing"

@@ -160,7 +160,7 @@ def send_records(
         extent; for blocks, the whole sample.
     **kwargs
         Any field of :class:`~atomscale_accessors.options.UploadOptions`: ``client``,
-        ``if_exists``, ``chunk_size``, ``max_chunk_bytes``, ``max_workers``, ``progress``,
+        ``if_exists``, ``chunksize``, ``max_chunk_bytes``, ``max_workers``, ``progress``,
         ``dry_run``, ``verify``. With ``verify``, uploads to one sample from one machine
         are serialised (see :mod:`atomscale_accessors.locking`), and what an upload from
         another machine at the same time doubled is found after the fact.
@@ -199,7 +199,7 @@ def send_records(
         blocks = records
 
     if opts.dry_run:
-        return dry_run_frame(blocks, opts.chunk_size, opts.max_chunk_bytes)
+        return dry_run_frame(blocks, opts.chunksize, opts.max_chunk_bytes)
 
     resolved = resolve_client(opts.client)
     sid = target_sample(sample_id, opts, resolved)
@@ -212,7 +212,7 @@ def send_records(
             whole,
             opts,
             listing if listing is not None else Listing.of(whole),
-            Progress(opts.progress, total),
+            Progress(opts.progress_bar, total),
         )
 
 
@@ -262,7 +262,7 @@ def _upload(
     try:
         to_send = apply_if_exists(blocks, existing, opts.if_exists, updates, outcome, bar)
         chunks = iter_chunks(
-            to_send, chunk_size=opts.chunk_size, max_chunk_bytes=opts.max_chunk_bytes
+            to_send, chunksize=opts.chunksize, max_chunk_bytes=opts.max_chunk_bytes
         )
         run_chunks(uploader, chunks, opts.max_workers, outcome, bar)
         # apply_if_exists fills ``updates`` as the blocks stream past, so PATCH after the creates.

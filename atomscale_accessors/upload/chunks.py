@@ -70,10 +70,10 @@ class Chunk:
 def iter_chunks(
     blocks: Iterable[tuple[pd.DataFrame, np.ndarray]],
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunksize: int = DEFAULT_CHUNK_SIZE,
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
 ) -> Iterator[Chunk]:
-    """Cut record blocks into chunks of at most ``chunk_size`` rows and ``max_chunk_bytes``.
+    """Cut record blocks into chunks of at most ``chunksize`` rows and ``max_chunk_bytes``.
 
     Records are encoded one slice at a time, so memory holds one chunk's text, not the
     map's.
@@ -81,8 +81,8 @@ def iter_chunks(
     number = 0
     for records, positions in blocks:
         columns = Columns.of(records)
-        for start in range(0, len(columns), chunk_size):
-            stop = min(start + chunk_size, len(columns))
+        for start in range(0, len(columns), chunksize):
+            stop = min(start + chunksize, len(columns))
             piece = columns[start:stop]
             encoded = EncodedRecords(piece)
             if encoded.total + len(piece) - 1 <= max_chunk_bytes - BODY_OVERHEAD:
@@ -116,11 +116,11 @@ def iter_chunks(
 
 
 def dry_run_frame(
-    blocks: Iterable[pd.DataFrame], chunk_size: int, max_chunk_bytes: int
+    blocks: Iterable[pd.DataFrame], chunksize: int, max_chunk_bytes: int
 ) -> pd.DataFrame:
     parts, numbers = [], []
     for chunk in iter_chunks(
-        with_positions(blocks), chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes
+        with_positions(blocks), chunksize=chunksize, max_chunk_bytes=max_chunk_bytes
     ):
         parts.append(chunk.records)
         numbers.append(np.full(len(chunk), chunk.number, dtype=np.int64))
