@@ -29,7 +29,7 @@ import pandas as pd
 
 from .client import check_uuid, resolve_client
 from .errors import ApiError, InvalidIdentifierError
-from .failures import clip
+from .failures import clip, quote
 from .fields import SAMPLE_NAME
 from .schemas import ANNOTATION_COLUMNS, FLOAT_COLUMNS, is_uuid
 
@@ -82,9 +82,7 @@ def column_series(name: str, values: Any, index: pd.Index, route: str = "") -> p
             parsed = pd.to_datetime(texts, utc=True, format="ISO8601")
         except (ValueError, TypeError, OverflowError):
             bad = next(v for v in texts if not _is_time(v))
-            raise unreadable(
-                route, f"last_updated is not an ISO 8601 time: {_quoted(bad)}"
-            ) from None
+            raise unreadable(route, f"last_updated is not an ISO 8601 time: {quote(bad, 80)}") from None
         return parsed.dt.as_unit(TIME_UNIT)
     if name == "metadata":
         return pd.Series(values, index=index, dtype=object)
@@ -154,7 +152,6 @@ class AnnotationObject(msgspec.Struct, gc=False):
 
 _DECODE_ANNOTATIONS = msgspec.json.Decoder(list[AnnotationObject])
 _AT_PATH = re.compile(r"at `\$\[(\d+)\](?:\.(\w+))?")
-_SHOWN = 80  # characters of an offending value shown in an error
 
 
 def decode_annotations(
@@ -173,7 +170,7 @@ def decode_annotations(
         item = msgspec.json.decode(raw)[number]
         value = item.get(name) if name and isinstance(item, dict) else item
         raise unreadable(
-            route, f"annotation {number}: {name or 'the object'} is {_quoted(value)} ({exc})"
+            route, f"annotation {number}: {name or 'the object'} is {quote(value, 80)} ({exc})"
         ) from None
     except msgspec.DecodeError as exc:
         raise unreadable(route, f"not JSON ({exc})") from None
@@ -183,11 +180,6 @@ def unreadable(route: str, problem: str) -> ApiError:
     """The error for a 2xx answer the library cannot read."""
     method, _, path = route.partition(" ")
     return ApiError(200, f"unreadable answer: {problem}", method=method, path=path)
-
-
-def _quoted(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= _SHOWN else f"{shown[: _SHOWN - 3]}... ({len(shown)} characters)"
 
 
 def metadata_copies(values: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any, Literal, Self
 import numpy as np
 
 from .errors import user_stacklevel
+from .failures import quote
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -139,7 +140,7 @@ class UploadOptions(_Options):
         problems = []
         if self.if_exists not in IF_EXISTS:
             allowed = ", ".join(map(repr, IF_EXISTS))
-            problems.append(f"if_exists must be one of {allowed}, got {_shown(self.if_exists)}")
+            problems.append(f"if_exists must be one of {allowed}, got {quote(self.if_exists)}")
         problems += self._size_problems()
         if not (
             self.progress_bar is None
@@ -147,15 +148,15 @@ class UploadOptions(_Options):
             or callable(self.progress_bar)
         ):
             problems.append(
-                f"progress_bar must be a bool or a callable, got {_shown(self.progress_bar)}"
+                f"progress_bar must be a bool or a callable, got {quote(self.progress_bar)}"
             )
         if self.project is not None and not (
             isinstance(self.project, str) and self.project.strip()
         ):
-            problems.append(f"project must be a project's name or id, got {_shown(self.project)}")
+            problems.append(f"project must be a project's name or id, got {quote(self.project)}")
         for name in ("dry_run", "verify", "create_sample"):
             if not isinstance(getattr(self, name), bool | np.bool_):
-                problems.append(f"{name} must be True or False, got {_shown(getattr(self, name))}")
+                problems.append(f"{name} must be True or False, got {quote(getattr(self, name))}")
         if problems:
             raise ValueError("bad upload options: " + "; ".join(problems))
 
@@ -172,7 +173,7 @@ class UploadOptions(_Options):
             if value is None:
                 object.__setattr__(self, name, default)
             elif isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {_shown(value)}")
+                problems.append(f"{name} must be a positive integer, got {quote(value)}")
             else:
                 object.__setattr__(self, name, int(value))
         if isinstance(self.max_chunk_bytes, int) and 0 < self.max_chunk_bytes < MIN_CHUNK_BYTES:
@@ -254,16 +255,16 @@ class MapOptions(_Options):
         problems: list[str] = []
         if self.extra_dims not in ("error", "metadata"):
             problems.append(
-                f"extra_dims must be 'error' or 'metadata', got {_shown(self.extra_dims)}"
+                f"extra_dims must be 'error' or 'metadata', got {quote(self.extra_dims)}"
             )
         for name, (types, wanted) in _MAP_OPTION_TYPES.items():
             value = getattr(self, name)
             if not isinstance(value, types) and (value is not None or name == "dropna"):
-                problems.append(f"{name} must be {wanted}, got {_shown(value)}")
+                problems.append(f"{name} must be {wanted}, got {quote(value)}")
         rows = self.block_rows
         if rows is not None:
             if isinstance(rows, bool) or not isinstance(rows, int | np.integer) or rows < 1:
-                problems.append(f"block_rows must be a positive integer, got {_shown(rows)}")
+                problems.append(f"block_rows must be a positive integer, got {quote(rows)}")
             else:
                 object.__setattr__(self, "block_rows", int(rows))
         if problems:
@@ -330,8 +331,3 @@ def _renamed(given: Mapping[str, Any], names: set[str]) -> Mapping[str, Any]:
             stacklevel=user_stacklevel(),
         )
     return {RENAMED.get(k, k) if k in old else k: v for k, v in given.items()}
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

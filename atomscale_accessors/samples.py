@@ -30,8 +30,8 @@ from .errors import (
     SampleNotFoundError,
     TransportError,
 )
+from .failures import quote as _shown
 from .frames import TEXT_DTYPE, column_series
-from .frames import _quoted as _shown
 from .schemas import is_uuid
 
 __all__ = [

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .commands import _client
+from .commands import client_for
 from .exits import EXIT_OK
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def cmd_samples_list(args: argparse.Namespace) -> int:
     """List the samples (of a project), one line per sample and project."""
     from ..samples import samples
 
-    frame = samples(project=args.project, client=_client(args))
+    frame = samples(project=args.project, client=client_for(args))
     where = "" if args.project is None else f" in project {args.project!r}"
     if frame.empty:
         print(f"no samples{where}")
@@ -64,7 +64,7 @@ def cmd_samples_create(args: argparse.Namespace) -> int:
     from ..errors import SampleNotFoundError
     from ..samples import SampleResolver
 
-    resolver = SampleResolver(_client(args), project=args.project)
+    resolver = SampleResolver(client_for(args), project=args.project)
     where = "" if args.project is None else f" in project {args.project!r}"
     name = args.name.strip()
     try:
@@ -86,7 +86,7 @@ def cmd_projects_list(args: argparse.Namespace) -> int:
     """List the projects with their number of samples."""
     from ..samples import projects
 
-    frame = projects(client=_client(args))
+    frame = projects(client=client_for(args))
     if frame.empty:
         print("no projects (projects are made on the platform)")
         return EXIT_OK

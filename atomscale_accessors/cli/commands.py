@@ -81,7 +81,7 @@ def _joined(column: pd.Series) -> str:
 
 
 # -- clients -----------------------------------------------------------------------------------
-def _client(args: argparse.Namespace) -> Client:
+def client_for(args: argparse.Namespace) -> Client:
     from ..client import Client
 
     return Client(api_key=args.api_key, endpoint=args.endpoint)
@@ -127,7 +127,7 @@ def _stored_already(records: pd.DataFrame, args: argparse.Namespace) -> str:
     from ..upload.send import Uploader
 
     try:
-        client = _client(args)
+        client = client_for(args)
     except ConfigurationError:
         return "not compared with what the sample holds: no API key (set AS_API_KEY)"
     try:
@@ -260,7 +260,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     data = read_input(args.file)
     mapping = mapping_for(data, args)
     # A dry run sends nothing, so it needs no key.
-    client = None if args.dry_run else _client(args)
+    client = None if args.dry_run else client_for(args)
     target = _upload_target(data, args)
     if client is not None:
         # Before the upload starts: its progress bar follows on the terminal.
@@ -322,7 +322,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.output is not None:
         check_output(args.output)
-    client = _client(args)
+    client = client_for(args)
     samples = args.sample[0] if args.sample and len(args.sample) == 1 else args.sample
     what = f"sample {samples}" if isinstance(samples, str) else _samples_named(args)
     frame = fetch(
