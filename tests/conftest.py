@@ -1,8 +1,15 @@
-"""Shared fixtures. The ``atomscale_server`` fixture comes from the package's pytest plugin."""
+"""Shared fixtures. The ``atomscale_server`` fixture comes from the package's pytest plugin.
+
+Tests that need an extra which is not installed are skipped, saying which extra: a test
+using a local server (the ``atomscale_server`` fixture or :func:`module_server`) needs the
+``server`` extra; modules needing another extra skip themselves at their top.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -10,12 +17,28 @@ import pytest
 
 import atomscale_accessors
 from atomscale_accessors import Client
-from atomscale_accessors.server import LocalServer
+
+if TYPE_CHECKING:
+    from atomscale_accessors.server import LocalServer
+
+HAS_SERVER = all(importlib.util.find_spec(name) is not None for name in ("fastapi", "uvicorn"))
+NO_SERVER = 'needs the server extra (pip install "atomscale-accessors[server]")'
+needs_server = pytest.mark.skipif(not HAS_SERVER, reason=NO_SERVER)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "atomscale_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(needs_server)
 
 
 def module_server(**options) -> Iterator[LocalServer]:
     """A local server shared by a module's tests (each test makes its own sample): for
     modules with hundreds of cases, where a server per test would dominate the time."""
+    if not HAS_SERVER:
+        pytest.skip(NO_SERVER)
+    from atomscale_accessors.server import LocalServer
+
     server = LocalServer(**options)
     with server:
         yield server

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,8 +31,10 @@ from atomscale_accessors import Client, RetryPolicy, fetch
 from atomscale_accessors.maps import flatten_map, frame_to_map
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import RECORD_COLUMNS
-from atomscale_accessors.server import LocalServer
 from atomscale_accessors.validation import validate_records
+
+if TYPE_CHECKING:
+    from atomscale_accessors.server import LocalServer
 
 LAWS = settings(max_examples=60, deadline=None)
 ROUND_TRIPS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
