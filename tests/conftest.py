@@ -21,9 +21,21 @@ from atomscale_accessors import Client
 if TYPE_CHECKING:
     from atomscale_accessors.server import LocalServer
 
-HAS_SERVER = all(importlib.util.find_spec(name) is not None for name in ("fastapi", "uvicorn"))
-NO_SERVER = 'needs the server extra (pip install "atomscale-accessors[server]")'
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in modules)
+
+
+def _needs(extra: str) -> str:
+    return f'needs the {extra} extra (pip install "atomscale-accessors[{extra}]")'
+
+
+HAS_SERVER = _installed("fastapi", "uvicorn")
+NO_SERVER = _needs("server")
 needs_server = pytest.mark.skipif(not HAS_SERVER, reason=NO_SERVER)
+needs_dask = pytest.mark.skipif(not _installed("dask", "distributed"), reason=_needs("dask"))
+needs_units = pytest.mark.skipif(not _installed("pint"), reason=_needs("units"))
+needs_plot = pytest.mark.skipif(not _installed("matplotlib"), reason=_needs("plot"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

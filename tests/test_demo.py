@@ -11,6 +11,7 @@ import pytest
 
 from atomscale_accessors.datasets import wafer_thickness_map
 from atomscale_accessors.demo import DEMO_GRID_POINTS, run_demo
+from conftest import needs_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -45,6 +46,7 @@ def test_run_demo_counts_checks_and_pictures(tmp_path: Path):
     assert any("local server at http://127.0.0.1:" in line for line in lines)
 
 
+@needs_server
 def test_run_demo_without_matplotlib_skips_the_picture(tmp_path: Path, monkeypatch):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
@@ -57,6 +59,7 @@ def test_run_demo_without_matplotlib_skips_the_picture(tmp_path: Path, monkeypat
     assert not list(tmp_path.iterdir())
 
 
+@needs_server
 @pytest.mark.timeout(120)
 def test_python_m_demo(tmp_path: Path):
     done = subprocess.run(

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from atomscale_accessors.maps import flatten_map, frame_to_map, iter_flatten_map
+from conftest import needs_dask
 
 SETTINGS = settings(max_examples=40, deadline=None)
 # Finite values of every magnitude, signed zeros and subnormals included.
@@ -131,6 +132,7 @@ def test_scattered_round_trip(ds):
 @given(
     grids(), st.integers(1, 4), st.integers(1, 4), st.sampled_from(["float64", "float32", "int32"])
 )
+@needs_dask
 def test_streamed_blocks_equal_the_whole_map(ds, cy, cx, dtype):
     if not has_values(ds):
         return

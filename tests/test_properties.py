@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import module_server
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -32,6 +31,7 @@ from atomscale_accessors.maps import flatten_map, frame_to_map
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import RECORD_COLUMNS
 from atomscale_accessors.validation import validate_records
+from conftest import module_server, needs_units
 
 if TYPE_CHECKING:
     from atomscale_accessors.server import LocalServer
@@ -305,6 +305,7 @@ def test_extra_dimension_slices_carry_their_coordinate(ds, wavelengths):
         )
 
 
+@needs_units
 @LAWS
 @given(maps(), st.sampled_from([("um", 1e-3), ("cm", 10.0), ("m", 1000.0)]))
 def test_coordinates_in_another_unit_are_converted(ds, conversion):

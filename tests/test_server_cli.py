@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from atomscale_accessors.cli import build_parser, main
+from conftest import needs_server
 
 
 def test_serve_defaults_bind_loopback():
@@ -66,6 +67,7 @@ def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, err
 
 
+@needs_server
 @pytest.mark.timeout(120)
 def test_python_m_serve_prints_endpoint_and_generated_key_once(tmp_path: Path):
     process, lines = _start("--db", str(tmp_path / "cli.sqlite"))
@@ -89,6 +91,7 @@ def test_python_m_serve_prints_endpoint_and_generated_key_once(tmp_path: Path):
     assert (tmp_path / "cli.sqlite").exists()
 
 
+@needs_server
 @pytest.mark.timeout(120)
 def test_a_given_key_is_not_printed():
     process, lines = _start("--api-key", "my-secret-key", "--no-access-log")
