@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,18 +31,60 @@ def _needs(extra: str) -> str:
     return f'needs the {extra} extra (pip install "atomscale-accessors[{extra}]")'
 
 
-HAS_SERVER = _installed("fastapi", "uvicorn")
+MISSING = {
+    extra
+    for extra, modules in {
+        "server": ("fastapi", "uvicorn"),
+        "dask": ("dask", "distributed"),
+        "units": ("pint",),
+        "plot": ("matplotlib",),
+    }.items()
+    if not _installed(*modules)
+}
+HAS_SERVER = "server" not in MISSING
 NO_SERVER = _needs("server")
 needs_server = pytest.mark.skipif(not HAS_SERVER, reason=NO_SERVER)
-needs_dask = pytest.mark.skipif(not _installed("dask", "distributed"), reason=_needs("dask"))
-needs_units = pytest.mark.skipif(not _installed("pint"), reason=_needs("units"))
-needs_plot = pytest.mark.skipif(not _installed("matplotlib"), reason=_needs("plot"))
+needs_dask = pytest.mark.skipif("dask" in MISSING, reason=_needs("dask"))
+needs_units = pytest.mark.skipif("units" in MISSING, reason=_needs("units"))
+needs_plot = pytest.mark.skipif("plot" in MISSING, reason=_needs("plot"))
+
+# The package's docstring examples (--doctest-modules) that need an extra: modules that
+# import it at their top are not collected without it, other examples are skipped.
+_MODULES_NEEDING = {"server": "server", "dask": "dask_accessor.py"}
+_EXAMPLES_NEEDING = {
+    "atomscale_accessors.plotting": "plot",
+    "atomscale_accessors.pandas_accessor.AtomscaleDataFrameAccessor.plot": "plot",
+    "atomscale_accessors.xarray_accessor._MapAccessor.plot": "plot",
+    "atomscale_accessors.maps.flatten.iter_flatten_map": "dask",
+    "fault_proxy": "server",
+}
+
+
+class _PackageExamples:
+    """Registered as a plugin, not a conftest hook: the package folder is beside tests/,
+    where the hooks of this file do not reach."""
+
+    @staticmethod
+    def pytest_ignore_collect(collection_path: Path) -> bool | None:
+        package = Path(atomscale_accessors.__file__).parent
+        for extra, name in _MODULES_NEEDING.items():
+            if extra in MISSING and collection_path == package / name:
+                return True
+        return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_PackageExamples(), "atomscale-package-examples")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "atomscale_server" in getattr(item, "fixturenames", ()):
             item.add_marker(needs_server)
+        if isinstance(item, pytest.DoctestItem):
+            for start, extra in _EXAMPLES_NEEDING.items():
+                if extra in MISSING and item.name.startswith(start):
+                    item.add_marker(pytest.mark.skip(reason=_needs(extra)))
 
 
 def module_server(**options) -> Iterator[LocalServer]:

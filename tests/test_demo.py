@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_server
 
 from atomscale_accessors.datasets import wafer_thickness_map
 from atomscale_accessors.demo import DEMO_GRID_POINTS, run_demo
-from conftest import needs_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import needs_dask, needs_plot, needs_units
 
 import atomscale_accessors
 from atomscale_accessors import datasets, maps, xarray_accessor
@@ -29,7 +30,6 @@ from atomscale_accessors.maps import (
 )
 from atomscale_accessors.maps import schema as maps_schema
 from atomscale_accessors.schemas import RECORD_COLUMNS
-from conftest import needs_dask, needs_plot, needs_units
 
 UUID = "0b0e6b1c-3f4e-4a53-9d55-4c1f3f0f7a10"
 DASK = pytest.param("dask", marks=needs_dask)

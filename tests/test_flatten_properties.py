@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import xarray as xr
+from conftest import needs_dask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from atomscale_accessors.maps import flatten_map, frame_to_map, iter_flatten_map
-from conftest import needs_dask
 
 SETTINGS = settings(max_examples=40, deadline=None)
 # Finite values of every magnitude, signed zeros and subnormals included.

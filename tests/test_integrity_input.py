@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import THICKNESS_MAPPING, thickness_frame
 
 import atomscale_accessors
 from atomscale_accessors import options
@@ -35,7 +36,6 @@ from atomscale_accessors.schemas import (
 )
 from atomscale_accessors.upload import encode
 from atomscale_accessors.validation import validate_records
-from conftest import THICKNESS_MAPPING, thickness_frame
 
 da = pytest.importorskip("dask.array", reason="needs the dask extra")
 

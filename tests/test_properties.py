@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import module_server, needs_units
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -31,7 +32,6 @@ from atomscale_accessors.maps import flatten_map, frame_to_map
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import RECORD_COLUMNS
 from atomscale_accessors.validation import validate_records
-from conftest import module_server, needs_units
 
 if TYPE_CHECKING:
     from atomscale_accessors.server import LocalServer

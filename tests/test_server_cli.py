@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import needs_server
 
 from atomscale_accessors.cli import build_parser, main
-from conftest import needs_server
 
 
 def test_serve_defaults_bind_loopback():
