@@ -82,7 +82,9 @@ def column_series(name: str, values: Any, index: pd.Index, route: str = "") -> p
             parsed = pd.to_datetime(texts, utc=True, format="ISO8601")
         except (ValueError, TypeError, OverflowError):
             bad = next(v for v in texts if not _is_time(v))
-            raise unreadable(route, f"last_updated is not an ISO 8601 time: {quote(bad, 80)}") from None
+            raise unreadable(
+                route, f"last_updated is not an ISO 8601 time: {quote(bad, 80)}"
+            ) from None
         return parsed.dt.as_unit(TIME_UNIT)
     if name == "metadata":
         return pd.Series(values, index=index, dtype=object)

@@ -1,8 +1,16 @@
-"""Shared fixtures. The ``atomscale_server`` fixture comes from the package's pytest plugin."""
+"""Shared fixtures. The ``atomscale_server`` fixture comes from the package's pytest plugin.
+
+Tests that need an extra which is not installed are skipped, saying which extra: a test
+using a local server (the ``atomscale_server`` fixture or :func:`module_server`) needs the
+``server`` extra; modules needing another extra skip themselves at their top.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,12 +19,82 @@ import pytest
 import atomscale_accessors
 from atomscale_accessors import Client
 from atomscale_accessors.cli import main
-from atomscale_accessors.server import LocalServer
+
+if TYPE_CHECKING:
+    from atomscale_accessors.server import LocalServer
+
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in modules)
+
+
+def _needs(extra: str) -> str:
+    return f'needs the {extra} extra (pip install "atomscale-accessors[{extra}]")'
+
+
+MISSING = {
+    extra
+    for extra, modules in {
+        "server": ("fastapi", "uvicorn"),
+        "dask": ("dask", "distributed"),
+        "units": ("pint",),
+        "plot": ("matplotlib",),
+    }.items()
+    if not _installed(*modules)
+}
+HAS_SERVER = "server" not in MISSING
+NO_SERVER = _needs("server")
+needs_server = pytest.mark.skipif(not HAS_SERVER, reason=NO_SERVER)
+needs_dask = pytest.mark.skipif("dask" in MISSING, reason=_needs("dask"))
+needs_units = pytest.mark.skipif("units" in MISSING, reason=_needs("units"))
+needs_plot = pytest.mark.skipif("plot" in MISSING, reason=_needs("plot"))
+
+# The package's docstring examples (--doctest-modules) that need an extra: modules that
+# import it at their top are not collected without it, other examples are skipped.
+_MODULES_NEEDING = {"server": "server", "dask": "dask_accessor.py"}
+_EXAMPLES_NEEDING = {
+    "atomscale_accessors.plotting": "plot",
+    "atomscale_accessors.pandas_accessor.AtomscaleDataFrameAccessor.plot": "plot",
+    "atomscale_accessors.xarray_accessor._MapAccessor.plot": "plot",
+    "atomscale_accessors.maps.flatten.iter_flatten_map": "dask",
+    "fault_proxy": "server",
+}
+
+
+class _PackageExamples:
+    """Registered as a plugin, not a conftest hook: the package folder is beside tests/,
+    where the hooks of this file do not reach."""
+
+    @staticmethod
+    def pytest_ignore_collect(collection_path: Path) -> bool | None:
+        package = Path(atomscale_accessors.__file__).parent
+        for extra, name in _MODULES_NEEDING.items():
+            if extra in MISSING and collection_path == package / name:
+                return True
+        return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_PackageExamples(), "atomscale-package-examples")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "atomscale_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(needs_server)
+        if isinstance(item, pytest.DoctestItem):
+            for start, extra in _EXAMPLES_NEEDING.items():
+                if extra in MISSING and item.name.startswith(start):
+                    item.add_marker(pytest.mark.skip(reason=_needs(extra)))
 
 
 def module_server(**options) -> Iterator[LocalServer]:
     """A local server shared by a module's tests (each test makes its own sample): for
     modules with hundreds of cases, where a server per test would dominate the time."""
+    if not HAS_SERVER:
+        pytest.skip(NO_SERVER)
+    from atomscale_accessors.server import LocalServer
+
     server = LocalServer(**options)
     with server:
         yield server

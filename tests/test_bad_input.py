@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,9 @@ from atomscale_accessors.errors import (
     MapStructureError,
     SampleNotFoundError,
 )
-from atomscale_accessors.server import LocalServer
+
+if TYPE_CHECKING:
+    from atomscale_accessors.server import LocalServer
 
 LABELS = pd.Index([f"p{i}" for i in range(5)], name="point_id")
 MAPPING = THICKNESS_MAPPING

@@ -194,20 +194,63 @@ def test_missing_parquet_and_netcdf_engines_are_clear_errors(run, tmp_path, monk
     monkeypatch.setattr(files, "parquet_available", lambda: False)
     status, _, err = run("validate", path)
     assert status == EXIT_INVALID
-    assert "pip install pyarrow" in err
+    assert 'pip install "atomscale-accessors[io]"' in err
 
     nc = tmp_path / "map.nc"
     nc.write_bytes(b"CDF")
     monkeypatch.setattr(files, "netcdf_engines", lambda: [])
     status, _, err = run("validate", nc)
     assert status == EXIT_INVALID
-    assert "netCDF engine" in err and "atomscale-accessors[netcdf]" in err
+    assert "netCDF engine" in err and "atomscale-accessors[io]" in err
     # An output format that cannot be written fails before anything is fetched.
     status, _, err = run(
         "fetch", "--sample", "a1b2c3d4-5678-90ab-cdef-1234567890ab", "-o", tmp_path / "o.nc"
     )
     assert status == EXIT_INVALID
     assert "netCDF engine" in err
+
+
+# The command line in a fresh interpreter where pyarrow and fastparquet cannot be imported,
+# as in an install without the io extra (arguments after the script go to main).
+_WITHOUT_PARQUET = """
+import sys
+
+
+class NoParquet:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("pyarrow", "fastparquet"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NoParquet())
+from atomscale_accessors.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["fetch", "validate"])
+def test_parquet_without_pyarrow_names_the_io_extra(tmp_path, command):
+    stored = tmp_path / "stored.parquet"
+    if command == "fetch":  # the output is checked before anything is fetched
+        argv = ["fetch", "--sample", "a1b2c3d4-5678-90ab-cdef-1234567890ab", "-o", stored]
+        argv += ["--api-key", "not-used", "--endpoint", "http://127.0.0.1:9/"]
+    else:
+        stored.write_bytes(b"PAR1")
+        argv = ["validate", stored, *MAPPING]
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PARQUET, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == EXIT_INVALID, result.stderr
+    assert "Parquet needs pyarrow" in result.stderr
+    assert 'pip install "atomscale-accessors[io]"' in result.stderr
+    assert "Traceback" not in result.stderr
+    assert command == "validate" or not stored.exists()
 
 
 # -- upload and fetch --------------------------------------------------------------------------------

@@ -18,7 +18,11 @@ dask = pytest.importorskip("dask")
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 
-from conftest import THICKNESS_MAPPING, thickness_frame  # noqa: E402
+from conftest import HAS_SERVER, NO_SERVER, THICKNESS_MAPPING, thickness_frame  # noqa: E402
+
+if not HAS_SERVER:
+    pytest.skip(NO_SERVER, allow_module_level=True)
+
 
 import atomscale_accessors  # noqa: E402
 from atomscale_accessors import Client  # noqa: E402

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_server
 
 from atomscale_accessors.cli import build_parser
 from atomscale_accessors.datasets import wafer_thickness_map
@@ -56,6 +57,7 @@ def test_run_demo_counts_checks_and_pictures(tmp_path: Path):
     assert any("local server at http://127.0.0.1:" in line for line in lines)
 
 
+@needs_server
 def test_run_demo_without_matplotlib_skips_the_picture(tmp_path: Path, monkeypatch):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
@@ -68,6 +70,7 @@ def test_run_demo_without_matplotlib_skips_the_picture(tmp_path: Path, monkeypat
     assert not list(tmp_path.iterdir())
 
 
+@needs_server
 @pytest.mark.timeout(120)
 def test_python_m_demo(tmp_path: Path):
     done = subprocess.run(

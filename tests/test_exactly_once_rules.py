@@ -16,6 +16,10 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import HAS_SERVER, NO_SERVER
+
+if not HAS_SERVER:
+    pytest.skip(NO_SERVER, allow_module_level=True)
 
 import atomscale_accessors
 from atomscale_accessors import Client, RetryPolicy, fetch

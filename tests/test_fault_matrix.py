@@ -28,7 +28,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import THICKNESS_MAPPING
+from conftest import HAS_SERVER, NO_SERVER, THICKNESS_MAPPING
+
+if not HAS_SERVER:
+    pytest.skip(NO_SERVER, allow_module_level=True)
+
 
 from atomscale_accessors import Client, RetryPolicy
 from atomscale_accessors.errors import AnnotationExistsError, UploadError

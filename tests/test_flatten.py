@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import needs_dask, needs_plot, needs_units
 
 import atomscale_accessors
 from atomscale_accessors import datasets, maps, units, xarray_accessor
@@ -31,7 +32,8 @@ from atomscale_accessors.maps import schema as maps_schema
 from atomscale_accessors.schemas import RECORD_COLUMNS
 
 UUID = "0b0e6b1c-3f4e-4a53-9d55-4c1f3f0f7a10"
-VARIANTS = ["dataset", "dataarray", "dask"]
+DASK = pytest.param("dask", marks=needs_dask)
+VARIANTS = ["dataset", "dataarray", DASK]
 _ = atomscale_accessors  # registers the accessors
 
 
@@ -360,6 +362,7 @@ def test_unit_attribute_that_is_not_text_is_an_error():
     assert "which is not a unit" in str(err)
 
 
+@needs_units
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_coordinates_in_different_units_are_converted_with_pint(variant):
     ds = grid()
@@ -370,6 +373,7 @@ def test_coordinates_in_different_units_are_converted_with_pint(variant):
     assert as_cells(rec) == as_cells(records_of(grid()))
 
 
+@needs_units
 def test_coord_units_argument_converts_attributes():
     rec = records_of(grid(), coord_units="um")
     assert set(rec["coord_units"]) == {"um"}
@@ -388,6 +392,7 @@ def test_different_units_without_pint_are_an_error(monkeypatch):
     assert len(records_of(grid())) == 11
 
 
+@needs_units
 def test_unconvertible_units_are_an_error():
     ds = grid()
     ds["y"].attrs["units"] = "s"
@@ -415,7 +420,7 @@ def test_float32_values_keep_their_exact_value():
     assert rec["property_value"].iloc[0] == float(np.float32(0.1)) != 0.1
 
 
-@pytest.mark.parametrize("variant", ["dataset", "dask"])
+@pytest.mark.parametrize("variant", ["dataset", DASK])
 def test_integers_beyond_2_53_are_an_error(variant):
     ds = grid(nan_at=None)
     raw = np.zeros((3, 4), dtype="int64")
@@ -597,6 +602,7 @@ def counting_map(calls: list) -> xr.Dataset:
     )
 
 
+@needs_dask
 def test_dask_map_is_flattened_one_block_at_a_time():
     calls: list = []
     ds = counting_map(calls)
@@ -620,6 +626,7 @@ def test_block_rows_splits_blocks():
         iter_flatten_map(ds, block_rows=0)
 
 
+@needs_dask
 def test_structure_errors_surface_when_streaming_starts():
     ds = grid().chunk(2)
     ds["thickness"].attrs = {}
@@ -750,7 +757,15 @@ def test_frame_is_not_modified():
 
 # -- docs ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "module", [structure, maps_schema, maps_flatten, gridding, datasets, xarray_accessor]
+    "module",
+    [
+        structure,
+        maps_schema,
+        pytest.param(maps_flatten, marks=needs_dask),
+        gridding,
+        datasets,
+        pytest.param(xarray_accessor, marks=needs_plot),
+    ],
 )
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import xarray as xr
+from conftest import needs_dask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -131,6 +132,7 @@ def test_scattered_round_trip(ds):
 @given(
     grids(), st.integers(1, 4), st.integers(1, 4), st.sampled_from(["float64", "float32", "int32"])
 )
+@needs_dask
 def test_streamed_blocks_equal_the_whole_map(ds, cy, cx, dtype):
     if not has_values(ds):
         return

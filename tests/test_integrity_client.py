@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,9 @@ from atomscale_accessors.errors import (
     ConfigurationError,
     TransportError,
 )
-from atomscale_accessors.server import LocalServer
+
+if TYPE_CHECKING:
+    from atomscale_accessors.server import LocalServer
 
 FAST = RetryPolicy(max_attempts=3, backoff=0.01, max_wait=0.2, settle=0.05)
 ANNOTATION = {"property_name": "thickness", "property_value": 1.5, "coord_x": 0.0}

@@ -8,7 +8,6 @@ sent; a megabyte of text in a name or a cell never makes a megabyte of message.
 
 from __future__ import annotations
 
-import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
@@ -37,6 +36,8 @@ from atomscale_accessors.schemas import (
 )
 from atomscale_accessors.upload import encode
 from atomscale_accessors.validation import validate_records
+
+da = pytest.importorskip("dask.array", reason="needs the dask extra")
 
 _ = atomscale_accessors  # registers the accessors
 UUID = "0b0e6b1c-3f4e-4a53-9d55-4c1f3f0f7a10"

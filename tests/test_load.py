@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,9 @@ import xarray as xr
 from conftest import module_server
 
 from atomscale_accessors import Client
-from atomscale_accessors.server import LocalServer
+
+if TYPE_CHECKING:
+    from atomscale_accessors.server import LocalServer
 
 ROWS = 50_000
 UPLOADERS = 8

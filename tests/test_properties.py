@@ -16,13 +16,13 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import module_server
+from conftest import module_server, needs_units
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -31,8 +31,10 @@ from atomscale_accessors import Client, RetryPolicy, fetch
 from atomscale_accessors.maps import flatten_map, frame_to_map
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import RECORD_COLUMNS
-from atomscale_accessors.server import LocalServer
 from atomscale_accessors.validation import validate_records
+
+if TYPE_CHECKING:
+    from atomscale_accessors.server import LocalServer
 
 LAWS = settings(max_examples=60, deadline=None)
 ROUND_TRIPS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -303,6 +305,7 @@ def test_extra_dimension_slices_carry_their_coordinate(ds, wavelengths):
         )
 
 
+@needs_units
 @LAWS
 @given(maps(), st.sampled_from([("um", 1e-3), ("cm", 10.0), ("m", 1000.0)]))
 def test_coordinates_in_another_unit_are_converted(ds, conversion):

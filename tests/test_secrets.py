@@ -23,7 +23,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import THICKNESS_MAPPING, module_server
+from conftest import HAS_SERVER, NO_SERVER, THICKNESS_MAPPING, module_server
+
+if not HAS_SERVER:
+    pytest.skip(NO_SERVER, allow_module_level=True)
+
 
 from atomscale_accessors import Client, RetryPolicy, fetch
 from atomscale_accessors.errors import (

@@ -20,8 +20,12 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import HAS_SERVER, NO_SERVER
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+if not HAS_SERVER:
+    pytest.skip(NO_SERVER, allow_module_level=True)
 
 from atomscale_accessors.server import LocalServer
 from atomscale_accessors.server.models import MAX_METADATA_BYTES, MAX_METADATA_DEPTH

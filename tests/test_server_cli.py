@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import needs_server
 
 from atomscale_accessors.cli import build_parser, main
 
@@ -86,6 +87,7 @@ def _follow_the_printed_lines(lines: list[str], endpoint: str, key: str) -> None
     assert "created sample" in done.stderr
 
 
+@needs_server
 @pytest.mark.timeout(120)
 def test_python_m_serve_prints_endpoint_and_generated_key_once(tmp_path: Path):
     process, lines = _start("--db", str(tmp_path / "cli.sqlite"))
@@ -110,6 +112,7 @@ def test_python_m_serve_prints_endpoint_and_generated_key_once(tmp_path: Path):
     assert (tmp_path / "cli.sqlite").exists()
 
 
+@needs_server
 @pytest.mark.timeout(120)
 def test_a_given_key_is_not_printed():
     process, lines = _start("--api-key", "my-secret-key", "--no-access-log")

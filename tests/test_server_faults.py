@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import HAS_SERVER, NO_SERVER
 from urllib3.util.retry import Retry
+
+if not HAS_SERVER:
+    pytest.skip(NO_SERVER, allow_module_level=True)
 
 from atomscale_accessors.server import FAULT_KINDS, ROUTE_NAMES, Faults, LocalServer
 from atomscale_accessors.server.faults import LATENCY_KINDS

@@ -1,12 +1,13 @@
 """The files of the command line: CSV/TSV and Parquet tables, NetCDF maps.
 
 The format comes from the file name's extension. Parquet needs pyarrow (or fastparquet)
-and NetCDF a netCDF engine for xarray; without them the error says what to install.
+and NetCDF a netCDF engine for xarray, both in the ``io`` extra; without them the error
+says what to install.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,8 +32,9 @@ _NETCDF_SUFFIXES = {".nc", ".nc4", ".netcdf", ".cdf"}
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 # Engines xarray can read and write NetCDF with, in order of preference.
 _NETCDF_ENGINES = ("netcdf4", "h5netcdf", "scipy")
-_NETCDF_HINT = 'pip install "atomscale-accessors[netcdf]" (or netCDF4, or scipy for NetCDF3 files)'
-_PARQUET_HINT = "pip install pyarrow"
+_IO_EXTRA = 'pip install "atomscale-accessors[io]"'
+_NETCDF_HINT = f"{_IO_EXTRA} (or h5netcdf, or scipy for NetCDF3 files)"
+_PARQUET_HINT = f"{_IO_EXTRA} (or fastparquet)"
 
 
 def file_kind(path: Path) -> str:
@@ -70,8 +72,14 @@ def _netcdf_engine() -> str:
 
 
 def parquet_available() -> bool:
-    """Whether pandas can read and write Parquet (pyarrow or fastparquet is installed)."""
-    return any(importlib.util.find_spec(m) is not None for m in ("pyarrow", "fastparquet"))
+    """Whether pandas can read and write Parquet (pyarrow or fastparquet imports)."""
+    for name in ("pyarrow", "fastparquet"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        return True
+    return False
 
 
 def _check_parquet() -> None:
