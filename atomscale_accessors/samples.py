@@ -30,9 +30,9 @@ from .errors import (
     SampleNotFoundError,
     TransportError,
 )
+from .fields import is_uuid
 from .frames import TEXT_DTYPE, column_series
 from .frames import _quoted as _shown
-from .schemas import is_uuid
 
 __all__ = [
     "CREATE_HINT",

@@ -175,6 +175,15 @@ def test_every_public_name_resolves_and_is_listed():
     ]
 
 
+def test_the_client_fetch_and_samples_load_no_pandera():
+    out = run(
+        "from atomscale_accessors import Client, fetch, projects, resolve_sample, samples",
+        "print(Client.__name__, callable(fetch), callable(samples))",
+        loaded(("pandera", "dask")),
+    )
+    assert out.split() == ["Client", "True", "True"]
+
+
 def test_an_unknown_name_is_an_attribute_error():
     out = run(
         """
