@@ -44,12 +44,15 @@ _ACCESSOR_MODULE = "atomscale_accessors.dask_accessor"
 
 
 class DeferredAccessor:
-    """Stands in for the dask accessor until it is first used, then imports it."""
+    """Stands in for the dask accessor on ``owner`` until first used, then imports it."""
+
+    def __init__(self, owner: type) -> None:
+        self._owner = owner  # not the class looked up from, which may be a subclass
 
     def __get__(self, obj: Any, cls: type) -> Any:
-        if vars(cls).get(ACCESSOR_NAME) is self:
+        if vars(self._owner).get(ACCESSOR_NAME) is self:
             importlib.import_module(_ACCESSOR_MODULE)  # registers the real accessor
-            if vars(cls).get(ACCESSOR_NAME) is self:
+            if vars(self._owner).get(ACCESSOR_NAME) is self:
                 # The module is being imported further up this thread's stack and its
                 # registration asks whether the name is free: it is, for dask's purpose.
                 raise AttributeError(ACCESSOR_NAME)
@@ -59,7 +62,7 @@ class DeferredAccessor:
 def _install_placeholder(dataframe_module: ModuleType) -> None:
     frame_type = getattr(dataframe_module, "DataFrame", None)
     if frame_type is not None and ACCESSOR_NAME not in vars(frame_type):
-        setattr(frame_type, ACCESSOR_NAME, DeferredAccessor())
+        setattr(frame_type, ACCESSOR_NAME, DeferredAccessor(frame_type))
 
 
 class _PlaceholderLoader(importlib.abc.Loader):

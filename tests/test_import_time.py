@@ -117,6 +117,23 @@ def test_the_dask_accessor_class_is_reachable_from_the_type():
     assert out.split() == ["True", "True", "AtomscaleDaskDataFrameAccessor.upload"]
 
 
+def test_the_dask_accessor_is_found_first_from_a_subclass():
+    out = run(
+        """
+        import atomscale_accessors
+        import dask.dataframe as dd
+
+
+        class Frame(dd.DataFrame):
+            pass
+
+
+        print(Frame.atomscale.__name__, dd.DataFrame.atomscale.__name__)
+        """
+    )
+    assert out.split() == ["AtomscaleDaskDataFrameAccessor"] * 2
+
+
 def test_importing_the_dask_accessor_module_directly_registers_it_once():
     out = run(
         """
