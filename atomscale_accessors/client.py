@@ -30,8 +30,8 @@ import urllib3.connection
 from . import __version__
 from .deadline import WATCHDOG, DeadlineAdapter
 from .errors import ApiError, InvalidIdentifierError, TransportError
+from .fields import is_uuid
 from .retry import RetryPolicy, retry_after_seconds, transport_retry
-from .schemas import is_uuid
 from .settings import (
     check_deadline,
     check_key,

@@ -1,10 +1,14 @@
 """The fields of an annotation, as the columns of records and of annotation frames.
 
-Imports nothing: the column lists are shared by the validation (:mod:`.schemas`), the
-position key (:mod:`.keys`), the upload and the frames.
+Imports nothing but the standard library: the column lists and the form of an id are
+shared by the validation (:mod:`.schemas`), the position key (:mod:`.keys`), the client,
+the upload and the frames, some of which must not import pandera.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 __all__ = [
     "ANNOTATION_COLUMNS",
@@ -16,6 +20,7 @@ __all__ = [
     "SAMPLE_DIM",
     "SAMPLE_ID",
     "SAMPLE_NAME",
+    "is_uuid",
 ]
 
 #: Columns of canonical records, in order: the body fields of the annotation API.
@@ -79,3 +84,13 @@ SAMPLE_ID = "physical_sample_id"
 SAMPLE_NAME = "sample_name"
 #: The dimension along which the maps of several samples are stacked.
 SAMPLE_DIM = "sample"
+
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+
+
+def is_uuid(value: Any) -> bool:
+    """Whether ``value`` is a string in the canonical 8-4-4-4-12 hex UUID form (ids of
+    samples, projects and annotations)."""
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None

@@ -30,8 +30,7 @@ import pandas as pd
 from .client import check_uuid, resolve_client
 from .errors import ApiError, InvalidIdentifierError
 from .failures import clip, quote
-from .fields import SAMPLE_NAME
-from .schemas import ANNOTATION_COLUMNS, FLOAT_COLUMNS, is_uuid
+from .fields import ANNOTATION_COLUMNS, FLOAT_COLUMNS, SAMPLE_NAME, is_uuid
 
 __all__ = [
     "REPEATED_TEXT_COLUMNS",

@@ -1,7 +1,9 @@
 """The ``DataFrame.atomscale`` accessor: argument plumbing onto the library's functions.
 
 pandas builds a new accessor object on every attribute access (pandas 3 always), so the
-accessor keeps no state and validates nothing in ``__init__``.
+accessor keeps no state and validates nothing in ``__init__``. Importing the package
+imports this module, so each method imports what it calls (the records, pandera's
+models, the upload engine) on its first use.
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .lots import upload_lot
 from .options import UploadOptions
-from .records import to_records, validated_records
-from .upload import send_records
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -52,6 +51,8 @@ class AtomscaleDataFrameAccessor:
         0     thickness           101.2            nm      0.0
         1     thickness            99.8            nm     10.0
         """
+        from .records import to_records
+
         return to_records(self._frame, **mapping)
 
     def validate(
@@ -84,6 +85,8 @@ class AtomscaleDataFrameAccessor:
         ... )
         1
         """
+        from .records import validated_records
+
         return validated_records(
             self._frame, dropna=dropna, allow_duplicates=allow_duplicates, **mapping
         )
@@ -151,6 +154,8 @@ class AtomscaleDataFrameAccessor:
                 "upload() takes a sample (a name or a UUID) or sample_column=, one of them"
             )
         if sample_column is not None:
+            from .lots import upload_lot
+
             return upload_lot(
                 self._frame,
                 sample_column,
@@ -159,6 +164,9 @@ class AtomscaleDataFrameAccessor:
                 allow_duplicates=allow_duplicates,
                 mapping=mapping,
             )
+        from .records import validated_records
+        from .upload import send_records
+
         records = validated_records(
             self._frame, dropna=dropna, allow_duplicates=allow_duplicates, **mapping
         )

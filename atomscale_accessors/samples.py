@@ -31,8 +31,8 @@ from .errors import (
     TransportError,
 )
 from .failures import quote as _shown
+from .fields import is_uuid
 from .frames import TEXT_DTYPE, column_series
-from .schemas import is_uuid
 
 __all__ = [
     "CREATE_HINT",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from .fields import (
     POSITION_KEY,
     RECORD_COLUMNS,
     RECORD_STRING_COLUMNS,
+    is_uuid,
 )
 from .keys import repeated_positions, value_codes
 from .limits import COORD_REF_FRAMES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH
@@ -54,9 +54,6 @@ __all__ = [
     "records_schema",
 ]
 
-_UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-)
 #: Longest string accepted in a text field; longer ones are almost always a mistake
 #: (a whole file read into a cell) and would bloat every request they are part of.
 MAX_TEXT_LENGTH = 1024
@@ -441,8 +438,3 @@ class AnnotationFrameModel(pa.DataFrameModel):
     def _utc(cls, series: Series[Any]) -> bool:
         dtype = series.dtype
         return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC"
-
-
-def is_uuid(value: Any) -> bool:
-    """Whether ``value`` is a string in the canonical 8-4-4-4-12 hex UUID form."""
-    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None

@@ -4,7 +4,8 @@ Argument plumbing only: each method normalises its arguments and makes one call 
 :mod:`atomscale_accessors.maps` (or, to upload, :mod:`atomscale_accessors.map_upload`). The
 accessors hold nothing but the object they are attached to, and check nothing when they
 are created. A DataArray is turned into a one-variable Dataset and handled by the same code
-as a Dataset.
+as a Dataset. Importing the package imports this module, so each method imports the map
+code (and with it pandera and the upload engine) on its first use.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import pandas as pd
 import xarray as xr
 
 from .errors import MapStructureError
-from .map_upload import upload_map, upload_map_stack
-from .maps import flatten_map, validate_map
 from .options import MapOptions, UploadOptions, split_options
 
 if TYPE_CHECKING:
@@ -66,6 +65,8 @@ class _MapAccessor:
         >>> len(rec), rec["property_unit"].iloc[0], rec["coord_units"].iloc[0]
         (49, 'ohm/sq', 'mm')
         """
+        from .maps import flatten_map
+
         opts = MapOptions.of(options, kwargs)
         return flatten_map(self._dataset(opts), opts)
 
@@ -99,6 +100,8 @@ class _MapAccessor:
         >>> rec["property_name"].unique().tolist()
         ['thickness']
         """
+        from .maps import validate_map
+
         opts = MapOptions.of(options, kwargs)
         return validate_map(self._dataset(opts), opts)
 
@@ -159,6 +162,8 @@ class _MapAccessor:
         >>> plan["chunk"].value_counts().sort_index().tolist()
         [40, 40, 1]
         """
+        from .map_upload import upload_map, upload_map_stack
+
         opts, mopts = split_options(kwargs, options, map_options)
         if (sample is None) == (sample_dim is None):
             raise TypeError(
