@@ -17,6 +17,7 @@ from .records import to_records, validated_records
 from .upload import send_records
 
 if TYPE_CHECKING:
+    import numpy as np
     import xarray as xr
     from matplotlib.axes import Axes
 
@@ -150,7 +151,7 @@ class AtomscaleDataFrameAccessor:
             raise TypeError(
                 "upload() takes a sample (a name or a UUID) or sample_column=, one of them"
             )
-        if sample_column is not None:
+        if sample is None:  # then sample_column is given
             return upload_lot(
                 self._frame,
                 sample_column,
@@ -164,7 +165,9 @@ class AtomscaleDataFrameAccessor:
         )
         return send_records(records, sample, opts)
 
-    def plot(self, property_name: str | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
+    def plot(
+        self, property_name: str | None = None, ax: Axes | None = None, **kwargs: Any
+    ) -> Axes | np.ndarray:
         """Draw one property of an annotation frame (or of canonical records) as a wafer map.
 
         Needs matplotlib (``pip install "atomscale-accessors[plot]"``). See

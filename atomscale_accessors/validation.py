@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -228,7 +229,8 @@ def _explain_units(table: pd.DataFrame, records: pd.DataFrame) -> None:
         ("one_unit_per_property", "property_unit", "property_name"),
         ("one_coordinate_unit", "coord_units", None),
     ):
-        rows = table.index[table["check"] == check]
+        hit = (table["check"] == check).to_numpy(dtype=bool)
+        rows = table.index[hit]
         if not len(rows):
             continue
         units = records[column].to_numpy(dtype=object)
@@ -237,8 +239,9 @@ def _explain_units(table: pd.DataFrame, records: pd.DataFrame) -> None:
         for g, u in zip(groups.tolist(), units.tolist(), strict=True):
             if u is not None and u == u:
                 first.setdefault(g, u)
-        for row in rows:
-            pos = int(table.at[row, "_pos"])
+        for row, pos in zip(
+            rows, table["_pos"].to_numpy(dtype=np.int64)[hit].tolist(), strict=True
+        ):
             what = f" for {quote(groups[pos])}" if group else ""
             table.at[row, "failure_case"] = (
                 f"{quote(units[pos])}{what}, where other rows have {quote(first.get(groups[pos]))}"
@@ -302,7 +305,7 @@ def _check_name(check: str) -> str:
 def _outside_the_package() -> int:
     """The ``stacklevel`` that makes a warning issued by the caller of this function point
     at the first line outside the package: the user's call, however deep the path."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     level = 1
     while frame is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGE):
         frame = frame.f_back
