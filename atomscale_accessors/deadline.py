@@ -148,8 +148,10 @@ class _Cuttable:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("blocksize", BODY_PIECE)
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(*args, **kwargs)
 
+    # A mixin: mypy checks its super() calls against object, not against the urllib3
+    # connection classes it is mixed into (the ignores below).
     def connect(self) -> None:
         WATCHDOG.attach(self)
         super().connect()  # type: ignore[misc]

@@ -26,6 +26,7 @@ from .datasets import sheet_resistance_map, wafer_thickness_map
 from .demo_lot import LOT_PROJECT, LotResult, run_lot
 from .errors import AnnotationExistsError
 from .frames import fetch
+from .maps import frame_to_map
 
 if TYPE_CHECKING:
     from .server import LocalServer
@@ -398,7 +399,7 @@ def _run_map(
     say(f"uploaded {len(created):,} {prop} annotations in {seconds:.2f} s")
 
     frame = fetch(sample_id, client=client, property_name=prop)
-    grid = frame.atomscale.to_xarray()
+    grid = frame_to_map(frame)  # what frame.atomscale.to_xarray() calls
     exact = _same_map(ds, grid, prop)
     say(
         f"fetched {len(frame):,} {prop} annotations; back on the map: "

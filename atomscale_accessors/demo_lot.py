@@ -158,16 +158,20 @@ def _same_lot(table: pd.DataFrame, stored: pd.DataFrame) -> bool:
 
 
 def _draw_lot(stored: pd.DataFrame, path: Path, say: Callable[[str], None]) -> Path | None:
+    from .plotting import plot_annotations  # what stored.atomscale.plot() calls
+
     try:
-        axes = stored.atomscale.plot()
+        axes = plot_annotations(stored)
     except ImportError:
         return None
-    figure = axes.ravel()[0].figure
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    figure = (axes.ravel()[0] if isinstance(axes, np.ndarray) else axes).figure
+    assert isinstance(figure, Figure)  # the small multiples make a figure of their own
     figure.suptitle(f"{LOT_PROJECT}: sheet resistance, one colour scale")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-
     plt.close(figure)
     say(f"lot: small multiples in {path}")
     return path

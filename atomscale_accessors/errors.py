@@ -9,6 +9,7 @@ failure tables, what was and was not created) so callers never have to parse a m
 from __future__ import annotations
 
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -277,7 +278,7 @@ def _short(detail: Any, limit: int = 500) -> str:
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning issued by the caller of this function point
     at the first line outside the package: the user's call, however deep the path."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     level = 1
     while frame is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGE):
         frame = frame.f_back

@@ -245,7 +245,10 @@ class FailureCollector:
             sizes = table.groupby(
                 [table["column"], table["check"], whole], sort=False, dropna=False
             ).size()
-            counted = [((c, k), bool(w), int(n)) for (c, k, w), n in sizes.items()]
+            counted = [
+                ((c, k), bool(w), int(n))
+                for (c, k, w), n in zip(sizes.index, sizes.tolist(), strict=True)
+            ]
         except TypeError:  # unhashable column labels: one by one
             counted = [
                 ((c, k), bool(w), 1)

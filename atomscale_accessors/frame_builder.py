@@ -183,7 +183,7 @@ class FrameBuilder:
         positions: np.ndarray,
         *,
         floats: dict[str, np.ndarray],
-        texts: dict[str, tuple[np.ndarray, Sequence[Any]]],
+        texts: dict[str, tuple[np.ndarray, Sequence[Any] | pd.Index]],
         ids: Sequence[str],
         times: np.ndarray,
         metadata: np.ndarray | None = None,
@@ -219,9 +219,11 @@ class FrameBuilder:
                 self._metadata[at] = metadata
             self._times[at] = times
             if self._index is None:
+                if index is None:
+                    raise TypeError("put() needs the rows' labels: the builder has no index")
                 self._index_parts.append((positions, index))
 
-    def _recode(self, name: str, codes: np.ndarray, values: Sequence[Any]) -> np.ndarray:
+    def _recode(self, name: str, codes: np.ndarray, values: Sequence[Any] | pd.Index) -> np.ndarray:
         """A chunk's codes as codes into the column's values (text: 1 and "1" are one)."""
         known = self._values[name]
         table = np.empty(len(values) + 1, dtype=np.int32)

@@ -63,8 +63,9 @@ REPEATED_TEXT_COLUMNS = (
 SORT_COLUMNS = ("property_name", "coord_x", "coord_y")
 # Where each frame column comes from in an API annotation object.
 _SOURCE = {"annotation_id": "id", "metadata": "annotation_metadata"}
-# pandas' default dtype for text: ``str`` on pandas 3, ``object`` on pandas 2.
-TEXT_DTYPE = pd.Series(["text"]).dtype
+# pandas' default dtype for text: ``str`` on pandas 3, ``object`` on pandas 2 (a StringDtype or
+# a numpy dtype, hence Any: the stubs of one pandas know only one of them).
+TEXT_DTYPE: Any = pd.Series(["text"]).dtype
 # The resolution pandas gives parsed timestamps (us on pandas 3, ns on pandas 2): one
 # unit for every frame, empty or not, whatever precision the server wrote.
 TIME_UNIT = pd.to_datetime(pd.Series(["2026-01-01T00:00:00.123456Z"]), utc=True).dt.unit
@@ -254,6 +255,7 @@ def annotation_frame(
     for name in ANNOTATION_COLUMNS:
         key = _SOURCE.get(name, name)
         if as_dicts:
+            # Plain dicts here (as_dicts), which the union of the argument's type hides.
             values = [obj.get(key) for obj in objects]  # type: ignore[union-attr]
         else:
             values = list(map(attrgetter(key), objects))

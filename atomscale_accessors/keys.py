@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from .fields import FLOAT_COLUMNS, POSITION_KEY
 
@@ -70,8 +71,9 @@ def records_key_frame(
     records: pd.DataFrame, columns: tuple[str, ...] = POSITION_KEY
 ) -> pd.DataFrame:
     """The key columns of a records frame, ready to join or group on (no counter)."""
+    # pandas accepts na_value=None, which pandas-stubs leave out of the scalars it allows.
     keys = {
-        column: records[column].to_numpy(dtype=key_dtype(column), na_value=None)
+        column: records[column].to_numpy(dtype=key_dtype(column), na_value=None)  # type: ignore[call-overload]
         if column not in FLOAT_COLUMNS
         else records[column].to_numpy(dtype="float64", na_value=np.nan)
         for column in columns
@@ -140,7 +142,7 @@ def listing_filters(columns: Columns, *, with_name: bool = True) -> dict[str, An
     return filters
 
 
-def bounding_box(xs: np.ndarray, ys: np.ndarray) -> Box | None:
+def bounding_box(xs: ArrayLike, ys: ArrayLike) -> Box | None:
     """The box of some positions; ``None`` when there are none, or some lack x or y (a
     listing must then take every position)."""
     xs = np.asarray(xs, dtype="float64")

@@ -185,12 +185,12 @@ def sample_key(label: Any) -> str:
 
 
 # -- samples ------------------------------------------------------------------------------------
-def resolve_samples(given: pd.Series, options: UploadOptions, client: Any) -> dict[str, str]:
+def resolve_samples(given: pd.Series, options: UploadOptions, client: Any) -> dict[Hashable, str]:
     """The sample id of each sample key (``given``: the first label of each key), with one
     listing. Every unknown name is reported at once, before any sample is created."""
     resolver = SampleResolver(client, project=options.project)
-    ids: dict[str, str] = {}
-    missing: dict[str, SampleNotFoundError] = {}
+    ids: dict[Hashable, str] = {}
+    missing: dict[Hashable, SampleNotFoundError] = {}
     for key, label in given.items():
         try:
             ids[key] = resolver.resolve(str(label))
@@ -200,7 +200,7 @@ def resolve_samples(given: pd.Series, options: UploadOptions, client: Any) -> di
         raise _not_found(list(missing.values()))
     resolver.create = True
     for key in missing:
-        ids[key] = resolver.resolve(str(given[key]))
+        ids[key] = resolver.resolve(str(given.get(key)))
     return ids
 
 
@@ -226,7 +226,7 @@ def _not_found(errors: list[SampleNotFoundError]) -> SampleNotFoundError:
 def _jobs(
     records: pd.DataFrame,
     keys: pd.Series,
-    ids: dict[str, str],
+    ids: dict[Hashable, str],
     given: pd.Series,
     allow_duplicates: bool,
 ) -> list[SampleJob]:

@@ -195,7 +195,7 @@ def _prepare_stack(
     prepared: list[PreparedMap] = []
     problems: list[tuple[Any, Exception]] = []
     for i, label in enumerate(labels):
-        one = ds.isel({sample_dim: i}).drop_vars(sample_dim, errors="ignore")
+        one = ds.isel({sample_dim: i}).drop_vars([sample_dim], errors="ignore")
         try:
             prepared.append(prepare_map(one, options))
         except (MapStructureError, AnnotationValidationError) as exc:

@@ -55,6 +55,7 @@ class _Options:
 
         ``options``, when given, provides the options not named in ``given``.
         """
+        # The subclasses are dataclasses, which mypy cannot know of this base class.
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         given = _renamed(given, names)
         mine = {k: v for k, v in given.items() if k in names}
@@ -69,7 +70,7 @@ class _Options:
         keyword."""
         mine, rest = cls.take(given, options)
         if rest:
-            known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+            known = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # as in take
             raise TypeError("unexpected keyword arguments: " + _unknown(rest, known))
         return mine
 

@@ -16,6 +16,7 @@ import pandas as pd
 from .options import UploadOptions
 
 if TYPE_CHECKING:
+    import numpy as np
     import xarray as xr
     from matplotlib.axes import Axes
 
@@ -153,7 +154,7 @@ class AtomscaleDataFrameAccessor:
             raise TypeError(
                 "upload() takes a sample (a name or a UUID) or sample_column=, one of them"
             )
-        if sample_column is not None:
+        if sample is None:  # then sample_column is given
             from .lots import upload_lot
 
             return upload_lot(
@@ -172,7 +173,9 @@ class AtomscaleDataFrameAccessor:
         )
         return send_records(records, sample, opts)
 
-    def plot(self, property_name: str | None = None, ax: Axes | None = None, **kwargs: Any) -> Axes:
+    def plot(
+        self, property_name: str | None = None, ax: Axes | None = None, **kwargs: Any
+    ) -> Axes | np.ndarray:
         """Draw one property of an annotation frame (or of canonical records) as a wafer map.
 
         Needs matplotlib (``pip install "atomscale-accessors[plot]"``). See

@@ -87,7 +87,7 @@ _FIGSIZE = (6.4, 5.2)
 # then cuts it).
 _LAYOUT = "compressed"
 
-Outline = Literal["auto", "wafer"] | None
+Outline = Literal["auto", "wafer", False] | None
 
 
 def import_matplotlib() -> Any:
@@ -292,7 +292,7 @@ def plot_annotations(
     colorbar: bool = True,
     title: str | bool | None = None,
     **kwargs: Any,
-) -> Axes:
+) -> Axes | np.ndarray:
     """Draw one property of an annotation frame (or of canonical records) as a wafer map.
 
     The rows of the property are put on a map with
@@ -312,8 +312,9 @@ def plot_annotations(
 
     Returns
     -------
-    matplotlib.axes.Axes
-        The Axes drawn on.
+    matplotlib.axes.Axes or numpy.ndarray
+        The Axes drawn on; for a frame of several samples, an array of Axes, one panel
+        per sample.
 
     Raises
     ------

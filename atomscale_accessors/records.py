@@ -130,6 +130,7 @@ def to_records(
     records, problems = build_records(df, mapping, **options)
     if problems is not None:
         raise problems
+    assert records is not None  # build_records gives records whenever it finds no problem
     return records
 
 
@@ -173,7 +174,7 @@ def validated_records(
     valid = check_records(
         builder.records, failures, dropna=dropna, allow_duplicates=allow_duplicates or per_group
     )
-    if per_group:
+    if per_group and groups is not None:
         codes = pd.factorize(groups.loc[valid.index].to_numpy())[0]
         failures.add(repeat_failures(valid.index[repeated_positions(valid, codes)]))
     if failures:
@@ -284,7 +285,8 @@ class _Builder:
             return pd.Series(None, index=n_index, dtype=object)
         if self.is_column(key):
             col = self.column(key)
-            values = col.to_numpy(dtype=object, na_value=None)
+            # pandas accepts na_value=None, which pandas-stubs leave out of the scalars.
+            values = col.to_numpy(dtype=object, na_value=None)  # type: ignore[call-overload]
             bad = pd.Series(
                 [v is not None and not isinstance(v, str) for v in values], index=col.index
             )
@@ -441,6 +443,7 @@ class _Builder:
                 "mapping",
                 m.value,
             )
+        pairs: list[tuple[Hashable, Hashable]]
         if isinstance(m.values, Mapping):
             pairs = list(m.values.items())
         elif isinstance(m.values, str | bytes) or not isinstance(m.values, Sequence | pd.Index):

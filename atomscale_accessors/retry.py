@@ -21,13 +21,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
 from .deadline import WATCHDOG
 from .errors import ApiError, TransportError
+
+if TYPE_CHECKING:  # urllib3 1.26, which requests allows, has no BaseHTTPResponse
+    from types import TracebackType
+
+    from urllib3 import BaseHTTPResponse
+    from urllib3.connectionpool import ConnectionPool
 
 __all__ = [
     "AMBIGUOUS_STATUSES",
@@ -254,15 +260,15 @@ class _TransportRetry(Retry):
         kw.setdefault("started", self.started if self.started is not None else time.monotonic())
         return super().new(**kw)
 
-    def increment(  # type: ignore[override]
+    def increment(
         self,
         method: str | None = None,
         url: str | None = None,
-        *args: Any,
+        response: BaseHTTPResponse | None = None,
         error: Exception | None = None,
-        _pool: Any = None,
-        **kwargs: Any,
-    ) -> _TransportRetry:
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
         if (
             error is not None
             and not self._is_read_error(error)  # urllib3 re-raises these itself
@@ -270,8 +276,9 @@ class _TransportRetry(Retry):
         ):
             # Reported as urllib3 reports a failure it does not retry: requests turns this
             # into its usual ConnectionError (or ConnectTimeout), the cause as its reason.
-            raise MaxRetryError(_pool, url or "", error) from error
-        return super().increment(method, url, *args, error=error, _pool=_pool, **kwargs)
+            # The pool is None only when called outside urllib3, which urllib3 allows too.
+            raise MaxRetryError(_pool, url or "", error) from error  # type: ignore[arg-type]
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def is_exhausted(self) -> bool:
         if super().is_exhausted() or _stopped() or WATCHDOG.remaining() == 0.0:

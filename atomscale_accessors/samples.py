@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -109,7 +109,7 @@ def _suggestion_text(suggestions: list[str]) -> str:
     return "; did you mean " + ", ".join(_shown(s) for s in suggestions) + "?"
 
 
-def _one(matches: list[Mapping[str, Any]], wanted: str, what: str) -> Mapping[str, Any] | None:
+def _one(matches: Sequence[Mapping[str, Any]], wanted: str, what: str) -> Mapping[str, Any] | None:
     """The one object among ``matches``, ``None`` for none, an error for several."""
     if len(matches) > 1:
         found = {str(m["id"]): str(m.get("name")) for m in matches}

@@ -244,70 +244,70 @@ class RecordsModel(pa.DataFrameModel):
 
     @pa.check("property_value", name="finite")
     @classmethod
-    def _value_finite(cls, series: Series[float]) -> Series[bool]:
+    def _value_finite(cls, series: Series[float]) -> pd.Series:
         return _finite(series)
 
     @pa.check("coord_x", "coord_y", "coord_z", name="finite")
     @classmethod
-    def _coord_finite(cls, series: Series[float]) -> Series[bool]:
+    def _coord_finite(cls, series: Series[float]) -> pd.Series:
         return _finite(series)
 
     @pa.check("property_name", "property_unit", "char_source_type", "coord_units", name="text")
     @classmethod
-    def _text(cls, series: Series[Any]) -> Series[bool]:
+    def _text(cls, series: Series[Any]) -> pd.Series:
         return _per_distinct(series, _is_text)
 
     @pa.check("property_name", name=f"length_1_to_{MAX_TEXT_LENGTH}")
     @classmethod
-    def _name_length(cls, series: Series[Any]) -> Series[bool]:
+    def _name_length(cls, series: Series[Any]) -> pd.Series:
         return _per_distinct(series, _length_within(1, MAX_TEXT_LENGTH))
 
     @pa.check(
         "property_unit", "char_source_type", "coord_units", name=f"length_at_most_{MAX_TEXT_LENGTH}"
     )
     @classmethod
-    def _text_length(cls, series: Series[Any]) -> Series[bool]:
+    def _text_length(cls, series: Series[Any]) -> pd.Series:
         return _per_distinct(series, _length_within(0, MAX_TEXT_LENGTH))
 
     @pa.check("data_id", name="uuid")
     @classmethod
-    def _data_id_uuid(cls, series: Series[Any]) -> Series[bool]:
+    def _data_id_uuid(cls, series: Series[Any]) -> pd.Series:
         return _per_distinct(series, is_uuid)
 
     @pa.check("metadata", name="json_object")
     @classmethod
-    def _metadata(cls, series: Series[Any]) -> Series[bool]:
+    def _metadata(cls, series: Series[Any]) -> pd.Series:
         # One check, one encoding per row; validation names the failed rule per row
         # (see metadata_problem).
         return _per_object(series, lambda value: metadata_problem(value) is None)
 
     @pa.dataframe_check(name="unique_position")
     @classmethod
-    def _unique_position(cls, df: pd.DataFrame) -> Series[bool]:
+    def _unique_position(cls, df: pd.DataFrame) -> pd.Series:
         # One annotation per property per position (records_schema can drop this rule).
         return pd.Series(~repeated_positions(df), index=df.index)
 
     @pa.dataframe_check(name="coord_units_given_with_coordinates")
     @classmethod
-    def _units_with_coords(cls, df: pd.DataFrame) -> Series[bool]:
+    def _units_with_coords(cls, df: pd.DataFrame) -> pd.Series:
         has_coord = df[list(COORD_COLUMNS)].notna().any(axis=1)
         return ~has_coord | df["coord_units"].notna()
 
     @pa.dataframe_check(name="x_and_y_together")
     @classmethod
-    def _position_complete(cls, df: pd.DataFrame) -> Series[bool]:
+    def _position_complete(cls, df: pd.DataFrame) -> pd.Series:
         # A position with x but not y (or y but not x) is a gap in the data, not a point.
         return df["coord_x"].isna() == df["coord_y"].isna()
 
     @pa.dataframe_check(name="one_unit_per_property")
     @classmethod
-    def _one_unit(cls, df: pd.DataFrame) -> Series[bool]:
+    def _one_unit(cls, df: pd.DataFrame) -> pd.Series:
         # One property in two units cannot be compared, mapped or gridded: a mistake.
         return _agrees_with_first(df["property_unit"], df["property_name"])
 
     @pa.dataframe_check(name="one_coordinate_unit")
     @classmethod
-    def _one_coord_unit(cls, df: pd.DataFrame) -> Series[bool]:
+    def _one_coord_unit(cls, df: pd.DataFrame) -> pd.Series:
         return _agrees_with_first(df["coord_units"], None)
 
 
@@ -430,7 +430,7 @@ class AnnotationFrameModel(pa.DataFrameModel):
 
     @pa.check("annotation_id", name="uuid")
     @classmethod
-    def _id_uuid(cls, series: Series[str]) -> Series[bool]:
+    def _id_uuid(cls, series: Series[str]) -> pd.Series:
         return _per_distinct(series, is_uuid)
 
     @pa.check("last_updated", name="utc_timestamps")

@@ -226,7 +226,8 @@ def _explain_units(table: pd.DataFrame, records: pd.DataFrame) -> None:
         ("one_unit_per_property", "property_unit", "property_name"),
         ("one_coordinate_unit", "coord_units", None),
     ):
-        rows = table.index[table["check"] == check]
+        hit = (table["check"] == check).to_numpy(dtype=bool)
+        rows = table.index[hit]
         if not len(rows):
             continue
         units = records[column].to_numpy(dtype=object)
@@ -235,8 +236,9 @@ def _explain_units(table: pd.DataFrame, records: pd.DataFrame) -> None:
         for g, u in zip(groups.tolist(), units.tolist(), strict=True):
             if u is not None and u == u:
                 first.setdefault(g, u)
-        for row in rows:
-            pos = int(table.at[row, "_pos"])
+        for row, pos in zip(
+            rows, table["_pos"].to_numpy(dtype=np.int64)[hit].tolist(), strict=True
+        ):
             what = f" for {quote(groups[pos])}" if group else ""
             table.at[row, "failure_case"] = (
                 f"{quote(units[pos])}{what}, where other rows have {quote(first.get(groups[pos]))}"

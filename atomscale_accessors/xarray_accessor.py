@@ -169,7 +169,7 @@ class _MapAccessor:
             raise TypeError(
                 "upload() takes a sample (a name or a UUID) or sample_dim=, one of them"
             )
-        if sample_dim is not None:
+        if sample is None:  # then sample_dim is given
             return upload_map_stack(self._dataset(mopts), sample_dim, opts, mopts)
         return upload_map(self._dataset(mopts), sample, opts, mopts)
 

@@ -1,12 +1,21 @@
 """Sphinx configuration of the atomscale_accessors documentation.
 
-Build with ``sphinx-build -W --keep-going -b html docs docs/_build/html``. The notebooks in
-``notebooks/`` are shown as they are stored (no outputs); the test suite executes them.
+Build with ``sphinx-build -W --keep-going -b html docs docs/_build/html``. Every notebook in
+``notebooks/`` is executed during the build (each starts its own local server) and shown
+with its outputs; a cell that fails fails the build. ``ATOMSCALE_DOCS_EXECUTE=0`` shows
+the notebooks as stored instead, for a quick build (the test suite's).
+
+Links to other projects' documentation (intersphinx) need their inventories, fetched
+over the network. Without a network the build still passes: an unreachable inventory is
+reported as a note, and the references to that project stay plain text.
+``ATOMSCALE_DOCS_STRICT_LINKS=1`` makes an unreachable inventory an error again.
 """
 
 from __future__ import annotations
 
 import filecmp
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -49,6 +58,7 @@ extensions = [
     "numpydoc",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
     "sphinx_autosummary_accessors",
 ]
 
@@ -59,13 +69,44 @@ templates_path = ["_templates", sphinx_autosummary_accessors.templates_path]
 # -- MyST and MyST-NB ----------------------------------------------------------------------
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
-# The notebooks need a running server and take a while: the test suite runs them, the
-# documentation shows them as stored.
-nb_execution_mode = "off"
+# Each notebook starts and stops a local server of its own, so it runs anywhere the package
+# with its server, plot and dask extras is installed.
+nb_execution_mode = "off" if os.environ.get("ATOMSCALE_DOCS_EXECUTE") == "0" else "force"
+nb_execution_timeout = 180  # seconds per cell; the slowest takes a few
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+nb_execution_in_temp = True  # what a notebook writes stays out of the source tree
+
+# -- Links to other projects -----------------------------------------------------------------
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3", None),
+    "numpy": ("https://numpy.org/doc/stable", None),
+    "pandas": ("https://pandas.pydata.org/docs", None),
+    "xarray": ("https://docs.xarray.dev/en/stable", None),
+    "pandera": ("https://pandera.readthedocs.io/en/stable", None),
+    "dask": ("https://docs.dask.org/en/stable", None),
+    "requests": ("https://requests.readthedocs.io/en/latest", None),
+    "matplotlib": ("https://matplotlib.org/stable", None),
+}
+intersphinx_timeout = 10
+
+
+class _UnreachableInventoryIsANote(logging.Filter):
+    """Turns intersphinx's "failed to reach any of the inventories" warning into a note."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "failed to reach" in str(record.msg):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+if os.environ.get("ATOMSCALE_DOCS_STRICT_LINKS") != "1":
+    # Sphinx logs through the standard logging module, under the "sphinx." prefix.
+    logging.getLogger("sphinx.sphinx.ext.intersphinx").addFilter(_UnreachableInventoryIsANote())
 
 # -- API reference -------------------------------------------------------------------------
 autosummary_generate = True
-autodoc_typehints = "none"
+autodoc_typehints = "signature"
 autodoc_member_order = "bysource"
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
@@ -76,11 +117,11 @@ numpydoc_xref_param_type = False
 numpydoc_validation_checks = {"GL06", "GL07", "GL09", "GL10", "PR03", "PR10", "RT02", "SS01"}
 
 # -- HTML ----------------------------------------------------------------------------------
-html_theme = "alabaster"
+html_theme = "pydata_sphinx_theme"
 html_title = f"atomscale-accessors {release}"
 html_theme_options = {
-    "description": "pandas and xarray maps as Atomscale spatial annotations",
-    "fixed_sidebar": True,
-    "show_relbars": True,
+    "github_url": "https://github.com/atomscale/atomscale-accessors",
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
 }
 html_static_path: list[str] = []

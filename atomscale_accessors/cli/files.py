@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .exits import InputError, first_line
 
@@ -31,7 +31,8 @@ _TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "
 _NETCDF_SUFFIXES = {".nc", ".nc4", ".netcdf", ".cdf"}
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 # Engines xarray can read and write NetCDF with, in order of preference.
-_NETCDF_ENGINES = ("netcdf4", "h5netcdf", "scipy")
+_NetcdfEngine = Literal["netcdf4", "h5netcdf", "scipy"]
+_NETCDF_ENGINES: tuple[_NetcdfEngine, ...] = ("netcdf4", "h5netcdf", "scipy")
 _IO_EXTRA = 'pip install "atomscale-accessors[io]"'
 _NETCDF_HINT = f"{_IO_EXTRA} (or h5netcdf, or scipy for NetCDF3 files)"
 _PARQUET_HINT = f"{_IO_EXTRA} (or fastparquet)"
@@ -53,7 +54,7 @@ def file_kind(path: Path) -> str:
     )
 
 
-def netcdf_engines() -> list[str]:
+def netcdf_engines() -> list[_NetcdfEngine]:
     """The NetCDF engines xarray finds installed, in order of preference."""
     import xarray as xr
 
@@ -61,7 +62,7 @@ def netcdf_engines() -> list[str]:
     return [name for name in _NETCDF_ENGINES if name in installed]
 
 
-def _netcdf_engine() -> str:
+def _netcdf_engine() -> _NetcdfEngine:
     engines = netcdf_engines()
     if not engines:
         raise InputError(
@@ -182,7 +183,9 @@ def write_frame(frame: pd.DataFrame, path_text: str, *, keep_index: bool = False
     kind = check_output(path_text)
     try:
         if kind == "netcdf":
-            ds = frame.atomscale.to_xarray()
+            from ..maps import frame_to_map  # what frame.atomscale.to_xarray() calls
+
+            ds = frame_to_map(frame)
             ds.to_netcdf(path_text, engine=_netcdf_engine())
             return
         out = _encode_metadata(frame)

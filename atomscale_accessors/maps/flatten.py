@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Generator, Hashable, Iterator
 from typing import Any
 
 import numpy as np
@@ -214,7 +214,7 @@ def flatten_plan(plan: MapPlan) -> pd.DataFrame:
     return frames[0] if len(frames) == 1 else pd.concat(frames)
 
 
-def iter_plan_blocks(plan: MapPlan, block_rows: int | None) -> Iterator[pd.DataFrame]:
+def iter_plan_blocks(plan: MapPlan, block_rows: int | None) -> Generator[pd.DataFrame, None, None]:
     for prop in plan.properties:
         values = _transposed(plan, prop)
         data = values.data
@@ -483,8 +483,9 @@ def _index(plan: MapPlan, positions: list[np.ndarray]) -> pd.Index:
     levels = [plan.dim_level(d) for d in plan.spatial_dims]
     if all(level is not None for level in levels):
         # Each position maps to its label's code in the sorted labels: nothing to hash.
+        # pandas-stubs take levels as sequences, which an Index is not to them (pandas takes it).
         return pd.MultiIndex(
-            levels=[level[0] for level in levels if level is not None],
+            levels=[level[0] for level in levels if level is not None],  # type: ignore[misc]
             codes=[
                 level[1][p] for level, p in zip(levels, positions, strict=True) if level is not None
             ],

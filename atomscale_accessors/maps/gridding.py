@@ -252,7 +252,7 @@ def _choose_dims(rows: _Rows) -> tuple[tuple[str, ...] | None, str | None]:
     if gridable:
         cell, _ = _grid_cells(rows)
         filled = np.count_nonzero(np.bincount(cell, minlength=n_cells))
-        gridable = filled >= _GRID_MIN_FILL * n_cells and not any(
+        gridable = bool(filled >= _GRID_MIN_FILL * n_cells) and not any(
             _first_repeat(cell[mask], n_cells) is not None for mask in rows.by_prop.values()
         )
     if gridable:
@@ -382,6 +382,8 @@ def _to_grid(rows: _Rows, grid_dims: tuple[str, ...]) -> xr.Dataset:
         grid = np.full(n_cells, np.nan)
         grid[cells] = rows.values[mask]
         data_vars[name] = (grid_dims, grid.reshape(shape))
+    roles: tuple[str, ...]
+    axes: tuple[np.ndarray, ...]
     if rows.uz is None:
         roles, axes = ("y", "x"), (rows.uy, rows.ux)
     else:

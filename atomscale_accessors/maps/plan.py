@@ -59,7 +59,7 @@ class MapProperty:
 
     variable: Hashable
     name: str
-    unit: str
+    unit: str | None  # None only in a plan with problems, which is never flattened
     char_source_type: Any
     data_id: Any
     extra_dims: tuple[Hashable, ...]

@@ -56,10 +56,12 @@ def map_structure_schema(
     ['x', 'y']
     >>> _ = schema.validate(wafer_thickness_map(n=5))
     """
+    # pandera.xarray annotates names as str, yet takes any hashable name, as xarray does:
+    # hence the ignores below.
     data_vars = {
         name: pax.DataVar(
             dtype=_RealNumber(),
-            dims=tuple(spatial_dims),
+            dims=tuple(spatial_dims),  # type: ignore[arg-type]
             ordered_dims=False,
             nullable=True,
             attrs={"units": _is_unit_text} if needs_units else None,
@@ -68,11 +70,19 @@ def map_structure_schema(
     }
     coord_specs = {name: pax.Coordinate(dtype=_RealNumber(), nullable=True) for name in coords}
     unit_schemas = {
-        name: pax.DataArraySchema(name=name, attrs={"units": _is_unit_text}, nullable=True)
+        name: pax.DataArraySchema(
+            name=name,  # type: ignore[arg-type]
+            attrs={"units": _is_unit_text},
+            nullable=True,
+        )
         for name, needs_units in coords.items()
         if needs_units
     }
-    return pax.DatasetSchema(data_vars=data_vars, coords=coord_specs), unit_schemas
+    schema = pax.DatasetSchema(
+        data_vars=data_vars,  # type: ignore[arg-type]
+        coords=coord_specs,  # type: ignore[arg-type]
+    )
+    return schema, unit_schemas
 
 
 def run_schema(schema: Any, obj: Any, problems: StructureProblems, coords: set[Hashable]) -> None:

@@ -160,13 +160,15 @@ def _resolve(
             return hits[0]
         if len(hits) > 1:
             said = f"{attr}={quote(ds[hits[0]].attrs[attr])}"
-            return _ambiguous(role, f"several coordinates have {said}", hits, problems)
+            _ambiguous(role, f"several coordinates have {said}", hits, problems)
+            return None
     for pool in (ds.coords, ds.data_vars):
         hits = [n for n in COORD_NAMES[role] if n in pool]
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
-            return _ambiguous(role, f"several candidates for the {role} coordinate", hits, problems)
+            _ambiguous(role, f"several candidates for the {role} coordinate", hits, problems)
+            return None
     if role != "z":
         _not_found(ds, role, problems)
     return None

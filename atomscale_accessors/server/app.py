@@ -155,6 +155,7 @@ def create_app(
                 include_in_schema=form == shown,
                 openapi_extra=_BODIES.get(name),
             )
+    # FastAPI's documented way to change the schema is to replace app.openapi.
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     app.add_exception_handler(ClientDisconnect, _client_disconnected)

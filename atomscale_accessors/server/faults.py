@@ -46,6 +46,7 @@ from __future__ import annotations
 import numbers
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -124,6 +125,7 @@ class Limits:
         self, max_bulk_annotations: object = _UNSET, max_body_bytes: object = _UNSET
     ) -> None:
         """Change the limits given; ``None`` lifts a limit, omitted ones stay."""
+        # Limits checks what it is given when made: the arguments may be anything.
         new = Limits(
             self.max_bulk_annotations if max_bulk_annotations is _UNSET else max_bulk_annotations,  # type: ignore[arg-type]
             self.max_body_bytes if max_body_bytes is _UNSET else max_body_bytes,  # type: ignore[arg-type]
@@ -190,6 +192,7 @@ def _whole_seconds(value: object) -> int:
     """``value`` as a whole number of seconds >= 0, or ``ValueError``."""
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     whole = integral or (isinstance(value, float) and value.is_integer())
+    # int() of an Integral or of an integral float, as checked just above.
     seconds = int(value) if whole else -1  # type: ignore[call-overload]
     if seconds < 0:
         raise ValueError(
@@ -212,7 +215,9 @@ class TokenBucket:
         Monotonic clock, replaceable for tests.
     """
 
-    def __init__(self, rate: float, burst: float | None = None, clock=time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if not rate > 0:
             raise ValueError(f"rate must be positive, got {rate!r}")
         self.rate = float(rate)

@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 
+# pydantic reads ``__pydantic_config__`` from a TypedDict, whose other members mypy refuses
+# (the ignores where it is set).
 _CONFIG = ConfigDict(extra="forbid", strict=True)
 
 

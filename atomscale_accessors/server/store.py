@@ -392,7 +392,7 @@ def _zero_signs(*values: float | None) -> int | None:
     """Bit mask of the values (property_value, coord_x, coord_y, coord_z) that are -0.0."""
     mask = 0
     for bit, value in zip((1, 2, 4, 8), values, strict=True):
-        if value == 0.0 and math.copysign(1.0, value) < 0:  # type: ignore[arg-type]
+        if value == 0.0 and math.copysign(1.0, value) < 0:
             mask |= bit
     return mask or None
 

@@ -186,9 +186,10 @@ def _parse_expected(
     a shared time and version held (None: not tried)."""
     shared = (_first_text(raw, b'"last_updated":'), _first_text(raw, b'"version":'))
     guessed = None
-    if guess_shared and None not in shared:
+    time, version = shared
+    if guess_shared and time is not None and version is not None:
         try:
-            return _expected_decoder(tuple(key_spec), shared).decode(raw), shared, True
+            return _expected_decoder(tuple(key_spec), (time, version)).decode(raw), shared, True
         except msgspec.DecodeError:
             guessed = False
     try:
@@ -257,6 +258,7 @@ def _build_decoder(
     else:
         fields += [("last_updated", Literal[shared[0]]), ("version", Literal[shared[1]])]
     expected = msgspec.defstruct("_Expected", fields, kw_only=True, gc=False)
+    # A type made at run time, which mypy cannot check as one.
     return msgspec.json.Decoder(list[expected])  # type: ignore[valid-type]
 
 

@@ -80,7 +80,7 @@ class Columns:
 
     def text(self, column: str) -> np.ndarray:
         """A text column as objects, None where unset."""
-        table = np.append(self.values[column], None)
+        table = np.concatenate([self.values[column], np.array([None], dtype=object)])
         return table[self.codes[column]]
 
     def constant(self, column: str) -> tuple[bool, Any]:

@@ -162,7 +162,7 @@ def apply_if_exists(
     blocks: Iterable[pd.DataFrame],
     existing: Existing,
     if_exists: str,
-    updates: list[tuple[pd.DataFrame, np.ndarray, list[dict[str, Any]]]],
+    updates: list[tuple[pd.DataFrame, np.ndarray, list[AnnotationObject]]],
     outcome: Outcome,
     bar: Progress,
 ) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
@@ -198,7 +198,7 @@ def exists_error(table: pd.DataFrame) -> AnnotationExistsError:
 
 def apply_updates(
     uploader: Uploader,
-    updates: list[tuple[pd.DataFrame, np.ndarray, list[dict[str, Any]]]],
+    updates: list[tuple[pd.DataFrame, np.ndarray, list[AnnotationObject]]],
     max_workers: int,
     outcome: Outcome,
     bar: Progress,
