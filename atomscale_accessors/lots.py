@@ -42,13 +42,19 @@ from .upload.chunks import dry_run_frame
 from .upload.progress import Progress
 
 __all__ = [
+    "FoundSamples",
     "LotUploadError",
     "SampleJob",
     "account",
+    "check_sample_column",
+    "dry_run_lot",
+    "find_samples",
     "join_frames",
+    "lot_message",
     "resolve_samples",
     "run_jobs",
     "sample_key",
+    "unlabelled_rows",
     "upload_lot",
 ]
 
@@ -141,7 +147,7 @@ def upload_lot(
     )
     given = labels.groupby(keys, sort=False).first()  # each sample's first spelling
     if options.dry_run:
-        return _dry_run(records, labels, options)
+        return dry_run_lot(records, labels, options)
     client = resolve_client(options.client)
     ids = resolve_samples(given, options, client)
     jobs = _jobs(records, keys, ids, given, allow_duplicates)
@@ -154,25 +160,35 @@ def _split_sample_column(df: pd.DataFrame, column: Hashable) -> tuple[pd.DataFra
     """The table without its sample column, and the column; every row must name one."""
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    if column not in df.columns:
-        raise AnnotationValidationError(
-            f"no sample column {quote(column)} (columns: {clip(list(df.columns))})",
-            failure_table([(None, column, "column_in_frame", column)]),
-        )
+    check_sample_column(df.columns, column)
     if not df.index.is_unique:
         df = df.reset_index(drop=True)  # rows are told apart by position
     labels = df[column]
-    missing = labels.map(lambda v: sample_key(v) == "")
+    missing = labels.map(sample_key) == ""
     if missing.any():
-        table = failure_table(
-            (row, column, "sample_given", labels[row]) for row in labels.index[missing]
-        )
         raise AnnotationValidationError(
             f"{int(missing.sum())} of {len(df)} rows name no sample in column {quote(column)}: "
             f"rows {clip(list(labels.index[missing][:5]))}",
-            table,
+            unlabelled_rows(labels, missing),
         )
     return df.drop(columns=[column]), labels
+
+
+def check_sample_column(columns: pd.Index, column: Hashable) -> None:
+    """Raise ``AnnotationValidationError`` when there is no such column."""
+    if column not in columns:
+        raise AnnotationValidationError(
+            f"no sample column {quote(column)} (columns: {clip(list(columns))})",
+            failure_table([(None, column, "column_in_frame", column)]),
+        )
+
+
+def unlabelled_rows(labels: pd.Series, missing: pd.Series) -> pd.DataFrame:
+    """The failure table of the rows (``missing``, a mask) whose label names no sample."""
+    return failure_table(
+        (row, labels.name, "sample_given", value)
+        for row, value in zip(labels.index[missing], labels[missing], strict=True)
+    )
 
 
 def sample_key(label: Any) -> str:
@@ -187,6 +203,28 @@ def sample_key(label: Any) -> str:
 def resolve_samples(given: pd.Series, options: UploadOptions, client: Any) -> dict[str, str]:
     """The sample id of each sample key (``given``: the first label of each key), with one
     listing. Every unknown name is reported at once, before any sample is created."""
+    found = find_samples(given, options, client)
+    return {**found.ids, **found.create()}
+
+
+@dataclass
+class FoundSamples:
+    """The samples of a lot that exist (``ids`` by sample key), and the names that match
+    none, to be created (``create``) once the input is known to be valid."""
+
+    ids: dict[str, str]
+    missing: dict[str, str]
+    resolver: SampleResolver
+
+    def create(self) -> dict[str, str]:
+        """Create the missing samples (race-safe); their ids by sample key."""
+        self.resolver.create = True
+        return {key: self.resolver.resolve(label) for key, label in self.missing.items()}
+
+
+def find_samples(given: pd.Series, options: UploadOptions, client: Any) -> FoundSamples:
+    """Look up every sample key with one listing, creating nothing; raise one
+    ``SampleNotFoundError`` naming every unknown name unless ``create_sample`` is set."""
     resolver = SampleResolver(client, project=options.project)
     ids: dict[str, str] = {}
     missing: dict[str, SampleNotFoundError] = {}
@@ -197,10 +235,7 @@ def resolve_samples(given: pd.Series, options: UploadOptions, client: Any) -> di
             missing[key] = exc
     if missing and not options.create_sample:
         raise _not_found(list(missing.values()))
-    resolver.create = True
-    for key in missing:
-        ids[key] = resolver.resolve(str(given[key]))
-    return ids
+    return FoundSamples(ids, {key: str(given[key]) for key in missing}, resolver)
 
 
 def _not_found(errors: list[SampleNotFoundError]) -> SampleNotFoundError:
@@ -315,7 +350,7 @@ def account(
         return result
     table = pd.DataFrame(rows).set_index(SAMPLE_ID)
     raise LotUploadError(
-        _message(table, errors),
+        lot_message(table, errors),
         samples=table,
         errors=errors,
         created=result,
@@ -389,7 +424,8 @@ def join_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(filled) if len(filled) > 1 else filled[0]
 
 
-def _message(table: pd.DataFrame, errors: dict[str, Exception]) -> str:
+def lot_message(table: pd.DataFrame, errors: dict[str, Exception]) -> str:
+    """The message of a LotUploadError: the samples that did not complete, capped."""
     failed = table[table["error"] != ""]
     lines = [
         f"{len(failed)} of {len(table)} samples did not complete "
@@ -405,7 +441,7 @@ def _message(table: pd.DataFrame, errors: dict[str, Exception]) -> str:
     return cap_message("\n".join(lines))
 
 
-def _dry_run(records: pd.DataFrame, labels: pd.Series, options: UploadOptions) -> pd.DataFrame:
+def dry_run_lot(records: pd.DataFrame, labels: pd.Series, options: UploadOptions) -> pd.DataFrame:
     """What would be sent, sample by sample, with the sample each record goes to."""
     keys = labels.map(sample_key).loc[records.index].to_numpy()
     parts = []
