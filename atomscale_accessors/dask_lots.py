@@ -76,7 +76,8 @@ from .lots import (
     find_samples,
     lot_message,
     run_jobs,
-    sample_key,
+    sample_keys,
+    split_by,
     unlabelled_rows,
 )
 from .options import UploadOptions
@@ -224,7 +225,7 @@ def _distinct_labels(ddf: dd.DataFrame, column: Hashable) -> pd.Series:
 
 
 def _first_labels(labels: pd.Series) -> pd.Series:
-    keys = labels.map(sample_key).to_numpy()
+    keys = sample_keys(labels).to_numpy()
     first = pd.Series(labels.to_numpy(), index=keys, dtype=object)
     return first[(keys != "") & ~first.index.duplicated()]
 
@@ -240,7 +241,7 @@ def _shuffled(ddf: dd.DataFrame, column: Hashable, targets: dict[str, str]) -> d
 def _with_target(
     partition: pd.DataFrame, column: Hashable, targets: dict[str, str]
 ) -> pd.DataFrame:
-    target = partition[column].map(sample_key).map(targets).fillna("")
+    target = sample_keys(partition[column]).map(targets).fillna("")
     return partition.assign(**{TARGET: target.astype(object)})
 
 
@@ -382,13 +383,7 @@ def _check_partition(
 
 
 def _by_target(records: pd.DataFrame, targets: np.ndarray) -> dict[str, pd.DataFrame]:
-    codes, uniques = pd.factorize(targets)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-    return {
-        str(target): compact_records(records.iloc[order[bounds[i] : bounds[i + 1]]])
-        for i, target in enumerate(uniques)
-    }
+    return {str(t): mine for t, mine in split_by(compact_records(records), targets).items()}
 
 
 def _stored_before(job: _Job, target: str, records: pd.DataFrame) -> _Sample:

@@ -54,6 +54,8 @@ __all__ = [
     "resolve_samples",
     "run_jobs",
     "sample_key",
+    "sample_keys",
+    "split_by",
     "unlabelled_rows",
     "upload_lot",
 ]
@@ -141,10 +143,11 @@ def upload_lot(
         Some samples did not complete; ``.samples`` and ``.errors`` say which and why.
     """
     frame, labels = _split_sample_column(df, sample_column)
-    keys = labels.map(sample_key)
+    keys = sample_keys(labels)
     records = validated_records(
         frame, dropna=dropna, allow_duplicates=allow_duplicates, groups=keys, **(mapping or {})
     )
+    records = compact_records(records)  # once for the lot, not once per sample
     given = labels.groupby(keys, sort=False).first()  # each sample's first spelling
     if options.dry_run:
         return dry_run_lot(records, labels, options)
@@ -164,7 +167,7 @@ def _split_sample_column(df: pd.DataFrame, column: Hashable) -> tuple[pd.DataFra
     if not df.index.is_unique:
         df = df.reset_index(drop=True)  # rows are told apart by position
     labels = df[column]
-    missing = labels.map(sample_key) == ""
+    missing = sample_keys(labels) == ""
     if missing.any():
         raise AnnotationValidationError(
             f"{int(missing.sum())} of {len(df)} rows name no sample in column {quote(column)}: "
@@ -189,6 +192,23 @@ def unlabelled_rows(labels: pd.Series, missing: pd.Series) -> pd.DataFrame:
         (row, labels.name, "sample_given", value)
         for row, value in zip(labels.index[missing], labels[missing], strict=True)
     )
+
+
+def sample_keys(labels: pd.Series) -> pd.Series:
+    """:func:`sample_key` of every label (worked out once per distinct label)."""
+    codes, distinct = pd.factorize(labels.to_numpy(dtype=object), use_na_sentinel=False)
+    keys = np.array([sample_key(label) for label in distinct], dtype=object)
+    return pd.Series(keys[codes], index=labels.index, dtype=object, name=labels.name)
+
+
+def split_by(records: pd.DataFrame, owners: np.ndarray) -> dict[Any, pd.DataFrame]:
+    """The records of each owner (``owners`` gives one per record), in order of first
+    appearance; one sort instead of one pass over all records per owner."""
+    codes, distinct = pd.factorize(owners)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(distinct) + 1))
+    ordered = records.iloc[order]  # then each owner's records are a slice of it
+    return {owner: ordered.iloc[bounds[i] : bounds[i + 1]] for i, owner in enumerate(distinct)}
 
 
 def sample_key(label: Any) -> str:
@@ -269,8 +289,7 @@ def _jobs(
         _check_joined(records, record_ids)
     labels = {ids[key]: label for key, label in given.items()}
     jobs = []
-    for sample_id in dict.fromkeys(record_ids):
-        mine = records[record_ids == sample_id]
+    for sample_id, mine in split_by(records, record_ids).items():
         send = functools.partial(_send_validated, mine, sample_id)
         jobs.append(SampleJob(sample_id, labels[sample_id], len(mine), send, mine))
     return jobs
@@ -443,10 +462,9 @@ def lot_message(table: pd.DataFrame, errors: dict[str, Exception]) -> str:
 
 def dry_run_lot(records: pd.DataFrame, labels: pd.Series, options: UploadOptions) -> pd.DataFrame:
     """What would be sent, sample by sample, with the sample each record goes to."""
-    keys = labels.map(sample_key).loc[records.index].to_numpy()
+    keys = sample_keys(labels).loc[records.index].to_numpy()
     parts = []
-    for key in dict.fromkeys(keys):
-        mine = compact_records(records[keys == key])
-        part = dry_run_frame([mine], options.chunk_size, options.max_chunk_bytes)
+    for mine in split_by(records, keys).values():
+        part = dry_run_frame([compact_records(mine)], options.chunk_size, options.max_chunk_bytes)
         parts.append(part.assign(sample=labels.loc[part.index].to_numpy()))
     return pd.concat(parts)
