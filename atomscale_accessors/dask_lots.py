@@ -64,7 +64,7 @@ from .errors import (
     AtomscaleError,
     UploadError,
 )
-from .failures import clip
+from .failures import clip, quote
 from .fields import SAMPLE_ID
 from .frame_builder import FrameBuilder
 from .frames import annotation_frame
@@ -147,32 +147,19 @@ def upload_dask_lot(
         Some samples did not complete; ``.samples`` and ``.errors`` say which and why. A
         re-run with ``if_exists="skip"`` completes them.
     """
-    if options.if_exists == "append":
-        raise ValueError(
-            "if_exists='append' cannot be used with sample_column on a dask DataFrame: "
-            "dask runs a task again when its worker is lost, and a second run would store "
-            "again what the first one sent. Use 'skip' (or 'update'); nothing was sent."
-        )
+    _refuse_append(options)
     check_sample_column(ddf.columns, sample_column)
-    mapping = mapping or {}
     given = _distinct_labels(ddf, sample_column)
-    if len(given) == 0:
-        raise AnnotationValidationError(
-            "nothing to upload: no row names a sample in column " + repr(sample_column)
-        )
     client = None if options.dry_run else resolve_client(options.client)
     found = None if client is None else find_samples(given, options, client)
-    targets = {key: NEW + key for key in given.index}
-    if found is not None:
-        targets.update(found.ids)
+    targets = {key: NEW + key for key in given.index} | (found.ids if found else {})
     frame = _shuffled(ddf, sample_column, targets)
-    job = _Job(sample_column, dropna, allow_duplicates, mapping, options, client)
-    if options.dry_run:
+    job = _Job(sample_column, dropna, allow_duplicates, mapping or {}, options, client)
+    if found is None:
         return _dry_run(frame, job)
     checks = _check(frame, job)
-    assert found is not None
     ids = {target: target for target in targets.values() if not target.startswith(NEW)}
-    ids.update({NEW + key: sample_id for key, sample_id in found.create().items()})
+    ids |= {NEW + key: sample_id for key, sample_id in found.create().items()}
     labels = {targets[key]: label for key, label in reversed(list(given.items()))}
     outcomes = _upload(frame, job, checks, ids)
     return _summarise(checks, outcomes, ids, labels)
@@ -217,10 +204,23 @@ class _Outcome:
 
 
 # -- steps on the driver --------------------------------------------------------------------
+def _refuse_append(options: UploadOptions) -> None:
+    if options.if_exists == "append":
+        raise ValueError(
+            "if_exists='append' cannot be used with sample_column on a dask DataFrame: "
+            "dask runs a task again when its worker is lost, and a second run would store "
+            "again what the first one sent. Use 'skip' (or 'update'); nothing was sent."
+        )
+
+
 def _distinct_labels(ddf: dd.DataFrame, column: Hashable) -> pd.Series:
     """The first spelling of every sample key, by key (rows without a sample left out)."""
     parts = dask.compute(*[dask.delayed(_first_labels)(p) for p in ddf[column].to_delayed()])
     labels = pd.concat(parts) if parts else pd.Series(dtype=object)
+    if len(labels) == 0:
+        raise AnnotationValidationError(
+            f"nothing to upload: no row names a sample in column {quote(column)}"
+        )
     return labels[~labels.index.duplicated()]
 
 

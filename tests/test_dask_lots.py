@@ -289,3 +289,27 @@ def test_one_sample_by_name_is_created_after_validation(on_cluster, server, api,
     sid = {s["name"]: s["id"] for s in server.store.list_samples()}[names[0]]
     assert set(created["physical_sample_id"]) == {sid}
     assert server.annotation_count(sid) == SITES
+
+
+def test_update_overwrites_what_was_stored_and_creates_the_rest(on_cluster, server, api, names):
+    ids = [server.create_sample(name) for name in names[:2]]
+    table = lot(names[:2])
+    first = table[table["wafer"] == names[0]].drop(columns="wafer")
+    first.iloc[:4].atomscale.upload(ids[0], client=api, progress=False, **THICKNESS_MAPPING)
+    changed = table.assign(thk=table["thk"] + 1.0)
+    summary = dask_lot(changed).atomscale.upload(
+        sample_column="wafer", client=api, if_exists="update", **THICKNESS_MAPPING
+    )
+    assert summary["existing"].tolist() == [4, 0]
+    assert summary["created"].tolist() == [SITES - 4, SITES]
+    assert [server.annotation_count(i) for i in ids] == [SITES, SITES]
+    values = sorted(a["property_value"] for a in server.stored_annotations(ids[0]))
+    assert values == sorted(changed.loc[changed["wafer"] == names[0], "thk"])
+
+
+def test_a_frame_whose_rows_name_no_sample_is_refused(server, api):
+    table = lot(["x"]).assign(wafer=None)
+    server.reset_counters()
+    with pytest.raises(AnnotationValidationError, match="no row names a sample"):
+        dask_lot(table).atomscale.upload(sample_column="wafer", client=api, **THICKNESS_MAPPING)
+    assert server.request_count() == 0
