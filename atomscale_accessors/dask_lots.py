@@ -394,8 +394,11 @@ def _stored_before(job: _Job, target: str, records: pd.DataFrame) -> _Sample:
     uploader = Uploader(job.client, target, Ledger(FrameBuilder(target, 0)))
     try:
         existing = Existing.list(uploader, Listing.of(records))
+        if len(existing) == 0:
+            return _Sample(len(records))
         if job.options.if_exists == "fail":
-            refuse_clashes([records], existing)
+            refuse_clashes([records], existing)  # raises when any record is stored
+            return _Sample(len(records))
         stored = existing.lookup(records)
     except AnnotationExistsError as exc:
         return _Sample(len(records), len(exc.existing), _light(exc))
