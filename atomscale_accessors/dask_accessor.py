@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 from dask.dataframe.extensions import register_dataframe_accessor
 
-from .client import check_uuid
 from .errors import AnnotationValidationError
 from .failures import repeat_failures
 from .keys import bounding_box, position_hashes, records_key_frame
@@ -37,6 +36,7 @@ __all__ = [
     "AtomscaleDaskDataFrameAccessor",
     "PartitionCheck",
     "check_partition",
+    "raise_failures",
     "upload_dask_frame",
     "validate_dask_frame",
 ]
@@ -117,9 +117,10 @@ class AtomscaleDaskDataFrameAccessor:
 
     def upload(
         self,
-        sample_id: str,
+        sample_id: str | None = None,
         options: UploadOptions | None = None,
         *,
+        sample_column: Hashable | None = None,
         dropna: bool = False,
         allow_duplicates: bool = False,
         **kwargs: Any,
@@ -129,6 +130,12 @@ class AtomscaleDaskDataFrameAccessor:
         Takes the options of the pandas accessor's ``upload``; see
         :func:`upload_dask_frame` for the guarantees. Returns the created annotations as
         one pandas annotation frame, partition after partition.
+
+        With ``sample_column=`` instead of a sample, each row goes to the sample its
+        column names, and each sample is uploaded by a task on the workers (see
+        :func:`~atomscale_accessors.dask_lots.upload_dask_lot`): the result is then one
+        summary row per sample (``sample``, ``physical_sample_id``, ``records``,
+        ``created``, ``existing``), not the annotations.
 
         Examples
         --------
@@ -154,6 +161,24 @@ class AtomscaleDaskDataFrameAccessor:
         1     thickness            99.8      5.0
         2     thickness           100.4     10.0
         """
+        if (sample_id is None) == (sample_column is None):
+            raise TypeError(
+                "upload() takes a sample (a name or a UUID) or sample_column=, one of them"
+            )
+        if sample_column is not None:
+            from .dask_lots import upload_dask_lot
+
+            opts, mapping = UploadOptions.take(kwargs, options)
+            _check_options(mapping)
+            return upload_dask_lot(
+                self._frame,
+                sample_column,
+                opts,
+                dropna=dropna,
+                allow_duplicates=allow_duplicates,
+                mapping=mapping,
+            )
+        assert sample_id is not None
         return upload_dask_frame(
             self._frame,
             sample_id,
@@ -300,7 +325,8 @@ def upload_dask_frame(
         The measurements; each partition is computed twice (validation, then upload),
         more when a check needs a closer look.
     sample_id : str
-        UUID of the physical sample.
+        The physical sample: its name or its UUID. A name is looked up (or created, with
+        ``create_sample=True``) once the frame is validated.
     options : UploadOptions, optional
         How the upload runs; see :class:`~atomscale_accessors.options.UploadOptions`.
     dropna, allow_duplicates : bool, default False
@@ -331,7 +357,6 @@ def upload_dask_frame(
     """
     opts, mapping = UploadOptions.take(kwargs, options)
     _check_options(mapping)
-    check_uuid(sample_id)
     checks = _validated_checks(ddf, dropna, allow_duplicates, mapping)
     n_records = sum(check.n_records for check in checks)
     if n_records == 0:
@@ -371,7 +396,7 @@ def _validated_checks(
             ]
         )
     )
-    _raise_failures(checks)
+    raise_failures(checks)
     candidates = _repeated_across([check.hashes for check in checks])
     if len(candidates) == 0:
         return checks
@@ -392,7 +417,8 @@ def _validated_checks(
     return checks
 
 
-def _raise_failures(checks: Sequence[PartitionCheck]) -> None:
+def raise_failures(checks: Sequence[PartitionCheck]) -> None:
+    """Raise one ``AnnotationValidationError`` with the failures of every partition."""
     failed = [check for check in checks if check.failures is not None]
     if not failed:
         return

@@ -42,13 +42,21 @@ from .upload.chunks import dry_run_frame
 from .upload.progress import Progress
 
 __all__ = [
+    "FoundSamples",
     "LotUploadError",
     "SampleJob",
     "account",
+    "check_sample_column",
+    "dry_run_lot",
+    "find_samples",
     "join_frames",
+    "lot_message",
     "resolve_samples",
     "run_jobs",
     "sample_key",
+    "sample_keys",
+    "split_by",
+    "unlabelled_rows",
     "upload_lot",
 ]
 
@@ -135,13 +143,14 @@ def upload_lot(
         Some samples did not complete; ``.samples`` and ``.errors`` say which and why.
     """
     frame, labels = _split_sample_column(df, sample_column)
-    keys = labels.map(sample_key)
+    keys = sample_keys(labels)
     records = validated_records(
         frame, dropna=dropna, allow_duplicates=allow_duplicates, groups=keys, **(mapping or {})
     )
+    records = compact_records(records)  # once for the lot, not once per sample
     given = labels.groupby(keys, sort=False).first()  # each sample's first spelling
     if options.dry_run:
-        return _dry_run(records, labels, options)
+        return dry_run_lot(records, labels, options)
     client = resolve_client(options.client)
     ids = resolve_samples(given, options, client)
     jobs = _jobs(records, keys, ids, given, allow_duplicates)
@@ -154,26 +163,53 @@ def _split_sample_column(df: pd.DataFrame, column: Hashable) -> tuple[pd.DataFra
     """The table without its sample column, and the column; every row must name one."""
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    if column not in df.columns:
-        raise AnnotationValidationError(
-            f"no sample column {quote(column)} (columns: {clip(list(df.columns))})",
-            failure_table([(None, column, "column_in_frame", column)]),
-        )
+    check_sample_column(df.columns, column)
     if not df.index.is_unique:
         df = df.reset_index(drop=True)  # rows are told apart by position
     labels = df[column]
-    missing = labels.map(lambda v: sample_key(v) == "")
+    missing = sample_keys(labels) == ""
     if missing.any():
-        table = failure_table(
-            (row, column, "sample_given", labels[row]) for row in labels.index[missing]
-        )
         raise AnnotationValidationError(
             f"{int(missing.sum())} of {plural(len(df), 'row')} {agree(int(missing.sum()), 'names', 'name')} "
             f"no sample in column {quote(column)}: "
             f"rows {clip(list(labels.index[missing][:5]))}",
-            table,
+            unlabelled_rows(labels, missing),
         )
     return df.drop(columns=[column]), labels
+
+
+def check_sample_column(columns: pd.Index, column: Hashable) -> None:
+    """Raise ``AnnotationValidationError`` when there is no such column."""
+    if column not in columns:
+        raise AnnotationValidationError(
+            f"no sample column {quote(column)} (columns: {clip(list(columns))})",
+            failure_table([(None, column, "column_in_frame", column)]),
+        )
+
+
+def unlabelled_rows(labels: pd.Series, missing: pd.Series) -> pd.DataFrame:
+    """The failure table of the rows (``missing``, a mask) whose label names no sample."""
+    return failure_table(
+        (row, labels.name, "sample_given", value)
+        for row, value in zip(labels.index[missing], labels[missing], strict=True)
+    )
+
+
+def sample_keys(labels: pd.Series) -> pd.Series:
+    """:func:`sample_key` of every label (worked out once per distinct label)."""
+    codes, distinct = pd.factorize(labels.to_numpy(dtype=object), use_na_sentinel=False)
+    keys = np.array([sample_key(label) for label in distinct], dtype=object)
+    return pd.Series(keys[codes], index=labels.index, dtype=object, name=labels.name)
+
+
+def split_by(records: pd.DataFrame, owners: np.ndarray) -> dict[Any, pd.DataFrame]:
+    """The records of each owner (``owners`` gives one per record), in order of first
+    appearance; one sort instead of one pass over all records per owner."""
+    codes, distinct = pd.factorize(owners)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(distinct) + 1))
+    ordered = records.iloc[order]  # then each owner's records are a slice of it
+    return {owner: ordered.iloc[bounds[i] : bounds[i + 1]] for i, owner in enumerate(distinct)}
 
 
 def sample_key(label: Any) -> str:
@@ -188,6 +224,28 @@ def sample_key(label: Any) -> str:
 def resolve_samples(given: pd.Series, options: UploadOptions, client: Any) -> dict[Hashable, str]:
     """The sample id of each sample key (``given``: the first label of each key), with one
     listing. Every unknown name is reported at once, before any sample is created."""
+    found = find_samples(given, options, client)
+    return {**found.ids, **found.create()}
+
+
+@dataclass
+class FoundSamples:
+    """The samples of a lot that exist (``ids`` by sample key), and the names that match
+    none, to be created (``create``) once the input is known to be valid."""
+
+    ids: dict[Hashable, str]
+    missing: dict[Hashable, str]
+    resolver: SampleResolver
+
+    def create(self) -> dict[Hashable, str]:
+        """Create the missing samples (race-safe); their ids by sample key."""
+        self.resolver.create = True
+        return {key: self.resolver.resolve(label) for key, label in self.missing.items()}
+
+
+def find_samples(given: pd.Series, options: UploadOptions, client: Any) -> FoundSamples:
+    """Look up every sample key with one listing, creating nothing; raise one
+    ``SampleNotFoundError`` naming every unknown name unless ``create_sample`` is set."""
     resolver = SampleResolver(client, project=options.project)
     ids: dict[Hashable, str] = {}
     missing: dict[Hashable, SampleNotFoundError] = {}
@@ -198,10 +256,7 @@ def resolve_samples(given: pd.Series, options: UploadOptions, client: Any) -> di
             missing[key] = exc
     if missing and not options.create_sample:
         raise _not_found(list(missing.values()))
-    resolver.create = True
-    for key in missing:
-        ids[key] = resolver.resolve(str(given.get(key)))
-    return ids
+    return FoundSamples(ids, {key: str(given.get(key)) for key in missing}, resolver)
 
 
 def _not_found(errors: list[SampleNotFoundError]) -> SampleNotFoundError:
@@ -236,8 +291,7 @@ def _jobs(
         _check_joined(records, record_ids)
     labels = {ids[key]: label for key, label in given.items()}
     jobs = []
-    for sample_id in dict.fromkeys(record_ids):
-        mine = records[record_ids == sample_id]
+    for sample_id, mine in split_by(records, record_ids).items():
         send = functools.partial(_send_validated, mine, sample_id)
         jobs.append(SampleJob(sample_id, labels[sample_id], len(mine), send, mine))
     return jobs
@@ -318,7 +372,7 @@ def account(
         return result
     table = pd.DataFrame(rows).set_index(SAMPLE_ID)
     raise LotUploadError(
-        _message(table, errors),
+        lot_message(table, errors),
         samples=table,
         errors=errors,
         created=result,
@@ -392,7 +446,8 @@ def join_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(filled) if len(filled) > 1 else filled[0]
 
 
-def _message(table: pd.DataFrame, errors: dict[str, Exception]) -> str:
+def lot_message(table: pd.DataFrame, errors: dict[str, Exception]) -> str:
+    """The message of a LotUploadError: the samples that did not complete, capped."""
     failed = table[table["error"] != ""]
     lines = [
         f"{len(failed)} of {plural(len(table), 'sample')} did not complete "
@@ -408,12 +463,11 @@ def _message(table: pd.DataFrame, errors: dict[str, Exception]) -> str:
     return cap_message("\n".join(lines))
 
 
-def _dry_run(records: pd.DataFrame, labels: pd.Series, options: UploadOptions) -> pd.DataFrame:
+def dry_run_lot(records: pd.DataFrame, labels: pd.Series, options: UploadOptions) -> pd.DataFrame:
     """What would be sent, sample by sample, with the sample each record goes to."""
-    keys = labels.map(sample_key).loc[records.index].to_numpy()
+    keys = sample_keys(labels).loc[records.index].to_numpy()
     parts = []
-    for key in dict.fromkeys(keys):
-        mine = compact_records(records[keys == key])
-        part = dry_run_frame([mine], options.chunksize, options.max_chunk_bytes)
+    for mine in split_by(records, keys).values():
+        part = dry_run_frame([compact_records(mine)], options.chunksize, options.max_chunk_bytes)
         parts.append(part.assign(sample=labels.loc[part.index].to_numpy()))
     return pd.concat(parts)
