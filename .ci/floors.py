@@ -64,9 +64,18 @@ def extras(project: dict) -> list[str]:
     return [name for name in project.get("optional-dependencies", {}) if name not in NOT_FOR_USERS]
 
 
+# Tools for the type check, which runs in the main environment only: pandas-stubs follows
+# the newest pandas and cannot be installed beside the oldest one.
+TYPE_CHECK_TOOLS = ("mypy", "pandas-stubs", "types-")
+
+
 def tools(project: dict) -> list[str]:
     dev = project.get("optional-dependencies", {}).get("dev", [])
-    return [r for r in dev if not _is_own(_parse(r)[0], project)]
+    return [
+        r
+        for r in dev
+        if not _is_own(_parse(r)[0], project) and not _parse(r)[0].startswith(TYPE_CHECK_TOOLS)
+    ]
 
 
 def main(argv: list[str]) -> int:
