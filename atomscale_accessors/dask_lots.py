@@ -233,8 +233,7 @@ def _first_labels(labels: pd.Series) -> pd.Series:
 def _shuffled(ddf: dd.DataFrame, column: Hashable, targets: dict[str, str]) -> dd.DataFrame:
     """The frame with each row's target, shuffled so that a target's rows are together."""
     meta = ddf._meta.assign(**{TARGET: pd.Series(dtype=object)})
-    shared = dask.delayed(targets, pure=True)  # one copy in the graph, not one per task
-    keyed = ddf.map_partitions(_with_target, column, shared, meta=meta)
+    keyed = ddf.map_partitions(_with_target, column, targets, meta=meta)
     return keyed.shuffle(on=TARGET)
 
 

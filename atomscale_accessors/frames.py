@@ -19,6 +19,7 @@ follows the rows of its input.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
@@ -352,7 +353,11 @@ def fetch(
     ]
     if not frames:
         return annotation_frame([]).assign(**{SAMPLE_NAME: pd.Series(dtype=TEXT_DTYPE)})
-    frame = pd.concat(frames, ignore_index=True)
+    with warnings.catch_warnings():
+        # Every frame has the same columns and dtypes: an all-NA column (no z, say) changes
+        # nothing, which pandas 2.x warns about all the same.
+        warnings.filterwarnings("ignore", "The behavior of DataFrame concatenation", FutureWarning)
+        frame = pd.concat(frames, ignore_index=True)
     frame[SAMPLE_NAME] = categorical(frame[SAMPLE_NAME].to_numpy(dtype=object))
     return frame
 

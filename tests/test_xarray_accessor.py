@@ -148,9 +148,8 @@ def test_a_streamed_map_lists_only_its_properties_within_its_extent(atomscale_se
     from fault_proxy import FaultProxy
 
     ds = wafer_thickness_map(n=9, chunks=4)
-    ds = ds.assign_coords(
-        x=("x", ds.x.values / 1000.0, {"units": "m"}), y=("y", ds.y.values / 1000.0, {"units": "m"})
-    )
+    ds = ds.assign_coords(x=ds.x.values / 1000.0, y=ds.y.values / 1000.0)
+    ds.x.attrs["units"] = ds.y.attrs["units"] = "m"
     elsewhere = sheet_resistance_map().rename(sheet_resistance="thickness")
     elsewhere["thickness"].attrs["units"] = "nm"
     elsewhere = elsewhere.assign_coords(x=elsewhere.x + 1000.0)  # far to the right
