@@ -208,20 +208,29 @@ class FrameBuilder:
             self._put_ids(at, ids)  # first: it may have to read the rows written before
             self._end = max(self._end, top)
             self._filled[at] = True
-            for row, name in enumerate(FLOAT_COLUMNS):
-                if name in floats:
-                    self._floats[row, at] = floats[name]
-            for name in _CODED_COLUMNS:
-                if name in texts:
-                    codes, values = texts[name]
-                    self._codes[name][at] = self._recode(name, codes, values)
-            if metadata is not None:
-                self._metadata[at] = metadata
+            self._put_columns(at, floats, texts, metadata)
             self._times[at] = times
             if self._index is None:
                 if index is None:
                     raise TypeError("put() needs the rows' labels: the builder has no index")
                 self._index_parts.append((positions, index))
+
+    def _put_columns(
+        self,
+        at: np.ndarray | slice,
+        floats: dict[str, np.ndarray],
+        texts: dict[str, tuple[np.ndarray, Sequence[Any] | pd.Index]],
+        metadata: np.ndarray | None,
+    ) -> None:
+        for row, name in enumerate(FLOAT_COLUMNS):
+            if name in floats:
+                self._floats[row, at] = floats[name]
+        for name in _CODED_COLUMNS:
+            if name in texts:
+                codes, values = texts[name]
+                self._codes[name][at] = self._recode(name, codes, values)
+        if metadata is not None:
+            self._metadata[at] = metadata
 
     def _recode(self, name: str, codes: np.ndarray, values: Sequence[Any] | pd.Index) -> np.ndarray:
         """A chunk's codes as codes into the column's values (text: 1 and "1" are one)."""

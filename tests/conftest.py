@@ -51,14 +51,28 @@ needs_plot = pytest.mark.skipif("plot" in MISSING, reason=_needs("plot"))
 
 # The package's docstring examples (--doctest-modules) that need an extra: modules that
 # import it at their top are not collected without it, other examples are skipped.
-_MODULES_NEEDING = {"server": "server", "dask": "dask_accessor.py"}
+_MODULES_NEEDING = {
+    "server": ("server",),
+    "dask": ("dask_accessor.py", "dask_lots.py"),
+}
 _EXAMPLES_NEEDING = {
     "atomscale_accessors.plotting": "plot",
     "atomscale_accessors.pandas_accessor.AtomscaleDataFrameAccessor.plot": "plot",
     "atomscale_accessors.xarray_accessor._MapAccessor.plot": "plot",
     "atomscale_accessors.maps.flatten.iter_flatten_map": "dask",
     "fault_proxy": "server",
+    "atomscale_accessors.units.coordinate_unit": "units",
 }
+
+
+def _example_needs(item: pytest.DoctestItem) -> set[str]:
+    """The extras a docstring example needs: those named for it above, and the server
+    extra for every example that starts a local server."""
+    needs = {extra for start, extra in _EXAMPLES_NEEDING.items() if item.name.startswith(start)}
+    examples = item.dtest.examples if item.dtest is not None else []
+    if any("atomscale_accessors.server" in example.source for example in examples):
+        needs.add("server")
+    return needs
 
 
 class _PackageExamples:
@@ -68,8 +82,8 @@ class _PackageExamples:
     @staticmethod
     def pytest_ignore_collect(collection_path: Path) -> bool | None:
         package = Path(atomscale_accessors.__file__).parent
-        for extra, name in _MODULES_NEEDING.items():
-            if extra in MISSING and collection_path == package / name:
+        for extra, names in _MODULES_NEEDING.items():
+            if extra in MISSING and any(collection_path == package / name for name in names):
                 return True
         return None
 
@@ -83,9 +97,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "atomscale_server" in getattr(item, "fixturenames", ()):
             item.add_marker(needs_server)
         if isinstance(item, pytest.DoctestItem):
-            for start, extra in _EXAMPLES_NEEDING.items():
-                if extra in MISSING and item.name.startswith(start):
-                    item.add_marker(pytest.mark.skip(reason=_needs(extra)))
+            for extra in sorted(_example_needs(item) & MISSING):
+                item.add_marker(pytest.mark.skip(reason=_needs(extra)))
 
 
 def module_server(**options) -> Iterator[LocalServer]:

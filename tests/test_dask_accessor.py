@@ -6,6 +6,7 @@ The worker processes reach the local server of the test process over loopback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -49,20 +50,29 @@ def server():
     srv.close()
 
 
+CLUSTER_CLOSE_SECONDS = 20
+
+
 @pytest.fixture(scope="module")
 def cluster_client():
     """Two single-threaded worker processes; the scheduler is chosen per test."""
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.CRITICAL,
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
         yield client
+    finally:
+        client.close()
+        # Once a worker was killed with SIGKILL and restarted by its nanny, distributed
+        # 2024 (the declared floor) can wait forever for that nanny to close, with every
+        # worker process already gone; newer releases close at once.
+        with contextlib.suppress(TimeoutError):
+            cluster.close(timeout=CLUSTER_CLOSE_SECONDS)
 
 
 @pytest.fixture

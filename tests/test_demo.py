@@ -18,6 +18,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@needs_server
 def test_run_demo_counts_checks_and_pictures(tmp_path: Path):
     pytest.importorskip("matplotlib", reason="the plot extra is not installed")
     lines: list[str] = []
@@ -98,6 +99,7 @@ def test_demo_out_option_and_its_default(option):
     assert parser.parse_args(["demo"]).output == "."
 
 
+@needs_server
 def test_run_demo_writes_into_the_current_folder_which_git_ignores(tmp_path: Path, monkeypatch):
     pytest.importorskip("matplotlib", reason="the plot extra is not installed")
     monkeypatch.chdir(tmp_path)

@@ -10,6 +10,7 @@ import socket
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import needs_server
 
 from atomscale_accessors import Client, RetryPolicy, units
 from atomscale_accessors.cli import EXIT_API, EXIT_INVALID, main
@@ -96,7 +97,7 @@ def test_a_map_in_metres_for_coord_units_mm_without_pint(monkeypatch):
     monkeypatch.setattr(units, "unit_registry", lambda: None)
     ds = wafer_thickness_map(n=5)
     for axis in ("x", "y"):
-        ds[axis] = ds[axis].assign_attrs(units="m") / 1000.0
+        ds[axis] = (ds[axis] / 1000.0).assign_attrs(units="m")
     with pytest.raises(MapStructureError) as info:
         ds.atomscale.to_annotations(coord_units="mm")
     message = str(info.value)
@@ -217,6 +218,7 @@ def test_an_unreachable_endpoint_is_named_without_the_key(run, monkeypatch):
     assert f"{endpoint}physical_samples/" in err and "AS_API_ENDPOINT" in err
 
 
+@needs_server
 def test_serve_names_the_port_it_cannot_take(capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -12,6 +12,8 @@ import textwrap
 import tomllib
 from pathlib import Path
 
+from conftest import needs_server
+
 import atomscale_accessors
 import atomscale_accessors_pytest
 from atomscale_accessors import testing
@@ -82,6 +84,7 @@ def test_testing_re_exports_the_plugin_fixtures():
     assert sorted(testing.__all__) == ["atomscale_server", "atomscale_session_server"]
 
 
+@needs_server
 def test_session_server_is_shared_by_the_session_and_stopped_after(tmp_path: Path):
     # A separate pytest session with the installed plugin: two tests, one server.
     seen = tmp_path / "seen.jsonl"

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import HAS_SERVER, NO_SERVER
+
+if not HAS_SERVER:
+    pytest.skip(NO_SERVER, allow_module_level=True)
 
 from atomscale_accessors.server import LocalServer
 

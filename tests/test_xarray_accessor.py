@@ -152,7 +152,8 @@ def test_a_streamed_map_lists_only_its_properties_within_its_extent(atomscale_se
     ds.x.attrs["units"] = ds.y.attrs["units"] = "m"
     elsewhere = sheet_resistance_map().rename(sheet_resistance="thickness")
     elsewhere["thickness"].attrs["units"] = "nm"
-    elsewhere = elsewhere.assign_coords(x=elsewhere.x + 1000.0)  # far to the right
+    far_right = (elsewhere.x + 1000.0).assign_attrs(elsewhere.x.attrs)
+    elsewhere = elsewhere.assign_coords(x=far_right)
     with FaultProxy(atomscale_server.endpoint) as proxy:
         client = atomscale_accessors.Client(
             api_key=atomscale_server.api_key, endpoint=proxy.endpoint

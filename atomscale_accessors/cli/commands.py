@@ -335,23 +335,31 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         client=client,
     )
     if args.output is not None:
-        if len(frame) == 0 and file_kind(Path(args.output)) == "netcdf":
-            print("no annotations match: nothing to put on a map, no file written")
-            return EXIT_OK
-        write_frame(frame, args.output)
-        print(f"{plural(len(frame), 'annotation')} of {what} written to {args.output}")
+        _write_fetched(frame, args.output, what)
         return EXIT_OK
+    _print_fetched(frame, what, args.rows)
+    return EXIT_OK
+
+
+def _write_fetched(frame: pd.DataFrame, output: str, what: str) -> None:
+    if len(frame) == 0 and file_kind(Path(output)) == "netcdf":
+        print("no annotations match: nothing to put on a map, no file written")
+        return
+    write_frame(frame, output)
+    print(f"{plural(len(frame), 'annotation')} of {what} written to {output}")
+
+
+def _print_fetched(frame: pd.DataFrame, what: str, rows: int | None) -> None:
     if len(frame) == 0:
         print(f"no annotations of {what} match")
-        return EXIT_OK
+        return
     counts = ", ".join(
         f"{name}: {len(part):,} in {_joined(part['property_unit']) or 'no unit'}"
         for name, part in frame.groupby("property_name", sort=False, observed=True)
     )
     print(f"{plural(len(frame), 'annotation')} of {what} ({counts})")
     shown = [SAMPLE_NAME, *_SHOWN_COLUMNS] if SAMPLE_NAME in frame else list(_SHOWN_COLUMNS)
-    print(frame[shown].to_string(max_rows=args.rows, index=False))
-    return EXIT_OK
+    print(frame[shown].to_string(max_rows=rows, index=False))
 
 
 def _samples_named(args: argparse.Namespace) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +34,8 @@ _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zip", ".zst"}
 # Engines xarray can read and write NetCDF with, in order of preference.
 _NetcdfEngine = Literal["netcdf4", "h5netcdf", "scipy"]
 _NETCDF_ENGINES: tuple[_NetcdfEngine, ...] = ("netcdf4", "h5netcdf", "scipy")
+# A decimal numeral as a CSV writes it; one beyond float64's range ("1e400") is infinite.
+_NUMERAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 _IO_EXTRA = 'pip install "atomscale-accessors[io]"'
 _NETCDF_HINT = f"{_IO_EXTRA} (or h5netcdf, or scipy for NetCDF3 files)"
 _PARQUET_HINT = f"{_IO_EXTRA} (or fastparquet)"
@@ -137,11 +140,26 @@ def _numbers_kept(frame: pd.DataFrame) -> pd.DataFrame:
         column = frame[name]
         if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
             continue
-        numbers = pd.to_numeric(column, errors="coerce")
+        numbers = _numerals(column)
         parsed = numbers.notna()
         if parsed.sum() > (column.notna() & ~parsed).sum():  # mostly numbers
             frame[name] = column.astype(object).where(~parsed, numbers.astype(object))
     return frame
+
+
+def _numerals(column: pd.Series) -> pd.Series:
+    """The column's numerals as float64, NaN elsewhere; numerals beyond float64's range
+    are infinite with every pandas (pandas 2.2 alone would read them as NaN)."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(column, errors="coerce")
+    missed = numbers.isna() & column.notna()
+    if missed.any():
+        numbers[missed] = [
+            float(text) if isinstance(text, str) and _NUMERAL.fullmatch(text) else float("nan")
+            for text in column[missed]
+        ]
+    return numbers
 
 
 def _decode_metadata(column: pd.Series) -> pd.Series:
