@@ -429,7 +429,8 @@ def test_api_errors_exit_3_and_never_show_the_key(run, atomscale_server, sample_
     assert "no Atomscale API key" in err
 
     monkeypatch.setenv("AS_API_KEY", key)
-    status, _, err = run("fetch", "--sample", sample_id, "--endpoint", "http://127.0.0.1:9/")
+    unreachable = ["--endpoint", "http://127.0.0.1:9/", "--max-attempts", "1"]
+    status, _, err = run("fetch", "--sample", sample_id, *unreachable)
     assert status == EXIT_API
     assert "could not reach the server" in err
     assert "Traceback" not in err
@@ -522,3 +523,26 @@ def test_python_m_upload_in_a_subprocess(atomscale_server, sample_id, points_csv
     assert "Traceback" not in again.stderr
     for output in (done.stdout, done.stderr, again.stdout, again.stderr):
         assert atomscale_server.api_key not in output
+
+
+def test_max_attempts_bounds_the_requests_to_a_busy_server(run, atomscale_server, sample_id):
+    atomscale_server.inject("error_before_commit", status=503, route="list_annotations", times=50)
+    atomscale_server.reset_counters()
+    connection = ["--api-key", atomscale_server.api_key, "--endpoint", atomscale_server.endpoint]
+    status, _, err = run("fetch", "--sample", sample_id, *connection, "--max-attempts", "2")
+    assert status == EXIT_API and "503" in err
+    assert atomscale_server.request_count("list_annotations") == 2
+
+    atomscale_server.reset_counters()
+    status, _, _ = run("fetch", "--sample", sample_id, *connection, "--max-attempts", "1")
+    assert status == EXIT_API
+    assert atomscale_server.request_count("list_annotations") == 1
+
+
+@pytest.mark.parametrize("given", ["0", "-3", "two"])
+def test_max_attempts_below_one_is_a_usage_error(given, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fetch", "--sample", "S", "--max-attempts", given])
+    assert done.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--max-attempts" in err and repr(given) in err

@@ -381,7 +381,9 @@ def restore_pickling() -> Iterator[None]:
 
 
 def _refused(server: LocalServer, sample_id: str) -> BaseException:
-    client = Client(api_key=server.api_key, endpoint=f"http://127.0.0.1:{closed_port()}/")
+    client = Client(
+        api_key=server.api_key, endpoint=f"http://127.0.0.1:{closed_port()}/", retry=FAST
+    )
     with pytest.raises(TransportError) as info:
         client.list_samples()
     assert info.value.sent is False

@@ -213,7 +213,8 @@ def test_an_unreachable_endpoint_is_named_without_the_key(run, monkeypatch):
     assert "secret-key-1234" not in message
 
     monkeypatch.setenv("AS_API_ENDPOINT", endpoint)
-    status, _, err = run("fetch", "--sample", "a1b2c3d4-5678-90ab-cdef-1234567890ab")
+    unknown = "a1b2c3d4-5678-90ab-cdef-1234567890ab"
+    status, _, err = run("fetch", "--sample", unknown, "--max-attempts", "1")
     assert status == EXIT_API
     assert f"{endpoint}physical_samples/" in err and "AS_API_ENDPOINT" in err
 

@@ -83,8 +83,11 @@ def _joined(column: pd.Series) -> str:
 # -- clients -----------------------------------------------------------------------------------
 def client_for(args: argparse.Namespace) -> Client:
     from ..client import Client
+    from ..retry import RetryPolicy
 
-    return Client(api_key=args.api_key, endpoint=args.endpoint)
+    attempts = args.max_attempts
+    retry = RetryPolicy(max_attempts=attempts) if attempts is not None else None
+    return Client(api_key=args.api_key, endpoint=args.endpoint, retry=retry)
 
 
 # What an upload would do with the records stored already, per --if-exists.

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from ..failures import MAX_FAILURE_CASES
+from ..retry import RetryPolicy
 from .catalog import cmd_projects_list, cmd_samples_create, cmd_samples_list
 from .commands import cmd_demo, cmd_fetch, cmd_serve, cmd_upload, cmd_validate
 
@@ -73,7 +74,25 @@ def _connection_options() -> argparse.ArgumentParser:
         default=None,
         help="API base URL (default: AS_API_ENDPOINT, then https://api.atomscale.ai/)",
     )
+    group.add_argument(
+        "--max-attempts",
+        metavar="N",
+        type=_at_least_one,
+        default=None,
+        help="attempts per request before giving up on a server that refuses, is busy or "
+        f"does not answer (default: {RetryPolicy.max_attempts}; 1: no retries)",
+    )
     return parent
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return number
 
 
 def _mapping_options() -> argparse.ArgumentParser:
