@@ -78,7 +78,7 @@ def _wait_ready(process: subprocess.Popen[str]) -> RunningServer:
             break
         if found := re.search(r"(http://\S+/)", line):
             endpoint = found.group(1)
-        if found := re.search(r"API key \(generated, shown once\): (\S+)", line):
+        if found := re.search(r"API key \([^)]*\): (\S+)", line):
             key = found.group(1)
     if endpoint is None or key is None:
         raise RuntimeError("the server did not start")
