@@ -282,7 +282,10 @@ def test_verify_names_what_an_upload_from_another_machine_doubled(atomscale_serv
 # -- 5. Ctrl+C stops an upload promptly, with its account -----------------------------------
 _INTERRUPTED = textwrap.dedent(
     """
-    import json, sys, time
+    import json, signal, sys, time
+    # Ctrl+C as in a terminal, even when this test runs where SIGINT is ignored (a job
+    # started in the background by a shell, which its processes inherit).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import atomscale_accessors
     from atomscale_accessors import Client
     from tests.conftest import THICKNESS_MAPPING, thickness_frame
