@@ -147,7 +147,8 @@ class _Cuttable:
     it registers with the watchdog, and sends bodies in :data:`BODY_PIECE` pieces."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("blocksize", BODY_PIECE)
+        # Always: urllib3's PoolManager passes its own 16 kB default to every connection.
+        kwargs["blocksize"] = BODY_PIECE
         super().__init__(*args, **kwargs)
 
     # A mixin: mypy checks its super() calls against object, not against the urllib3

@@ -273,3 +273,16 @@ def test_errors_survive_pickling():
     upload = UploadError("stopped", created=pd.DataFrame(), not_created=pd.DataFrame({"a": [1]}))
     assert pickle.loads(pickle.dumps(upload)).not_created["a"].tolist() == [1]
     assert pickle.loads(pickle.dumps(TransportError("x", sent=False))).sent is False
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9/", "https://api.example.org/"])
+def test_request_bodies_leave_in_pieces_of_a_quarter_megabyte(endpoint):
+    # Each piece of a body must leave within the connect timeout; urllib3's pool manager
+    # hands every connection its own 16 kB default, which would mean some 60 sends per
+    # bulk request of 5000 records. The connections a client's session makes use ours.
+    from atomscale_accessors.deadline import BODY_PIECE
+
+    client = Client(api_key="k" * 20, endpoint=endpoint)
+    pool = client.session.get_adapter(endpoint).poolmanager.connection_from_url(endpoint)
+    connection = pool._new_conn()  # made as the pool makes every connection; not connected
+    assert connection.blocksize == BODY_PIECE == 256 * 1024

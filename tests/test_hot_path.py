@@ -21,7 +21,7 @@ from atomscale_accessors.frames import column_series
 from atomscale_accessors.keys import repeated_positions
 from atomscale_accessors.records import to_records
 from atomscale_accessors.schemas import POSITION_KEY, compact_records
-from atomscale_accessors.upload.answers import Answer, expected_answer
+from atomscale_accessors.upload.answers import Answer, IdSet, expected_answer
 from atomscale_accessors.upload.chunks import Chunk, iter_chunks
 from atomscale_accessors.upload.encode import EncodedRecords
 
@@ -314,3 +314,47 @@ def test_a_put_without_labels_changes_nothing():
     with pytest.raises(ValueError, match="labels"):
         put(builder, [0, 1], ["a", "b"], labels=pd.Index(["only one"]))
     assert len(builder) == 0 and len(builder.frame()) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, 1, -1, 1024]), max_size=60),
+        max_size=40,
+    ),
+    st.integers(0, 400),
+)
+def test_id_set_holds_what_a_set_holds(batches, expect):
+    # Added or claimed a batch at a time (growing past what it expected, hashes repeated
+    # within and across batches, the empty marker 0 among them), it answers as a Python
+    # set does; a hash of 0 is held as 1, the one place the two may meet. A claim takes
+    # exactly the hashes new to the set and not repeated within the batch.
+    held = IdSet(expect=expect)
+    reference: set[int] = set()
+    for number, batch in enumerate(batches):
+        hashes = np.array(batch, dtype=np.int64)
+        keys = [h or 1 for h in batch]
+        asked = np.concatenate([hashes, np.arange(-3, 3, dtype=np.int64)])
+        before = np.array([(h or 1) in reference for h in asked.tolist()], dtype=bool)
+        np.testing.assert_array_equal(held.contains(asked), before)
+        if number % 2:
+            held.add(hashes)
+            reference.update(keys)
+        else:
+            free = [k not in reference and keys.count(k) == 1 for k in keys]
+            np.testing.assert_array_equal(held.claim(hashes), np.array(free, dtype=bool))
+            reference.update(k for k, f in zip(keys, free, strict=True) if f)
+        assert len(held) == len(reference)
+
+
+def test_id_set_of_many_chunks_keeps_one_table_when_told_what_to_expect():
+    # Told how many ids come, it never copies its table: the memory an upload of millions
+    # of annotations holds for its claims is one allocation.
+    rng = np.random.default_rng(7)
+    held = IdSet(expect=50_000)
+    table = held._table
+    for _ in range(10):
+        chunk = rng.integers(-(2**63), 2**63 - 1, size=5_000, dtype=np.int64)
+        assert not held.contains(chunk).any()
+        held.add(chunk)
+    assert held._table is table and len(held) == 50_000

@@ -206,7 +206,7 @@ def send_records(
     result = FrameBuilder(sid, total, whole.index if whole is not None else None)
     with sample_lock(resolved.endpoint, sid):
         return _upload(
-            Uploader(resolved, sid, Ledger(result)),
+            Uploader(resolved, sid, Ledger(result, expect=total or 0)),
             blocks,
             source,
             whole,
@@ -277,6 +277,9 @@ def _upload(
         log.exception("the upload stopped on an unexpected error")
     finally:
         bar.close()
+    check = (opts.verify or uploader.ledger.timed_out) and not interrupted
+    if not check:
+        uploader.ledger.forget_claims()
     created = uploader.ledger.result.frame()
     if interrupted:
         try:
@@ -285,7 +288,7 @@ def _upload(
             raise KeyboardInterrupt(
                 "the upload was interrupted; its account is the UploadError in __cause__"
             ) from error
-    if (opts.verify or uploader.ledger.timed_out) and len(created):
+    if check and len(created):
         _check_unaccounted(uploader, created, listing, strict=opts.verify)
     return _finish(outcome, uploader.sample_id, created, whole)
 

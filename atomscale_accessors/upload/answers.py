@@ -266,54 +266,107 @@ class IdSet:
     """A set of annotation ids held as 64-bit hashes: an upload of millions of annotations
     remembers every id it was given, and a set of strings would cost ~100 bytes each.
 
-    The hashes are kept in sorted parts whose sizes at least halve from one to the next
-    (merged as they are added), so adding a chunk's ids and asking about the next chunk's
-    cost about the chunk's size times a logarithm, not the size of the whole set.
+    The hashes live in one open-addressing table (a power of two of slots, at most half
+    of them used, triangular probing), added and looked up a whole array at a time. Told
+    how many ids to ``expect``, it is allocated once: adding a chunk's ids and asking
+    about the next chunk's cost about the chunk's size, and no array of the set's size is
+    ever copied or freed while an upload runs (freeing such arrays over and over would
+    leave the process's memory fragmented).
 
     Two different ids share a hash with odds of about n**2 / 2**65 (one in a million for
     four million ids); the cost of that is one record reconciled by a listing.
     """
 
-    def __init__(self, ids: Iterable[str] = ()) -> None:
-        self._parts: list[np.ndarray] = []
-        self.add(id_hashes(list(ids)))
+    def __init__(self, ids: Iterable[str] = (), *, expect: int = 0) -> None:
+        hashes = id_hashes(list(ids))
+        self._table = np.zeros(_slots_for(max(expect, len(hashes))), dtype=np.int64)
+        self._size = 0
+        self.add(hashes)
+
+    def __len__(self) -> int:
+        return self._size
 
     def add(self, hashes: np.ndarray) -> None:
+        if len(hashes):
+            keys = np.unique(_keys(hashes))
+            self._make_room(len(keys))
+            self._insert(keys)
+
+    def claim(self, hashes: np.ndarray) -> np.ndarray:
+        """Add the hashes that are new to the set and appear once in ``hashes``; for each
+        hash, whether it was added. (One sort and one probe per hash: no separate
+        lookup.)"""
         if not len(hashes):
-            return
-        self._parts.append(_distinct(np.sort(hashes)))
-        while len(self._parts) > 1 and 2 * len(self._parts[-1]) >= len(self._parts[-2]):
-            last = self._parts.pop()
-            # Two sorted runs: a stable sort (timsort) merges them in linear time, where
-            # np.union1d would hash every element again.
-            merged = np.concatenate((self._parts[-1], last))
-            merged.sort(kind="stable")
-            self._parts[-1] = _distinct(merged)
+            return np.zeros(0, dtype=bool)
+        keys, where, counts = np.unique(_keys(hashes), return_inverse=True, return_counts=True)
+        self._make_room(len(keys))
+        added = np.zeros(len(keys), dtype=bool)
+        once = counts == 1
+        added[once] = self._insert(keys[once])
+        return added[where.reshape(-1)]
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         """For each hash, whether it is in the set."""
         found = np.zeros(len(hashes), dtype=bool)
-        if not len(hashes) or not self._parts:
+        if not len(hashes) or not self._size:
             return found
-        # Sorted needles walk each part in order: far fewer cache misses than random ones.
-        order = np.argsort(hashes, kind="stable")
-        needles = hashes[order]
-        hit = np.zeros(len(hashes), dtype=bool)
-        for part in self._parts:
-            at = np.searchsorted(part, needles).clip(max=len(part) - 1)
-            hit |= part[at] == needles
-        found[order] = hit
+        table, mask = self._table, len(self._table) - 1
+        keys = _keys(hashes)
+        todo = np.arange(len(keys))
+        at = keys & mask
+        step = 0
+        while len(todo):
+            held = table[at]
+            hit = held == keys
+            found[todo[hit]] = True
+            going = ~hit & (held != _EMPTY)  # an empty slot ends the search
+            step += 1
+            todo, keys, at = todo[going], keys[going], (at[going] + step) & mask
         return found
 
+    def _make_room(self, n: int) -> None:
+        """Grow the table, when needed, so that ``n`` more keys keep it at most half full."""
+        if 2 * (self._size + n) > len(self._table):
+            held = self._table[self._table != _EMPTY]
+            self._table = np.zeros(_slots_for(2 * (self._size + n)), dtype=np.int64)
+            self._size = 0
+            self._insert(held)
 
-def _distinct(ordered: np.ndarray) -> np.ndarray:
-    """The distinct values of a sorted array."""
-    if len(ordered) < 2:
-        return ordered
-    keep = np.empty(len(ordered), dtype=bool)
-    keep[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
-    return ordered[keep]
+    def _insert(self, keys: np.ndarray) -> np.ndarray:
+        """Put distinct keys into the table (with room for them); which were new to it."""
+        table, mask = self._table, len(self._table) - 1
+        new = np.zeros(len(keys), dtype=bool)
+        todo = np.arange(len(keys))
+        at = keys & mask
+        step = 0
+        while len(todo):
+            wanted = keys[todo]
+            held = table[at]
+            empty = held == _EMPTY
+            if empty.any():
+                table[at[empty]] = wanted[empty]
+                held = table[at]  # read again: where keys met, one of them won
+                new[todo[empty & (held == wanted)]] = True
+            going = held != wanted
+            step += 1
+            todo, at = todo[going], (at[going] + step) & mask
+        self._size += int(np.count_nonzero(new))
+        return new
+
+
+# A slot holding 0 is empty; a hash of 0 is kept as 1 (one more way for two ids to meet).
+_EMPTY = 0
+_MIN_SLOTS = 1024
+
+
+def _slots_for(size: int) -> int:
+    """A power of two of slots at least twice ``size``: triangular probing then visits
+    every slot, and a search ends after about two looks on average."""
+    return max(_MIN_SLOTS, 1 << (2 * size - 1).bit_length())
+
+
+def _keys(hashes: np.ndarray) -> np.ndarray:
+    return np.where(hashes == _EMPTY, 1, hashes)
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:

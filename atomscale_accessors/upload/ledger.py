@@ -12,7 +12,7 @@ import numpy as np
 from ..frame_builder import FrameBuilder
 from ..keys import match
 from ..schemas import POSITION_KEY
-from .answers import Answer, IdSet, id_hashes, repeated
+from .answers import Answer, IdSet, id_hashes
 from .chunks import Chunk
 from .columns import Columns
 
@@ -66,6 +66,14 @@ class Ledger:
       and nothing is written once the upload was abandoned (Ctrl+C), so the result and
       the account never disagree.
 
+    Parameters
+    ----------
+    result : FrameBuilder
+        The result frame to fill.
+    expect : int, default 0
+        How many ids the upload is expected to claim (its records), so that the claims
+        are held in one allocation from the start.
+
     Attributes
     ----------
     result : FrameBuilder
@@ -77,11 +85,12 @@ class Ledger:
         end for what it doubled).
     """
 
-    def __init__(self, result: FrameBuilder) -> None:
+    def __init__(self, result: FrameBuilder, *, expect: int = 0) -> None:
         self.result = result
         self.stop = threading.Event()
         self.timed_out = False
-        self._claimed = IdSet()
+        # Sized for the ids the upload expects to claim (its records and what is stored).
+        self._claimed = IdSet(expect=expect)
         self._abandoned = False
         self._lock = threading.Lock()
 
@@ -144,13 +153,17 @@ class Ledger:
             self._abandoned = True
         self.stop.set()
 
+    def forget_claims(self) -> None:
+        """Free the claimed ids once no request is left to claim any (the result frame,
+        built next, needs the memory more). Only :meth:`unclaimed` reads them afterwards,
+        and it must not be asked then."""
+        with self._lock:
+            self._claimed = IdSet()
+
     def _claim(self, answer: Answer) -> np.ndarray:
         """Take the answer's ids; which were free to take. An id repeated within the
         answer, or taken already, is not free. (With the lock held.)"""
-        hashes = id_hashes(answer.ids)
-        free = ~(repeated(hashes) | self._claimed.contains(hashes))
-        self._claimed.add(hashes[free])
-        return free
+        return self._claimed.claim(id_hashes(answer.ids))
 
 
 @dataclass(frozen=True)
