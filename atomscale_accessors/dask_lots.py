@@ -88,7 +88,18 @@ from .upload.existing import Existing, refuse_clashes
 from .upload.ledger import Ledger
 from .upload.send import Uploader
 
-__all__ = ["SUMMARY_COLUMNS", "upload_dask_lot"]
+__all__ = [
+    "NEW",
+    "SUMMARY_COLUMNS",
+    "SampleOutcome",
+    "SampleState",
+    "light",
+    "refuse_append",
+    "resumable",
+    "stored_before",
+    "summarise",
+    "upload_dask_lot",
+]
 
 #: The column the rows' sample (its id, or the key of a name to create) is put in.
 TARGET = "__atomscale_sample__"
@@ -147,7 +158,7 @@ def upload_dask_lot(
         Some samples did not complete; ``.samples`` and ``.errors`` say which and why. A
         re-run with ``if_exists="skip"`` completes them.
     """
-    _refuse_append(options)
+    refuse_append(options)
     check_sample_column(ddf.columns, sample_column)
     given = _distinct_labels(ddf, sample_column)
     client = None if options.dry_run else resolve_client(options.client)
@@ -162,7 +173,8 @@ def upload_dask_lot(
     ids |= {NEW + str(key): sample_id for key, sample_id in found.create().items()}
     labels = {targets[key]: label for key, label in reversed(list(given.items()))}
     outcomes = _upload(frame, job, checks, ids)
-    return _summarise(checks, outcomes, ids, labels)
+    states = {target: state for _, samples in checks for target, state in samples.items()}
+    return summarise(states, outcomes, ids, labels)
 
 
 @dataclass(frozen=True)
@@ -177,13 +189,18 @@ class _Job:
     client: Client | None
 
     def task_options(self) -> UploadOptions:
-        """The options of the uploads on the workers: resumable (see the module notes)."""
-        mode: IfExists = "update" if self.options.if_exists == "update" else "skip"
-        return replace(self.options, client=self.client, if_exists=mode, progress_bar=False)
+        return resumable(self.options, self.client)
+
+
+def resumable(options: UploadOptions, client: Client | None) -> UploadOptions:
+    """The options of an upload in a task: resumable when dask runs the task again (see
+    the module notes), with no progress bar on a worker."""
+    mode: IfExists = "update" if options.if_exists == "update" else "skip"
+    return replace(options, client=client, if_exists=mode, progress_bar=False)
 
 
 @dataclass(frozen=True)
-class _Sample:
+class SampleState:
     """One sample of a partition, as the check found it before the job.
 
     ``error`` is set when the sample is not to be sent (it holds the records and
@@ -195,7 +212,7 @@ class _Sample:
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class SampleOutcome:
     """What the upload of one sample came to, as small as it can be."""
 
     not_created: int = 0
@@ -204,10 +221,11 @@ class _Outcome:
 
 
 # -- steps on the driver --------------------------------------------------------------------
-def _refuse_append(options: UploadOptions) -> None:
+def refuse_append(options: UploadOptions, what: str = "sample_column on a dask DataFrame") -> None:
+    """Refuse ``if_exists="append"`` for uploads in tasks that dask may run again."""
     if options.if_exists == "append":
         raise ValueError(
-            "if_exists='append' cannot be used with sample_column on a dask DataFrame: "
+            f"if_exists='append' cannot be used with {what}: "
             "dask runs a task again when its worker is lost, and a second run would store "
             "again what the first one sent. Use 'skip' (or 'update'); nothing was sent."
         )
@@ -244,7 +262,7 @@ def _with_target(
     return partition.assign(**{TARGET: target.astype(object)})
 
 
-def _check(frame: dd.DataFrame, job: _Job) -> list[tuple[PartitionCheck, dict[str, _Sample]]]:
+def _check(frame: dd.DataFrame, job: _Job) -> list[tuple[PartitionCheck, dict[str, SampleState]]]:
     """Step 4 on the workers; raise every partition's failures at once."""
     checks = dask.compute(
         *[dask.delayed(_check_partition, pure=False)(p, job) for p in frame.to_delayed()]
@@ -256,48 +274,50 @@ def _check(frame: dd.DataFrame, job: _Job) -> list[tuple[PartitionCheck, dict[st
 def _upload(
     frame: dd.DataFrame,
     job: _Job,
-    checks: list[tuple[PartitionCheck, dict[str, _Sample]]],
+    checks: list[tuple[PartitionCheck, dict[str, SampleState]]],
     ids: dict[str, str],
-) -> dict[str, _Outcome]:
+) -> dict[str, SampleOutcome]:
     """Step 6: one task per partition, each given the ids of its samples to send."""
     tasks = []
     for part, (_, samples) in zip(frame.to_delayed(), checks, strict=True):
         mine = {t: ids[t] for t, sample in samples.items() if sample.error is None}
         if mine:
             tasks.append(dask.delayed(_upload_partition, pure=False)(part, job, mine))
-    outcomes: dict[str, _Outcome] = {}
+    outcomes: dict[str, SampleOutcome] = {}
     for part in dask.compute(*tasks):
         outcomes.update(part)
     return outcomes
 
 
-def _summarise(
-    checks: list[tuple[PartitionCheck, dict[str, _Sample]]],
-    outcomes: dict[str, _Outcome],
+def summarise(
+    states: dict[str, SampleState],
+    outcomes: dict[str, SampleOutcome],
     ids: dict[str, str],
     labels: dict[str, Any],
 ) -> pd.DataFrame:
-    """The summary frame, or a LotUploadError with the same rows and every error."""
+    """The summary frame, or a LotUploadError with the same rows and every error.
+
+    ``states`` and ``outcomes`` are by target (a sample's id, or :data:`NEW` and the key
+    of a name created since), ``ids`` the id of each target and ``labels`` its label."""
     rows, errors = [], {}
-    for _, samples in checks:
-        for target, sample in samples.items():
-            outcome = outcomes.get(target, _Outcome(sample.records - sample.existing))
-            error = sample.error or outcome.error
-            missing = outcome.not_created + outcome.unknown
-            if error is not None:
-                errors[ids[target]] = error
-            rows.append(
-                {
-                    SAMPLE_ID: ids[target],
-                    "sample": labels[target],
-                    "records": sample.records,
-                    "created": sample.records - sample.existing - missing,
-                    "existing": sample.existing,
-                    "not_created": outcome.not_created,
-                    "unknown": outcome.unknown,
-                    "error": "" if error is None else clip(f"{type(error).__name__}: {error}", 300),
-                }
-            )
+    for target, sample in states.items():
+        outcome = outcomes.get(target, SampleOutcome(sample.records - sample.existing))
+        error = sample.error or outcome.error
+        missing = outcome.not_created + outcome.unknown
+        if error is not None:
+            errors[ids[target]] = error
+        rows.append(
+            {
+                SAMPLE_ID: ids[target],
+                "sample": labels[target],
+                "records": sample.records,
+                "created": sample.records - sample.existing - missing,
+                "existing": sample.existing,
+                "not_created": outcome.not_created,
+                "unknown": outcome.unknown,
+                "error": "" if error is None else clip(f"{type(error).__name__}: {error}", 300),
+            }
+        )
     table = pd.DataFrame(rows)
     table = table.iloc[np.argsort(table["sample"].astype(str).to_numpy(), kind="stable")]
     if not errors:
@@ -369,15 +389,16 @@ def _in_input_labels(table: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
 
 def _check_partition(
     partition: pd.DataFrame, job: _Job
-) -> tuple[PartitionCheck, dict[str, _Sample]]:
+) -> tuple[PartitionCheck, dict[str, SampleState]]:
     records, targets, failures, reasons = _records(partition, job, validate=True)
     if failures is not None:
         return PartitionCheck(len(partition), failures, reasons), {}
     groups = _by_target(records, targets)
     if job.client is None:  # a dry run: nothing is listed
-        return PartitionCheck(len(records)), {t: _Sample(len(g)) for t, g in groups.items()}
+        return PartitionCheck(len(records)), {t: SampleState(len(g)) for t, g in groups.items()}
+    check = functools.partial(stored_before, job.client, job.options)
     with ThreadPoolExecutor(job.options.max_workers, thread_name_prefix="atomscale-check") as pool:
-        found = pool.map(lambda item: _stored_before(job, *item), groups.items())
+        found = pool.map(lambda item: check(*item), groups.items())
         return PartitionCheck(len(records)), dict(zip(groups, found, strict=True))
 
 
@@ -385,30 +406,32 @@ def _by_target(records: pd.DataFrame, targets: np.ndarray) -> dict[str, pd.DataF
     return {str(t): mine for t, mine in split_by(compact_records(records), targets).items()}
 
 
-def _stored_before(job: _Job, target: str, records: pd.DataFrame) -> _Sample:
-    """What the sample holds at the records' positions before anything is sent."""
+def stored_before(
+    client: Client, options: UploadOptions, target: str, records: pd.DataFrame
+) -> SampleState:
+    """What the sample holds at the records' positions before anything is sent (a
+    sample still to be created holds nothing)."""
     if target.startswith(NEW):
-        return _Sample(len(records))  # created after this check: it holds nothing
-    assert job.client is not None
-    uploader = Uploader(job.client, target, Ledger(FrameBuilder(target, 0)))
+        return SampleState(len(records))
+    uploader = Uploader(client, target, Ledger(FrameBuilder(target, 0)))
     try:
         existing = Existing.list(uploader, Listing.of(records))
         if len(existing) == 0:
-            return _Sample(len(records))
-        if job.options.if_exists == "fail":
+            return SampleState(len(records))
+        if options.if_exists == "fail":
             refuse_clashes([records], existing)  # raises when any record is stored
-            return _Sample(len(records))
+            return SampleState(len(records))
         stored = existing.lookup(records)
     except AnnotationExistsError as exc:
-        return _Sample(len(records), len(exc.existing), _light(exc))
+        return SampleState(len(records), len(exc.existing), light(exc))
     except (AtomscaleError, OSError) as exc:
-        return _Sample(len(records), 0, _light(exc))
-    return _Sample(len(records), int((stored >= 0).sum()))
+        return SampleState(len(records), 0, light(exc))
+    return SampleState(len(records), int((stored >= 0).sum()))
 
 
 def _upload_partition(
     partition: pd.DataFrame, job: _Job, ids: dict[str, str]
-) -> dict[str, _Outcome]:
+) -> dict[str, SampleOutcome]:
     """Upload the partition's samples named in ``ids``; a small outcome for each."""
     records, targets = _records(partition, job, validate=False)[:2]
     groups = _by_target(records, targets)
@@ -420,13 +443,13 @@ def _upload_partition(
     outcomes = {}
     for sample, result in zip(jobs, done, strict=True):
         if isinstance(result, pd.DataFrame):
-            outcomes[sample.label] = _Outcome()
+            outcomes[sample.label] = SampleOutcome()
         elif isinstance(result, UploadError):
-            outcomes[sample.label] = _Outcome(
-                len(result.not_created), len(result.unknown), _light(result)
+            outcomes[sample.label] = SampleOutcome(
+                len(result.not_created), len(result.unknown), light(result)
             )
         else:  # refused before anything was sent
-            outcomes[sample.label] = _Outcome(sample.n_records, 0, _light(result))
+            outcomes[sample.label] = SampleOutcome(sample.n_records, 0, light(result))
     return outcomes
 
 
@@ -439,7 +462,7 @@ def _dry_run_partition(partition: pd.DataFrame, job: _Job) -> pd.DataFrame:
     return plan.set_axis(partition.index[plan.index.to_numpy()])
 
 
-def _light(error: Exception) -> Exception:
+def light(error: Exception) -> Exception:
     """The error with its frames emptied: what travels back to the driver is small."""
     light = copy.copy(error)
     for name, value in vars(error).items():

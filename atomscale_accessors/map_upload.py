@@ -27,7 +27,7 @@ from .schemas import compact_records
 from .upload import Listing, send_records
 from .validation import validate_records
 
-__all__ = ["PreparedMap", "prepare_map", "upload_map", "upload_map_stack"]
+__all__ = ["PreparedMap", "prepare_map", "stack_error", "upload_map", "upload_map_stack"]
 
 
 @dataclass(frozen=True)
@@ -135,14 +135,23 @@ def upload_map_stack(
     once. One sample's failure does not stop the others
     (:class:`~atomscale_accessors.lots.LotUploadError` accounts for each).
 
+    A dask-backed stack is uploaded on the workers instead, a task per sample (see
+    :mod:`atomscale_accessors.dask_stack`), and the result is one row per sample.
+
     Returns
     -------
     pandas.DataFrame
         The created annotations of every sample, sample after sample in the order of the
-        stack, with the ``physical_sample_id`` of each.
+        stack, with the ``physical_sample_id`` of each. For a dask-backed stack, one row per
+        sample instead: ``sample``, ``physical_sample_id``, ``records``, ``created`` and
+        ``existing`` (as :func:`~atomscale_accessors.dask_lots.upload_dask_lot` returns).
     """
     opts, mopts = split_options(kwargs, options, map_options)
     labels = _stack_labels(ds, sample_dim)
+    if _dask_backed(ds) and not opts.dry_run:
+        from .dask_stack import upload_dask_stack
+
+        return upload_dask_stack(ds, sample_dim, labels, opts, mopts)
     prepared = _prepare_stack(ds, sample_dim, labels, mopts)
     if opts.dry_run:  # a dry run needs no sample
         parts = [
@@ -160,6 +169,11 @@ def upload_map_stack(
         )
     outcomes = run_jobs(jobs, replace(opts, client=client))
     return account(jobs, outcomes, join_frames)
+
+
+def _dask_backed(ds: xr.Dataset) -> bool:
+    """Whether any variable of the map holds a dask array."""
+    return any(variable.chunks is not None for variable in ds.variables.values())
 
 
 def _sender(prepared: PreparedMap, sample_id: str) -> Callable[[UploadOptions], pd.DataFrame]:
@@ -201,11 +215,11 @@ def _prepare_stack(
         except (MapStructureError, AnnotationValidationError) as exc:
             problems.append((label, exc))
     if problems:
-        raise _stack_error(problems, len(labels), sample_dim)
+        raise stack_error(problems, len(labels), sample_dim)
     return prepared
 
 
-def _stack_error(
+def stack_error(
     problems: list[tuple[Any, Exception]], n_maps: int, sample_dim: Hashable
 ) -> AnnotationValidationError | MapStructureError:
     """One error for the problems of several maps: each map's message under its label,

@@ -142,7 +142,9 @@ class _MapAccessor:
         Returns
         -------
         pandas.DataFrame
-            The annotation frame of the created annotations, indexed like the records.
+            The annotation frame of the created annotations, indexed like the records. For
+            a dask-backed stack (``sample_dim=``), uploaded a task per sample on the dask
+            workers, one summary row per sample instead.
 
         Raises
         ------

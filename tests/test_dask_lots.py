@@ -15,12 +15,14 @@ import pytest
 dask = pytest.importorskip("dask")
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
+xr = pytest.importorskip("xarray")
 
 import test_dask_accessor  # noqa: E402
 from conftest import THICKNESS_MAPPING, thickness_frame  # noqa: E402
 
-from atomscale_accessors import Client  # noqa: E402
+from atomscale_accessors import Client, fetch  # noqa: E402
 from atomscale_accessors.dask_lots import _shuffled  # noqa: E402
+from atomscale_accessors.datasets import wafer_thickness_map  # noqa: E402
 from atomscale_accessors.errors import (  # noqa: E402
     AnnotationValidationError,
     SampleNotFoundError,
@@ -31,6 +33,8 @@ from atomscale_accessors.server import LocalServer  # noqa: E402
 SITES = 12
 PARTS = 3
 CHUNK = 4  # records per request: three requests per sample
+# The columns of the summary, one row per sample.
+SUMMARY = ["sample", "physical_sample_id", "records", "created", "existing"]
 
 # The fixtures of the one-sample tests: a module's local server, its client, and a cluster
 # of two worker processes.
@@ -83,13 +87,7 @@ def test_a_lot_goes_to_its_samples_once_each(on_cluster, server, api, names):
     summary = dask_lot(table).atomscale.upload(
         sample_column="wafer", client=api, create_sample=True, **THICKNESS_MAPPING
     )
-    assert list(summary.columns) == [
-        "sample",
-        "physical_sample_id",
-        "records",
-        "created",
-        "existing",
-    ]
+    assert list(summary.columns) == SUMMARY
     assert summary["sample"].tolist() == names  # first spellings, sorted
     ids = {s["name"]: s["id"] for s in server.store.list_samples()}
     assert summary["physical_sample_id"].tolist() == [ids[name] for name in names]
@@ -313,3 +311,67 @@ def test_a_frame_whose_rows_name_no_sample_is_refused(server, api):
     with pytest.raises(AnnotationValidationError, match="no row names a sample"):
         dask_lot(table).atomscale.upload(sample_column="wafer", client=api, **THICKNESS_MAPPING)
     assert server.request_count() == 0
+
+
+# -- a dask-backed stack of maps: a task per sample --------------------------------------------
+def map_stack(wafers: list[str], n: int = 7) -> xr.Dataset:
+    """One thickness map per wafer along ``wafer``, dask-backed (two blocks per map)."""
+    maps = [wafer_thickness_map(n=n, seed=i) for i in range(len(wafers))]
+    return xr.concat(maps, dim=pd.Index(wafers, name="wafer")).chunk({"wafer": 1, "y": 4})
+
+
+def test_a_stack_of_maps_goes_to_its_samples_in_tasks(on_cluster, server, names, tmp_path: Path):
+    first = server.create_sample(names[0])
+    (tmp_path / "posts").mkdir()
+    recording = _dying_client(server, str(tmp_path / "posts"), after=10**9)  # never dies
+    stack = map_stack([names[0].lower(), *names[1:3]])
+    summary = stack.atomscale.upload(sample_dim="wafer", client=recording, create_sample=True)
+    points = int(stack["thickness"][0].notnull().sum())
+    assert list(summary.columns) == SUMMARY
+    assert summary["sample"].tolist() == sorted(stack["wafer"].values.tolist())
+    assert summary["records"].tolist() == summary["created"].tolist() == [points] * 3
+    ids = dict(zip(summary["sample"], summary["physical_sample_id"], strict=True))
+    assert ids[names[0].lower()] == first
+    for label in stack["wafer"].values:
+        back = fetch(ids[label], client=recording).atomscale.to_xarray()
+        xr.testing.assert_equal(back, stack.sel(wafer=label, drop=True).compute())
+    # Every bulk request came from a worker process, none from this one.
+    senders = {int(name.split("-")[0]) for name in os.listdir(tmp_path / "posts")}
+    assert len(os.listdir(tmp_path / "posts")) == server.request_count("bulk_create") == 3
+    assert senders <= set(on_cluster.run(os.getpid).values()) and os.getpid() not in senders
+
+
+def test_a_stack_is_checked_on_the_workers_before_anything_is_sent(on_cluster, server, api, names):
+    stack = map_stack(names[:3]).load()
+    stack["thickness"][1, 2, 3] = np.inf
+    stack["thickness"][2, 3, 3] = -np.inf
+    stack = stack.chunk({"wafer": 1, "y": 4})
+    with pytest.raises(AnnotationValidationError) as info:
+        stack.atomscale.upload(sample_dim="wafer", client=api, create_sample=True)
+    assert "2 of 3 maps along 'wafer' are invalid" in str(info.value)
+    assert set(info.value.failure_cases["sample"]) == set(names[1:3])
+    assert server.request_count("bulk_create") == 0
+    assert not {s["name"] for s in server.store.list_samples()} & set(names[:3])
+    with pytest.raises(ValueError, match=r"append.*dask-backed stack"):
+        stack.atomscale.upload(sample_dim="wafer", client=api, if_exists="append")
+
+
+def test_a_worker_killed_mid_stack_upload_leaves_every_map_stored_once(
+    on_cluster, server, names, tmp_path: Path
+):
+    (tmp_path / "posts").mkdir()
+    client = _dying_client(server, str(tmp_path / "posts"), after=4)
+    stack = map_stack(names[:3])
+    points = int(stack["thickness"][0].notnull().sum())
+    per_map = -(-points // CHUNK)
+    workers_before = set(on_cluster.run(os.getpid).values())
+    summary = stack.atomscale.upload(
+        sample_dim="wafer", client=client, create_sample=True, chunksize=CHUNK, max_workers=1
+    )
+    assert (tmp_path / "died").exists()
+    assert set(on_cluster.run(os.getpid).values()) != workers_before
+    assert summary["created"].tolist() == [points] * 3
+    for sid in summary["physical_sample_id"]:
+        xs = [(a["coord_x"], a["coord_y"]) for a in server.stored_annotations(sid)]
+        assert len(set(xs)) == len(xs) == points
+    assert server.request_count("bulk_create") == 3 * per_map
