@@ -53,7 +53,7 @@ needs_plot = pytest.mark.skipif("plot" in MISSING, reason=_needs("plot"))
 # import it at their top are not collected without it, other examples are skipped.
 _MODULES_NEEDING = {
     "server": ("server",),
-    "dask": ("dask_accessor.py", "dask_lots.py"),
+    "dask": ("dask_accessor.py", "dask_lots.py", "dask_stack.py"),
 }
 _EXAMPLES_NEEDING = {
     "atomscale_accessors.plotting": "plot",
