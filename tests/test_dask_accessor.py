@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,13 @@ CLUSTER_CLOSE_SECONDS = 20
 @pytest.fixture(scope="module")
 def cluster_client():
     """Two single-threaded worker processes; the scheduler is chosen per test."""
+    with local_cluster() as client:
+        yield client
+
+
+@contextlib.contextmanager
+def local_cluster() -> Iterator[distributed.Client]:
+    """A client of a new cluster of two single-threaded worker processes."""
     cluster = distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
