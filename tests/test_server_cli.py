@@ -127,3 +127,16 @@ def test_a_given_key_is_not_printed():
     assert answer.json() == []
     assert "my-secret-key" not in "".join(lines) + err
     assert "AS_API_KEY=<the key given with --api-key>" in lines[1]
+
+
+@needs_server
+def test_generated_keys_can_follow_api_key_on_a_command_line():
+    # About one URL-safe token in 64 starts with "-", and argparse takes such a value of
+    # --api-key for an option ("expected one argument"). A generated key never does.
+    from atomscale_accessors.server.local import new_api_key
+
+    keys = [new_api_key() for _ in range(2000)]
+    assert not [key for key in keys if key.startswith("-")]
+    assert len(set(keys)) == len(keys) and {len(key) for key in keys} == {43}
+    parsed = build_parser().parse_args(["fetch", "--sample", "W1", "--api-key", keys[0]])
+    assert parsed.api_key == keys[0]

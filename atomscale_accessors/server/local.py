@@ -23,12 +23,20 @@ from .app import create_app
 from .faults import _UNSET, Faults, Limits
 from .store import Store
 
-__all__ = ["LocalServer", "serve"]
+__all__ = ["LocalServer", "new_api_key", "serve"]
 
 logger = logging.getLogger(__name__)
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
+
+
+def new_api_key() -> str:
+    """A random key for a local server: 32 bytes, URL-safe base64, never starting with
+    ``-`` (which a command line would read as an option: ``--api-key -x...`` fails)."""
+    while (key := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return key
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -150,7 +158,7 @@ class LocalServer:
         rate_limit: float | None = None,
         access_log: bool = False,
     ) -> None:
-        self._api_key = api_key if api_key else secrets.token_urlsafe(32)
+        self._api_key = api_key if api_key else new_api_key()
         self.db_path = None if db_path is None else Path(db_path)
         self.host = host
         self._port = int(port)
@@ -390,7 +398,7 @@ def serve(
         before serving; the command line prints the endpoint (and a generated key) here.
     """
     generated = not api_key
-    key = secrets.token_urlsafe(32) if generated else str(api_key)
+    key = new_api_key() if generated else str(api_key)
     if not _is_loopback(host):
         print(
             f"warning: listening on {host}, not a loopback address; the server is plain"
