@@ -227,9 +227,12 @@ def _dying_client(server: LocalServer, folder: str, after: int) -> Client:
             response = super().request(method, path, **kwargs)
             if method == "POST" and path.endswith("/bulk"):
                 Path(folder, f"{os.getpid()}-{len(os.listdir(folder))}").touch()
-                died = Path(folder).parent / "died"
-                if len(os.listdir(folder)) >= after and not died.exists():
-                    died.touch()
+                if len(os.listdir(folder)) >= after:
+                    died = Path(folder).parent / "died"
+                    try:  # made by one process only: two workers may get here at once
+                        os.close(os.open(died, os.O_CREAT | os.O_EXCL))
+                    except FileExistsError:
+                        return response
                     os._exit(1)  # the worker dies while its task is running
             return response
 

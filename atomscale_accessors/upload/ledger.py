@@ -89,7 +89,7 @@ class Ledger:
         self.result = result
         self.stop = threading.Event()
         self.timed_out = False
-        # Sized for the ids the upload expects to claim (its records and what is stored).
+        # Sized for the ids the upload expects to claim; it grows if more come.
         self._claimed = IdSet(expect=expect)
         self._abandoned = False
         self._lock = threading.Lock()
@@ -154,9 +154,9 @@ class Ledger:
         self.stop.set()
 
     def forget_claims(self) -> None:
-        """Free the claimed ids once no request is left to claim any (the result frame,
-        built next, needs the memory more). Only :meth:`unclaimed` reads them afterwards,
-        and it must not be asked then."""
+        """Free the claimed ids once no request can claim more: the result frame, built
+        next, needs the memory. The upload does this only when no check for doubles
+        follows, since that check asks :meth:`unclaimed`."""
         with self._lock:
             self._claimed = IdSet()
 
