@@ -10,6 +10,7 @@ create, which is not safe to repeat, is the upload's to decide.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -18,7 +19,7 @@ import os
 import platform
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -145,7 +146,7 @@ class Client:
                 stacklevel=2,
             )
         self.verify = verify
-        self._local = threading.local()
+        self._sessions = _Sessions(self._new_session)
         self.user_agent = (
             f"atomscale-accessors/{__version__} (Python/{platform.python_version()} "
             f"{platform.system()}/{platform.release()})"
@@ -162,35 +163,39 @@ class Client:
     def __getstate__(self) -> dict[str, Any]:
         # Sessions hold sockets and locks; a copy (e.g. sent to a dask worker) makes its own.
         state = self.__dict__.copy()
-        del state["_local"]
+        del state["_sessions"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._local = threading.local()
+        self._sessions = _Sessions(self._new_session)
 
     # -- transport ------------------------------------------------------------------------
     @property
     def session(self) -> requests.Session:
-        """The calling thread's session (requests sessions are not safe to share)."""
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers.update(
-                {
-                    "X-API-KEY": self._api_key,
-                    "User-Agent": self.user_agent,
-                    "Accept": "application/json",
-                }
-            )
-            session.verify = self.verify
-            for prefix in ("https://", "http://"):
-                session.mount(prefix, DeadlineAdapter(max_retries=transport_retry(self.retry)))
-            if self.endpoint.startswith("http://"):
-                # Plain http is allowed to loopback only: never route it, and the key with
-                # it, through a proxy taken from the environment.
-                session.trust_env = False
-            self._local.session = session
+        """One of the client's sessions, as every request gets one: its headers, TLS
+        verification and adapters. Each request takes a session that no other request is
+        using, and gives it back when done, so connections are kept alive from one
+        request to the next whichever thread makes them."""
+        with self._sessions.lend() as session:
+            return session
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update(
+            {
+                "X-API-KEY": self._api_key,
+                "User-Agent": self.user_agent,
+                "Accept": "application/json",
+            }
+        )
+        session.verify = self.verify
+        for prefix in ("https://", "http://"):
+            session.mount(prefix, DeadlineAdapter(max_retries=transport_retry(self.retry)))
+        if self.endpoint.startswith("http://"):
+            # Plain http is allowed to loopback only: never route it, and the key with
+            # it, through a proxy taken from the environment.
+            session.trust_env = False
         return session
 
     def url(self, path: str) -> str:
@@ -223,21 +228,22 @@ class Client:
         failure: BaseException | None = None
         deadline = WATCHDOG.begin(self.deadline)
         try:
-            response = self.session.request(
-                method,
-                self.url(path),
-                data=body,
-                params=params,
-                headers=headers,
-                timeout=self.timeout,
-                allow_redirects=False,
-                stream=True,
-            )
-            # One read of the whole body: requests would read a bulk answer (megabytes)
-            # in 10 kB pieces, a measurable share of an upload's CPU time. The deadline
-            # cuts the connection if the body trickles in.
-            with response:
-                response._content = response.raw.read(decode_content=True)
+            with self._sessions.lend() as session:
+                response = session.request(
+                    method,
+                    self.url(path),
+                    data=body,
+                    params=params,
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                    stream=True,
+                )
+                # One read of the whole body: requests would read a bulk answer
+                # (megabytes) in 10 kB pieces, a measurable share of an upload's CPU time.
+                # The deadline cuts the connection if the body trickles in.
+                with response:
+                    response._content = response.raw.read(decode_content=True)
         except _NETWORK_ERRORS as exc:
             failure = exc
         finally:
@@ -405,6 +411,31 @@ class Client:
         return self.request_json(
             "POST", f"projects/{pid}/configuration/tracking_samples", json_body=body
         )
+
+
+class _Sessions:
+    """A client's requests sessions: each request borrows one no other request is using
+    (a session is not safe to share between threads at once) and gives it back, so its
+    kept-alive connections serve the next request of any thread. A session per thread
+    instead would open a connection for every short-lived thread, as an upload's pool
+    makes for each sample of a lot."""
+
+    def __init__(self, make: Callable[[], requests.Session]) -> None:
+        self._make = make
+        self._idle: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[requests.Session]:
+        with self._lock:
+            session = self._idle.pop() if self._idle else None
+        if session is None:
+            session = self._make()
+        try:
+            yield session
+        finally:
+            with self._lock:
+                self._idle.append(session)
 
 
 def resolve_client(client: Any = None) -> Client:

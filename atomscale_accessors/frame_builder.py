@@ -22,6 +22,7 @@ from .frames import (
     TIME_UNIT,
     column_series,
     sorted_categorical,
+    text_categories,
 )
 from .schemas import ANNOTATION_COLUMNS, FLOAT_COLUMNS
 
@@ -301,7 +302,7 @@ class FrameBuilder:
             times = pd.Series(self._times[rows].view(f"M8[{TIME_UNIT}]"), copy=False)
             columns["last_updated"] = times.dt.tz_localize("UTC").array
             columns["physical_sample_id"] = pd.Categorical.from_codes(
-                np.zeros(n, dtype=np.int8), pd.Index([self.sample_id], dtype=TEXT_DTYPE)
+                np.zeros(n, dtype=np.int8), dtype=text_categories([self.sample_id])
             )
         series = {
             name: pd.Series(columns[name], index=index, name=name, copy=False)

@@ -18,6 +18,7 @@ follows the rows of its input.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Sequence
@@ -110,7 +111,7 @@ def categorical(values: Any) -> pd.Categorical:
     if len(values) and isinstance(values[0], str) and (values == values[0]).all():
         # One value on every row (one property, one unit, one sample): no hashing needed.
         return pd.Categorical.from_codes(
-            np.zeros(len(values), dtype=np.int8), pd.Index([values[0]], dtype=TEXT_DTYPE)
+            np.zeros(len(values), dtype=np.int8), dtype=text_categories([values[0]])
         )
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     return sorted_categorical(codes, uniques)
@@ -129,7 +130,25 @@ def sorted_categorical(codes: np.ndarray, values: Sequence[Any]) -> pd.Categoric
         codes = table[codes]  # code -1 (missing) picks the last entry
         if len(categories) <= np.iinfo(np.int8).max:
             codes = codes.astype(np.int8)
-    return pd.Categorical.from_codes(codes, pd.Index(categories, dtype=TEXT_DTYPE))
+    return pd.Categorical.from_codes(codes, dtype=text_categories(categories))
+
+
+def text_categories(categories: list[str]) -> pd.CategoricalDtype:
+    """The categorical dtype of sorted, distinct texts. A few categories (one property,
+    one unit, one version) come up in frame after frame: their dtype is made once and
+    shared, which saves validating the categories each time and lets frames concatenate
+    without reconciling them."""
+    if len(categories) > _SHARED_CATEGORIES:
+        return pd.CategoricalDtype(pd.Index(categories, dtype=TEXT_DTYPE))
+    return _shared_text_categories(tuple(categories))
+
+
+_SHARED_CATEGORIES = 16
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_text_categories(categories: tuple[str, ...]) -> pd.CategoricalDtype:
+    return pd.CategoricalDtype(pd.Index(list(categories), dtype=TEXT_DTYPE))
 
 
 class AnnotationObject(msgspec.Struct, gc=False):

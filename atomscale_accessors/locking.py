@@ -31,6 +31,7 @@ LOCK_DIRECTORY_VARIABLE = "ATOMSCALE_ACCESSORS_LOCK_DIR"
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
+_folders_made: set[Path] = set()
 
 
 def lock_directory() -> Path:
@@ -80,13 +81,11 @@ def sample_lock(endpoint: str, sample_id: str) -> Iterator[None]:
 def _file_lock(name: str, sample_id: str) -> Iterator[None]:
     folder = lock_directory()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(folder / f"{name}.lock", thread_local=False)
         try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            log.info("waiting for an upload to sample %s by another process to finish", sample_id)
-            lock.acquire(poll_interval=0.05)
+            lock = _acquire(folder, name, sample_id)
+        except FileNotFoundError:  # the folder was removed since it was made: once more
+            _folders_made.discard(folder)
+            lock = _acquire(folder, name, sample_id)
     except OSError as exc:
         warnings.warn(
             f"cannot use the lock folder {str(folder)[:200]!r} ({type(exc).__name__}): "
@@ -99,3 +98,18 @@ def _file_lock(name: str, sample_id: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _acquire(folder: Path, name: str, sample_id: str) -> filelock.BaseFileLock:
+    if folder not in _folders_made:  # made once per process, not once per upload
+        folder.mkdir(parents=True, exist_ok=True)
+        _folders_made.add(folder)
+    # Not writable by others: filelock then skips probing the folder on every lock.
+    # Another user sharing the folder still locks it through a read-only descriptor.
+    lock = filelock.FileLock(folder / f"{name}.lock", mode=0o644, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log.info("waiting for an upload to sample %s by another process to finish", sample_id)
+        lock.acquire(poll_interval=0.05)
+    return lock

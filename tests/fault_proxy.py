@@ -281,6 +281,7 @@ class FaultProxy:
         self.port: int = self._listener.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}{parts.path or '/'}"
         self.requests: list[tuple[str, str]] = []
+        self.connections = 0  # connections accepted from clients
         self.targets: list[tuple[str, str]] = []
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
@@ -456,6 +457,7 @@ class FaultProxy:
                         daemon=True,
                     )
                     with self._lock:
+                        self.connections += 1
                         self._sockets.add(client)
                         # ended threads are dropped here, not by themselves: close() must
                         # be able to wait for a thread until its very last line

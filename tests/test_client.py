@@ -106,17 +106,50 @@ def test_sdk_client_is_accepted_without_the_sdk():
         resolve_client(object())
 
 
-def test_one_session_per_thread():
+def test_a_session_serves_one_request_at_a_time_and_every_thread():
     client = Client(api_key="k", endpoint="https://host/")
     sessions = []
     thread = threading.Thread(target=lambda: sessions.append(client.session))
     thread.start()
     thread.join()
-    assert client.session is client.session
-    assert sessions[0] is not client.session
+    # Given back after use, the session another thread had is the one this thread gets.
+    assert client.session is sessions[0]
+    with client._sessions.lend() as busy:
+        assert client.session is not busy  # never two requests on one session at once
     assert client.session.headers["User-Agent"].startswith(
         f"atomscale-accessors/{atomscale_accessors.__version__} (Python/"
     )
+
+
+def test_short_lived_threads_reuse_one_kept_alive_connection(atomscale_server):
+    # An upload's pool is made anew for each sample of a lot: with a session per thread,
+    # every sample opened a connection of its own.
+    from fault_proxy import FaultProxy
+
+    with FaultProxy(atomscale_server.endpoint) as proxy:
+        client = Client(api_key=atomscale_server.api_key, endpoint=proxy.endpoint)
+        sample_id = atomscale_server.create_sample(f"reuse {uuid.uuid4()}")
+        for _ in range(5):
+            thread = threading.Thread(target=client.list_annotations, args=(sample_id,))
+            thread.start()
+            thread.join()
+        assert len(proxy.requests) == 5
+        assert proxy.connections == 1
+
+        # Requests at the same time each have their own session, and so connection.
+        barrier = threading.Barrier(3)
+
+        def at_once() -> None:
+            barrier.wait()
+            client.list_annotations(sample_id)
+
+        threads = [threading.Thread(target=at_once) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(proxy.requests) == 8
+        assert proxy.connections <= 3  # the idle session's connection, and two new ones at most
 
 
 def test_every_route(client, atomscale_server):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import wait
@@ -110,12 +111,20 @@ class Existing:
 
     def __init__(self, objects: list[AnnotationObject]) -> None:
         self.objects = objects
-        answer = Answer.from_objects(objects)
-        self.ids = answer.ids
-        self.keys = key_frame(answer.keys, POSITION_KEY, count=False)
-        self.keys["_stored"] = np.arange(len(objects))
-        self.unique = not self.keys.duplicated(subset=list(POSITION_KEY)).any()
+        self.ids = [o.id for o in objects]
         self.free = np.ones(len(objects), dtype=bool)
+
+    @functools.cached_property
+    def keys(self) -> pd.DataFrame:
+        """The stored annotations' positions, ready to join on, with their numbers."""
+        keys = key_frame(Answer.from_objects(self.objects).keys, POSITION_KEY, count=False)
+        keys["_stored"] = np.arange(len(self.objects))
+        return keys
+
+    @functools.cached_property
+    def unique(self) -> bool:
+        """Whether no two stored annotations share a position."""
+        return not self.keys.duplicated(subset=list(POSITION_KEY)).any()
 
     @classmethod
     def list(cls, uploader: Uploader, listing: Listing) -> Existing:
@@ -127,6 +136,8 @@ class Existing:
 
     def lookup(self, block: pd.DataFrame, *, consume: bool = True) -> np.ndarray:
         """For each record, the stored annotation at its position (its number), or -1."""
+        if not self.objects:  # an empty sample, the usual first upload
+            return np.full(len(block), -1, dtype=np.int64)
         left = key_frame(record_keys(Columns.of(block)), POSITION_KEY, count=False)
         if self.unique and not left.duplicated().any():
             merged = left.merge(self.keys, on=list(POSITION_KEY), how="left")
