@@ -21,6 +21,7 @@ from .errors import AnnotationValidationError, MapStructureError
 from .failures import agree, cap_message, clip, plural, quote
 from .lots import SampleJob, account, join_frames, resolve_samples, run_jobs, sample_key
 from .maps.flatten import flatten_plan, iter_plan_blocks, validate_plan_blocks
+from .maps.plan import is_dask
 from .maps.structure import plan_map
 from .options import MapOptions, UploadOptions, split_options
 from .schemas import compact_records
@@ -172,8 +173,9 @@ def upload_map_stack(
 
 
 def _dask_backed(ds: xr.Dataset) -> bool:
-    """Whether any variable of the map holds a dask array."""
-    return any(variable.chunks is not None for variable in ds.variables.values())
+    """Whether any data variable of the map holds a dask array (other chunked arrays are
+    read on the driver, as a map of numpy arrays)."""
+    return any(is_dask(variable.data) for variable in ds.data_vars.values())
 
 
 def _sender(prepared: PreparedMap, sample_id: str) -> Callable[[UploadOptions], pd.DataFrame]:
