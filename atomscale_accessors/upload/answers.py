@@ -294,11 +294,16 @@ class IdSet:
 
     def claim(self, hashes: np.ndarray) -> np.ndarray:
         """Add the hashes that are new to the set and appear once in ``hashes``; for each
-        hash, whether it was added. (One sort and one probe per hash: no separate
-        lookup.)"""
+        hash, whether it was added. (One sort, to find hashes given twice, and one probe
+        per hash: no separate lookup.)"""
         if not len(hashes):
             return np.zeros(0, dtype=bool)
-        keys, where, counts = np.unique(_keys(hashes), return_inverse=True, return_counts=True)
+        keys = _keys(hashes)
+        ranked = np.sort(keys)
+        if not (ranked[1:] == ranked[:-1]).any():  # the usual answer: no id twice
+            self._make_room(len(keys))
+            return self._insert(keys)
+        keys, where, counts = np.unique(keys, return_inverse=True, return_counts=True)
         self._make_room(len(keys))
         added = np.zeros(len(keys), dtype=bool)
         once = counts == 1
