@@ -129,12 +129,12 @@ def same_content(
     return True
 
 
-def listing_filters(columns: Columns, *, with_name: bool = True) -> dict[str, Any]:
+def listing_filters(columns: Columns) -> dict[str, Any]:
     """List filters covering records (inclusive): their property, when they have one, and
     their bounding box, when every record has x and y."""
     filters: dict[str, Any] = {}
     one, name = columns.constant("property_name")
-    if one and with_name:
+    if one:
         filters["property_name"] = name
     filters.update(
         box_filters([bounding_box(columns.floats["coord_x"], columns.floats["coord_y"])])
@@ -170,7 +170,8 @@ def value_codes(values: pd.Series) -> tuple[np.ndarray, Any]:
     """Codes of a column's distinct values (-1 where missing), and the values: a
     categorical's own, else hashed (``TypeError`` for values that cannot be)."""
     if isinstance(values.dtype, pd.CategoricalDtype):
-        return values.cat.codes.to_numpy(), values.cat.categories
+        categorical = values.array  # its own arrays: ``.cat.codes`` would build a Series
+        return categorical.codes, categorical.categories
     return pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
 
 

@@ -26,7 +26,7 @@ from ..frames import (
     annotation_frame,
     decode_annotations,
 )
-from ..keys import Box, box_filters, key_frame, listing_filters, record_keys
+from ..keys import Box, bounding_box, box_filters, key_frame, record_keys
 from ..retry import stopping
 from ..schemas import (
     FLOAT_COLUMNS,
@@ -83,7 +83,10 @@ class Listing:
         if whole is None:
             return cls()
         names = tuple(whole["property_name"].unique().tolist())
-        box = listing_filters(Columns.of(whole), with_name=False)
+        xs, ys = (
+            whole[c].to_numpy(dtype="float64", na_value=np.nan) for c in ("coord_x", "coord_y")
+        )
+        box = box_filters([bounding_box(xs, ys)])
         return cls(names if len(names) <= MAX_NAMED_LISTINGS else None, box)
 
     @classmethod
