@@ -89,7 +89,11 @@ def test_rows_without_a_sample_are_refused(atomscale_server, client):
     assert atomscale_server.request_count() == 0
 
 
-def test_one_failing_sample_does_not_stop_the_others_and_a_rerun_completes(atomscale_server):
+# 3 workers for 3 samples: each sample sends from its lot thread; 6: each has a pool of 2.
+@pytest.mark.parametrize("max_workers", [3, 6])
+def test_one_failing_sample_does_not_stop_the_others_and_a_rerun_completes(
+    atomscale_server, max_workers
+):
     ids = {name: atomscale_server.create_sample(name) for name in ("A", "B", "C")}
     table = lot(list(ids), sites=12)
     with FaultProxy(atomscale_server.endpoint) as proxy:
@@ -100,7 +104,11 @@ def test_one_failing_sample_does_not_stop_the_others_and_a_rerun_completes(atoms
         client = Client(api_key=atomscale_server.api_key, endpoint=proxy.endpoint, retry=FAST)
         with pytest.raises(LotUploadError) as info:
             table.atomscale.upload(
-                sample_column="wafer", client=client, chunksize=5, **THICKNESS_MAPPING
+                sample_column="wafer",
+                client=client,
+                chunksize=5,
+                max_workers=max_workers,
+                **THICKNESS_MAPPING,
             )
     error = info.value
     assert set(error.errors) == {ids["B"]}

@@ -352,6 +352,11 @@ def run_chunks(
     On Ctrl+C, the chunks in flight are accounted as unknown (a request may have taken
     effect) and the interrupt goes on at once.
     """
+    if max_workers == 1 and threading.current_thread() is not threading.main_thread():
+        # One request at a time, off the main thread (a sample of a lot): no Ctrl+C is
+        # delivered here, so the chunks go out from this thread, with no pool to start.
+        _run_inline(uploader, chunks, outcome, bar)
+        return
     in_flight: dict[Future[Outcome], Chunk] = {}
     limit = max_workers * 2
     pool = Pool(max_workers, "atomscale-upload")
@@ -359,11 +364,7 @@ def run_chunks(
     def collect(done: Iterable[Future[Outcome]]) -> None:
         for future in done:
             del in_flight[future]
-            result = future.result()
-            outcome.merge(result)
-            bar.advance(result.n_done)
-            if result.error is not None:
-                uploader.stop.set()
+            _account(uploader, future.result(), outcome, bar)
 
     try:
         for chunk in chunks:
@@ -393,3 +394,25 @@ def run_chunks(
         raise
     finally:
         pool.close()
+
+
+def _run_inline(
+    uploader: Uploader, chunks: Iterator[Chunk], outcome: Outcome, bar: Progress
+) -> None:
+    try:
+        for chunk in chunks:
+            if uploader.stop.is_set():
+                outcome.not_created.append(chunk)
+                continue
+            _account(uploader, uploader.send(chunk), outcome, bar)
+    except BaseException:
+        uploader.stop.set()
+        raise
+
+
+def _account(uploader: Uploader, result: Outcome, outcome: Outcome, bar: Progress) -> None:
+    """Add a chunk's outcome to the upload's; an error stops the chunks not yet sent."""
+    outcome.merge(result)
+    bar.advance(result.n_done)
+    if result.error is not None:
+        uploader.stop.set()
