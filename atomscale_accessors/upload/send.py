@@ -347,7 +347,9 @@ def run_chunks(
     outcome: Outcome,
     bar: Progress,
 ) -> None:
-    """Send chunks on a pool, keeping a bounded number in flight (memory stays bounded).
+    """Send chunks on a pool, keeping a bounded number in flight (memory stays bounded);
+    with one request at a time off the main thread, one after the other from the calling
+    thread.
 
     On Ctrl+C, the chunks in flight are accounted as unknown (a request may have taken
     effect) and the interrupt goes on at once.
