@@ -14,6 +14,7 @@ import atomscale_accessors
 from atomscale_accessors import fetch, plotting
 from atomscale_accessors.datasets import sheet_resistance_map, wafer_thickness_map, xps_line_scan
 from atomscale_accessors.errors import MapStructureError
+from atomscale_accessors.multiples import plot_stack
 from atomscale_accessors.plotting import OUTLINE_GID, new_axes, plot_map, wafer_diameter
 
 matplotlib = pytest.importorskip("matplotlib", reason="the plot extra is not installed")
@@ -253,6 +254,58 @@ def test_a_stack_is_drawn_as_small_multiples_on_one_colour_scale():
     figure = shown[0].figure
     assert len(figure.axes) == 6 + 1  # the panels and one colour bar
     plt.close(figure)
+
+
+@pytest.mark.parametrize("n", [1, 4, 25])
+def test_small_multiples_keep_their_texts_inside_the_figure_and_apart(n):
+    # The figure of a stack is laid out once, by the margins of multiples.py: every title,
+    # axis label and the colour bar's label inside it, and no panel's title on the panel
+    # above, at the dpi of a plain savefig.
+    stack = xr.concat(
+        [wafer_thickness_map(n=9, seed=i) for i in range(n)],
+        dim=pd.Index([f"W{i:02d}" for i in range(n)], name="sample"),
+    )
+    axes = stack.atomscale.plot()
+    fig = axes.ravel()[0].figure
+    fig.suptitle("a lot")
+    bar = fig.axes[-1]
+    texts = [fig._suptitle, bar.yaxis.label]
+    for ax in axes.ravel()[:n]:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+    found: dict[str, list] = {}
+
+    def measure(event):
+        renderer = event.renderer
+        shown = [t for t in texts if t.get_text()]
+        found["texts"] = [(t.get_text(), t.get_window_extent(renderer)) for t in shown]
+        found["panels"] = [ax.get_window_extent(renderer) for ax in axes.ravel()[:n]]
+        found["titles"] = [ax.title.get_window_extent(renderer) for ax in axes.ravel()[:n]]
+
+    fig.canvas.mpl_connect("draw_event", measure)
+    fig.savefig(io.BytesIO(), dpi=100)
+    edge = fig.bbox
+    for text, box in found["texts"]:
+        inside = edge.x0 <= box.x0 and box.x1 <= edge.x1 and edge.y0 <= box.y0 and box.y1 <= edge.y1
+        assert inside, f"{text!r} at {box.bounds} leaves the figure {edge.bounds}"
+    cols = axes.shape[1]
+    for i, title in enumerate(found["titles"]):
+        if i >= cols:  # a panel above: its lowest tick labels are hidden (label_outer)
+            assert title.y1 < found["panels"][i - cols].y0, f"the title of panel {i} overlaps"
+    assert not fig.get_layout_engine()
+    plt.close(fig)
+
+
+def test_small_multiples_on_a_figure_of_the_caller_keep_its_layout():
+    stack = xr.concat(
+        [wafer_thickness_map(n=9, seed=i) for i in range(3)],
+        dim=pd.Index(["A", "B", "C"], name="sample"),
+    )
+    fig = plt.figure(layout="constrained")
+    axes = plot_stack(stack, figure=fig)
+    assert axes.shape == (2, 2)
+    assert fig.get_layout_engine() is not None
+    assert len(fig.axes) == 4 + 1  # the panels and one colour bar, made by the layout
+    plt.close(fig)
 
 
 def test_a_frame_of_several_samples_plots_one_panel_per_sample():
