@@ -1,10 +1,10 @@
 """The documentation builds without a single warning, and the examples on its pages run.
 
 The build is ``sphinx-build -W --keep-going -b html docs <tmp>``, in a subprocess. Here it
-shows the notebooks as stored (``ATOMSCALE_DOCS_EXECUTE=0``): ``tests/test_notebooks.py``
-runs them in the suite, and running them again in the build would add a minute to it.
-With ``ATOMSCALE_DOCS_EXECUTE=1`` in the environment (a step of ``.ci/run``) the build
-executes them, and the example pages must show their outputs.
+shows the notebooks as stored (``ATOMSCALE_DOCS_EXECUTE=0``): running them would add a
+minute to the suite. With ``ATOMSCALE_DOCS_EXECUTE=1`` in the environment (a step of
+``.ci/run``, which also runs ``tests/test_notebooks.py``) the build executes them, and
+the example pages must show their outputs.
 
 Every fenced ```` ```python ```` block of a page is run, in order, in one namespace per
 page, against a local server: the environment points the default client at it, and

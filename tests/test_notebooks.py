@@ -1,5 +1,9 @@
 """The example notebooks run top to bottom against a local server, and are stored clean.
 
+Running them takes about a minute, so the suite checks how they are stored and runs them
+only with ``ATOMSCALE_DOCS_EXECUTE=1`` in the environment: the documentation step of
+``.ci/run``, which builds the documentation with their outputs as well.
+
 Each notebook starts its own :class:`~atomscale_accessors.server.LocalServer`, so running
 one needs nothing but this package with its ``server``, ``plot`` and ``dask`` extras. The
 kernel is this interpreter: a ``python3`` kernelspec pointing at ``sys.executable`` is
@@ -9,6 +13,7 @@ of another Python elsewhere on the machine cannot be picked up.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +30,8 @@ EXPECTED = {
     "03_round_trip_analysis.ipynb",
     "04_lot_analysis.ipynb",
 }
+# The variable of the documentation build that runs the notebooks (see tests/test_docs.py).
+EXECUTE = os.environ.get("ATOMSCALE_DOCS_EXECUTE") == "1"
 # Seconds per cell; the slowest cell (a 70 000-point dask upload) takes a few seconds.
 CELL_TIMEOUT = 180
 
@@ -82,6 +89,7 @@ def jupyter_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+@pytest.mark.skipif(not EXECUTE, reason="the notebooks run with ATOMSCALE_DOCS_EXECUTE=1")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_notebook_runs(path: Path, jupyter_env: None, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
