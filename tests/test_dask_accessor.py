@@ -16,6 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# The module's tests share one cluster of two worker processes (a fixture of the module):
+# on one pytest-xdist worker, not one cluster started on each.
+pytestmark = pytest.mark.xdist_group("dask-accessor")
+
 dask = pytest.importorskip("dask")
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
