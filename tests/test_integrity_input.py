@@ -190,7 +190,8 @@ def test_metadata_nested_deeper_than_the_server_takes_is_refused(depth):
     error = validation_error(lambda: frame.atomscale.validate(**THICKNESS_MAPPING, metadata="meta"))
     cases = error.failure_cases
     deep = cases[cases["check"] == f"depth_at_most_{MAX_METADATA_DEPTH}"]
-    assert deep["index"].tolist() == ["site-001"]
+    reported = cases[["index", "column", "check"]].to_dict("records")
+    assert deep["index"].tolist() == ["site-001"], reported
     assert f"depth_at_most_{MAX_METADATA_DEPTH}" in str(error)
     assert "site-001" in str(error)
     assert len(str(error)) <= MAX_MESSAGE
