@@ -304,11 +304,10 @@ class FrameBuilder:
             columns["physical_sample_id"] = pd.Categorical.from_codes(
                 np.zeros(n, dtype=np.int8), dtype=text_categories([self.sample_id])
             )
-        series = {
-            name: pd.Series(columns[name], index=index, name=name, copy=False)
-            for name in ANNOTATION_COLUMNS
-        }
-        return pd.DataFrame(series, index=index, copy=False)
+        # From the arrays: a Series for each column first costs about a third more.
+        return pd.DataFrame(
+            {name: columns[name] for name in ANNOTATION_COLUMNS}, index=index, copy=False
+        )
 
     def _frame_index(self, rows: np.ndarray | slice) -> pd.Index:
         if self._index is not None:
