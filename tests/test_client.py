@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
 import socket
 import threading
@@ -319,3 +320,64 @@ def test_request_bodies_leave_in_pieces_of_a_quarter_megabyte(endpoint):
     pool = client.session.get_adapter(endpoint).poolmanager.connection_from_url(endpoint)
     connection = pool._new_conn()  # made as the pool makes every connection; not connected
     assert connection.blocksize == BODY_PIECE == 256 * 1024
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers ``[]`` to everything, sets a cookie on the first answer, and records the
+    method, path, cookie, length and body of every request."""
+
+    seen: list[tuple[str, str, str | None, str | None, bytes]]
+
+    def _answer(self) -> None:
+        length = self.headers.get("Content-Length")
+        body = self.rfile.read(int(length)) if length else b""
+        first = not self.seen
+        self.seen.append((self.command, self.path, self.headers.get("Cookie"), length, body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        if first:
+            self.send_header("Set-Cookie", "lb=node-7; Path=/")
+        self.end_headers()
+        self.wfile.write(b"[]")
+
+    do_GET = do_POST = do_PATCH = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_requests_carry_query_body_and_the_cookies_the_server_set():
+    # The client prepares its requests itself rather than through the requests session:
+    # what reaches the server must be what the session would have sent.
+    handler = type("Recorder", (_Recorder,), {"seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = Client(api_key="k" * 20, endpoint=f"http://127.0.0.1:{server.server_port}/")
+        sample = str(uuid.uuid4())
+        client.request(
+            "GET",
+            f"physical_samples/{sample}/annotations/",
+            params={"property_name": "Rs ü/□", "x_min": -1.5, "char_source_type": None},
+        )
+        client.request("POST", f"physical_samples/{sample}/annotations/bulk", json_body={"a": 1})
+        client.request("PATCH", f"physical_samples/{sample}/annotations/{sample}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    (get, post, patch) = handler.seen
+    assert get[:4] == (
+        "GET",
+        f"/physical_samples/{sample}/annotations/?property_name=Rs+%C3%BC%2F%E2%96%A1&x_min=-1.5",
+        None,
+        None,
+    )
+    assert post == (
+        "POST",
+        f"/physical_samples/{sample}/annotations/bulk",
+        "lb=node-7",
+        "8",
+        b'{"a": 1}',
+    )
+    assert patch[2:] == ("lb=node-7", "0", b"")
