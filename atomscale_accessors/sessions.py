@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import requests
-import requests.hooks
 from requests.structures import CaseInsensitiveDict
 
 __all__ = ["Sessions", "prepare", "send"]
@@ -46,7 +45,6 @@ def prepare(
     elif method not in ("GET", "HEAD"):
         headers["Content-Length"] = "0"
     prepared.headers = headers
-    prepared.hooks = requests.hooks.default_hooks()
     if session.cookies:  # what a load balancer set, say, as the session would send it
         prepared.prepare_cookies(session.cookies)
     return prepared
