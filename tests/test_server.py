@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import socket
+import sqlite3
 import struct
 import threading
 import time
@@ -294,6 +295,35 @@ def test_any_finite_float_round_trips_exactly():
                 assert _bits(row["coord_x"]) == _bits(value)
 
         check()
+
+
+def test_a_bulk_insert_of_several_statements_keeps_order_signs_and_is_all_or_nothing():
+    """The store writes a large bulk in several multi-row INSERTs within one transaction."""
+    from atomscale_accessors.server.store import Store
+
+    store = Store()
+    try:
+        sample_id = store.create_sample("wafer-1")["id"]
+        per = store._rows_per_insert
+        n = 2 * per + 345  # two full statements and a shorter one
+        bodies = [
+            {"property_name": "v", "property_value": float(i), "coord_x": -0.0 if i % 7 else 0.0}
+            for i in range(n)
+        ]
+        created = store.create_annotations(sample_id, bodies)
+        stored = store.stored_annotations(sample_id)
+        assert [row["property_value"] for row in stored] == [float(i) for i in range(n)]
+        assert [row["id"] for row in stored] == [obj["id"] for obj in created]
+        assert len({obj["id"] for obj in created}) == n
+        signs = [math.copysign(1.0, row["coord_x"]) for row in stored]
+        assert signs == [-1.0 if i % 7 else 1.0 for i in range(n)]
+        # A row the table refuses in the last statement: none of the bulk is stored.
+        broken = [*bodies[: per + 1], {"property_name": None, "property_value": 1.0}]
+        with pytest.raises(sqlite3.IntegrityError):
+            store.create_annotations(sample_id, broken)
+        assert store.annotation_count(sample_id) == n
+    finally:
+        store.close()
 
 
 NASTY_TEXT = [
