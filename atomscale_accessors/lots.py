@@ -142,8 +142,7 @@ def upload_lot(
     LotUploadError
         Some samples did not complete; ``.samples`` and ``.errors`` say which and why.
     """
-    frame, labels = _split_sample_column(df, sample_column)
-    keys = sample_keys(labels)
+    frame, labels, keys = _split_sample_column(df, sample_column)
     records = validated_records(
         frame, dropna=dropna, allow_duplicates=allow_duplicates, groups=keys, **(mapping or {})
     )
@@ -159,15 +158,19 @@ def upload_lot(
 
 
 # -- reading the sample column ----------------------------------------------------------------
-def _split_sample_column(df: pd.DataFrame, column: Hashable) -> tuple[pd.DataFrame, pd.Series]:
-    """The table without its sample column, and the column; every row must name one."""
+def _split_sample_column(
+    df: pd.DataFrame, column: Hashable
+) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """The table without its sample column, the column, and its :func:`sample_keys`;
+    every row must name a sample."""
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     check_sample_column(df.columns, column)
     if not df.index.is_unique:
         df = df.reset_index(drop=True)  # rows are told apart by position
     labels = df[column]
-    missing = sample_keys(labels) == ""
+    keys = sample_keys(labels)
+    missing = keys == ""
     if missing.any():
         raise AnnotationValidationError(
             f"{int(missing.sum())} of {plural(len(df), 'row')} {agree(int(missing.sum()), 'names', 'name')} "
@@ -175,7 +178,7 @@ def _split_sample_column(df: pd.DataFrame, column: Hashable) -> tuple[pd.DataFra
             f"rows {clip(list(labels.index[missing][:5]))}",
             unlabelled_rows(labels, missing),
         )
-    return df.drop(columns=[column]), labels
+    return df.drop(columns=[column]), labels, keys
 
 
 def check_sample_column(columns: pd.Index, column: Hashable) -> None:
@@ -197,7 +200,9 @@ def unlabelled_rows(labels: pd.Series, missing: pd.Series) -> pd.DataFrame:
 
 def sample_keys(labels: pd.Series) -> pd.Series:
     """:func:`sample_key` of every label (worked out once per distinct label)."""
-    codes, distinct = pd.factorize(labels.to_numpy(dtype=object), use_na_sentinel=False)
+    # The labels as they are: text held by Arrow is factorized without a Python object
+    # for each row.
+    codes, distinct = pd.factorize(labels, use_na_sentinel=False)
     keys = np.array([sample_key(label) for label in distinct], dtype=object)
     return pd.Series(keys[codes], index=labels.index, dtype=object, name=labels.name)
 
@@ -286,7 +291,9 @@ def _jobs(
     allow_duplicates: bool,
 ) -> list[SampleJob]:
     """The records of each sample; two labels of one sample (a name and its UUID) join."""
-    record_ids = keys.loc[records.index].map(ids).to_numpy()
+    aligned = keys if records.index.equals(keys.index) else keys.loc[records.index]
+    codes, distinct = pd.factorize(aligned.to_numpy())  # a few samples over many rows
+    record_ids = np.array([ids[key] for key in distinct], dtype=object)[codes]
     if not allow_duplicates and len(set(ids.values())) < len(ids):
         _check_joined(records, record_ids)
     labels = {ids[key]: label for key, label in given.items()}

@@ -10,6 +10,7 @@ column, booleans, a missing unit) is an
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -175,7 +176,8 @@ def validated_records(
         builder.records, failures, dropna=dropna, allow_duplicates=allow_duplicates or per_group
     )
     if per_group and groups is not None:
-        codes = pd.factorize(groups.loc[valid.index].to_numpy())[0]
+        same_rows = valid.index.equals(groups.index)
+        codes = pd.factorize((groups if same_rows else groups.loc[valid.index]).to_numpy())[0]
         failures.add(repeat_failures(valid.index[repeated_positions(valid, codes)]))
     if failures:
         raise failures.error(len(valid) + builder.n_left_out, reasons=builder.reasons)
@@ -211,7 +213,12 @@ def _merge(mapping: RecordMapping | None, options: dict[str, Any]) -> RecordMapp
 def one_spelling(texts: pd.Series) -> pd.Series:
     """Coordinate units in their one spelling (:func:`~.units.coordinate_unit`), each
     distinct text looked up once; anything that is not text is left for validation."""
-    distinct = {v for v in texts.to_numpy(dtype=object) if isinstance(v, str)}
+    values = texts.to_numpy(dtype=object)
+    # A column repeats a unit or two: hashing beats a loop. Unhashable cells (not text,
+    # which validation reports) leave the loop to do it.
+    with contextlib.suppress(TypeError):
+        values = pd.unique(values)
+    distinct = {v for v in values if isinstance(v, str)}
     spelled = {text: coordinate_unit(text) for text in distinct}
     if all(text == spelling for text, spelling in spelled.items()):
         return texts
