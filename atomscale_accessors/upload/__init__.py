@@ -247,14 +247,7 @@ def _upload(
     # Reconciliation must not take stored annotations for new ones.
     uploader.ledger.claim_stored(existing.ids)
     if opts.if_exists == "fail" and len(existing):
-        # Decide before anything is sent: look at every block first.
-        if source is not None:
-            refuse_clashes(source(), existing)
-            blocks = source() if whole is None else blocks
-        else:
-            log.warning("holding every block in memory to check for stored annotations first")
-            blocks = list(blocks)
-            refuse_clashes(blocks, existing)
+        blocks = _refuse_stored(blocks, source, whole, existing)
 
     outcome = Outcome()
     updates: list[tuple[pd.DataFrame, np.ndarray, list[AnnotationObject]]] = []
@@ -291,6 +284,23 @@ def _upload(
     if check and len(created):
         _check_unaccounted(uploader, created, listing, strict=opts.verify)
     return _finish(outcome, uploader.sample_id, created, whole)
+
+
+def _refuse_stored(
+    blocks: Iterable[pd.DataFrame],
+    source: Callable[[], Iterable[pd.DataFrame]] | None,
+    whole: pd.DataFrame | None,
+    existing: Existing,
+) -> Iterable[pd.DataFrame]:
+    """``if_exists="fail"`` on a sample that holds annotations: look at every block before
+    anything is sent, and raise if one is stored already. Returns the blocks to send."""
+    if source is not None:
+        refuse_clashes(source(), existing)
+        return source() if whole is None else blocks
+    log.warning("holding every block in memory to check for stored annotations first")
+    held = list(blocks)
+    refuse_clashes(held, existing)
+    return held
 
 
 def _check_unaccounted(
