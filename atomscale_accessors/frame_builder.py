@@ -298,7 +298,11 @@ class FrameBuilder:
                 columns[name] = self.categorical(name, self._codes[name][rows])
             for i, name in enumerate(FLOAT_COLUMNS):
                 columns[name] = self._floats[i, rows]
-            columns["metadata"] = self._metadata[rows]
+            # As a Series of object dtype: a bare object array would have pandas try to
+            # infer a type for it, with temporary arrays of twice the column's size.
+            columns["metadata"] = pd.Series(
+                self._metadata[rows], index=index, dtype=object, copy=False
+            )
             times = pd.Series(self._times[rows].view(f"M8[{TIME_UNIT}]"), copy=False)
             columns["last_updated"] = times.dt.tz_localize("UTC").array
             columns["physical_sample_id"] = pd.Categorical.from_codes(
