@@ -309,6 +309,27 @@ def test_ids_that_change_width_after_the_columns_grew():
     assert builder.ids_at(np.array([1, 5])) == [uuids[1], odd[1]]
 
 
+def test_repeated_labels_keep_each_rows_metadata():
+    # The metadata column joins the frame as a Series on the frame's own labels: with a
+    # label given twice, it must still go by position, not be aligned by label.
+    meta = np.array([{"run": 1}, None, {"run": 3}], dtype=object)
+    for whole in (pd.Index(["a", "a", "b"]), None):
+        builder = FrameBuilder(SAMPLE, capacity=3, index=whole)
+        builder.put(
+            np.arange(3),
+            floats={"property_value": np.array([1.0, 2.0, 3.0])},
+            texts={},
+            ids=[str(uuid.UUID(int=i)) for i in range(3)],
+            times=parse_times(["2026-11-29T10:00:00Z"] * 3),
+            metadata=meta,
+            index=None if whole is not None else pd.Index([7, 7, 7]),
+        )
+        frame = builder.frame()
+        assert frame["metadata"].tolist() == [{"run": 1}, None, {"run": 3}]
+        assert frame["property_value"].tolist() == [1.0, 2.0, 3.0]
+        assert frame.index.tolist() == (["a", "a", "b"] if whole is not None else [7, 7, 7])
+
+
 def test_a_put_without_labels_changes_nothing():
     builder = FrameBuilder(SAMPLE)
     with pytest.raises(ValueError, match="labels"):
