@@ -131,16 +131,20 @@ class FrameBuilder:
     ) -> None:
         self.sample_id = sample_id
         self._index = index
-        self._index_parts: list[tuple[np.ndarray, pd.Index]] = []
+        # The labels of each put, with its positions (a slice when consecutive: a slice
+        # does not hold on to the chunk's array of positions).
+        self._index_parts: list[tuple[np.ndarray | slice, pd.Index]] = []
         self._lock = threading.Lock()
         self._size = 0
         self._end = 0  # one past the highest position written
         self._known = capacity is not None
         self._filled = np.zeros(0, dtype=bool)
-        self._floats = np.empty((len(FLOAT_COLUMNS), 0))
+        # A float column, or the metadata, is allocated when a row first sets it (None
+        # until then): a map's coord_z and metadata are usually never set.
+        self._floats: dict[str, np.ndarray | None] = dict.fromkeys(FLOAT_COLUMNS)
         self._codes = {name: np.empty(0, dtype=np.int8) for name in _CODED_COLUMNS}
         self._values: dict[str, dict[str, int]] = {name: {} for name in _CODED_COLUMNS}
-        self._metadata = np.empty(0, dtype=object)
+        self._metadata: np.ndarray | None = None
         self._times = np.empty(0, dtype=np.int64)
         # Ids as rows of fixed-width bytes (width 0: none put yet), or as text objects.
         self._id_as_bytes = _ARROW_TEXT
@@ -158,20 +162,21 @@ class FrameBuilder:
         if self._size:  # positions beyond a known capacity, or none known: double
             size = max(size, 2 * self._size)
 
-        def grown(old: np.ndarray, fill: Any, shape: tuple[int, ...] = ()) -> np.ndarray:
-            # Positions run along the last axis after ``shape`` (floats), else the first.
-            new = np.empty((*shape, size) if shape else (size, *old.shape[1:]), dtype=old.dtype)
-            old_rows = (slice(None), slice(None, self._size)) if shape else slice(None, self._size)
-            new_rows = (slice(None), slice(self._size, None)) if shape else slice(self._size, None)
-            new[old_rows] = old
+        def grown(old: np.ndarray, fill: Any) -> np.ndarray:
+            new = np.empty((size, *old.shape[1:]), dtype=old.dtype)
+            new[: self._size] = old
             if fill is not None:
-                new[new_rows] = fill
+                new[self._size :] = fill
             return new
 
         self._filled = grown(self._filled, False)
-        self._floats = grown(self._floats, np.nan, (len(FLOAT_COLUMNS),))
+        self._floats = {
+            name: None if column is None else grown(column, np.nan)
+            for name, column in self._floats.items()
+        }
         self._codes = {name: grown(codes, -1) for name, codes in self._codes.items()}
-        self._metadata = grown(self._metadata, None)
+        if self._metadata is not None:
+            self._metadata = grown(self._metadata, None)
         self._times = grown(self._times, _NAT)
         if not self._id_as_bytes:
             self._id_objects = grown(self._id_objects, None)
@@ -214,7 +219,7 @@ class FrameBuilder:
             if self._index is None:
                 if index is None:
                     raise TypeError("put() needs the rows' labels: the builder has no index")
-                self._index_parts.append((positions, index))
+                self._index_parts.append((at, index))
 
     def _put_columns(
         self,
@@ -223,14 +228,25 @@ class FrameBuilder:
         texts: dict[str, tuple[np.ndarray, Sequence[Any] | pd.Index]],
         metadata: np.ndarray | None,
     ) -> None:
-        for row, name in enumerate(FLOAT_COLUMNS):
-            if name in floats:
-                self._floats[row, at] = floats[name]
+        for name in FLOAT_COLUMNS:
+            numbers = floats.get(name)
+            if numbers is None:
+                continue
+            column = self._floats[name]
+            if column is None:
+                if np.isnan(numbers).all():
+                    continue  # unset, as the whole column is so far
+                column = self._floats[name] = np.full(self._size, np.nan)
+            column[at] = numbers
         for name in _CODED_COLUMNS:
             if name in texts:
                 codes, values = texts[name]
                 self._codes[name][at] = self._recode(name, codes, values)
-        if metadata is not None:
+        if metadata is not None and (
+            self._metadata is not None or metadata.tolist().count(None) < len(metadata)
+        ):
+            if self._metadata is None:
+                self._metadata = np.empty(self._size, dtype=object)  # None in every row
             self._metadata[at] = metadata
 
     def _recode(self, name: str, codes: np.ndarray, values: Sequence[Any] | pd.Index) -> np.ndarray:
@@ -291,45 +307,80 @@ class FrameBuilder:
             end = self._size if self._known else self._end
             filled = self._filled[:end]
             rows: np.ndarray | slice = slice(0, end) if filled.all() else np.flatnonzero(filled)
+            stamps = self._stamps(rows, end)
             index = self._frame_index(rows)
             n = len(index)
-            columns: dict[str, Any] = {"annotation_id": self._idscolumn_series(rows, n)}
-            for name in _CODED_COLUMNS:
-                columns[name] = self.categorical(name, self._codes[name][rows])
-            for i, name in enumerate(FLOAT_COLUMNS):
-                columns[name] = self._floats[i, rows]
-            # As a Series of object dtype: a bare object array would have pandas try to
-            # infer a type for it, with temporary arrays of twice the column's size.
-            columns["metadata"] = pd.Series(
-                self._metadata[rows], index=index, dtype=object, copy=False
-            )
-            times = pd.Series(self._times[rows].view(f"M8[{TIME_UNIT}]"), copy=False)
-            columns["last_updated"] = times.dt.tz_localize("UTC").array
-            columns["physical_sample_id"] = pd.Categorical.from_codes(
-                np.zeros(n, dtype=np.int8), dtype=text_categories([self.sample_id])
-            )
+            columns: dict[str, Any] = {
+                "annotation_id": self._idscolumn_series(rows, n),
+                "last_updated": stamps,
+                **self._other_columns(rows, n),
+                # As a Series of object dtype: a bare object array would have pandas try
+                # to infer a type for it, with temporary arrays of twice its size.
+                "metadata": pd.Series(
+                    np.empty(n, dtype=object) if self._metadata is None else self._metadata[rows],
+                    index=index,
+                    dtype=object,
+                    copy=False,
+                ),
+            }
         # From the arrays: a Series for each column first costs about a third more.
         return pd.DataFrame(
             {name: columns[name] for name in ANNOTATION_COLUMNS}, index=index, copy=False
         )
 
+    def _stamps(self, rows: np.ndarray | slice, end: int) -> Any:
+        """The times as a time-zone aware array. It is a copy, made before the other
+        columns; when it has every row, the builder holds it instead of its own, so the
+        two do not stay side by side while the rest of the frame is made."""
+        times = pd.Series(self._times[rows].view(f"M8[{TIME_UNIT}]"), copy=False)
+        stamps = times.dt.tz_localize("UTC").array
+        if isinstance(rows, slice) and end == self._size:
+            # (the int64 view of its data, which pandas-stubs leave out)
+            self._times = stamps.asi8  # type: ignore[attr-defined]
+        return stamps
+
     def _frame_index(self, rows: np.ndarray | slice) -> pd.Index:
         if self._index is not None:
             return self._index[rows]
-        parts = sorted(self._index_parts, key=lambda part: int(part[0][0]))
+        parts = sorted(self._index_parts, key=lambda part: _first(part[0]))
         if not parts:
             return pd.RangeIndex(0)
-        positions = np.concatenate([where for where, _ in parts])
         labels = parts[0][1].append([labels for _, labels in parts[1:]])
+        wheres = [where for where, _ in parts]
+        if all(isinstance(where, slice) for where in wheres) and all(
+            _first(later) >= _first(earlier) + len(part)
+            for (earlier, part), later in zip(parts, wheres[1:], strict=False)
+        ):  # runs of positions one after the other: in order as they are
+            start = _first(wheres[0])
+            if _first(wheres[-1]) + len(parts[-1][1]) == start + len(labels):
+                # No gap between them: kept as one part from now on, so that the pieces
+                # are not held beside the whole.
+                self._index_parts = [(slice(start, start + len(labels)), labels)]
+            return labels
+        positions = np.concatenate(
+            [np.arange(w.start, w.stop) if isinstance(w, slice) else w for w in wheres]
+        )
         if (positions[1:] < positions[:-1]).any():
             labels = labels[np.argsort(positions, kind="stable")]
         return labels
 
+    def _other_columns(self, rows: np.ndarray | slice, n: int) -> dict[str, Any]:
+        """The text columns as categoricals, the floats (NaN where never set), and the
+        sample's id."""
+        columns: dict[str, Any] = {
+            name: self.categorical(name, self._codes[name][rows]) for name in _CODED_COLUMNS
+        }
+        for name, column in self._floats.items():
+            columns[name] = np.full(n, np.nan) if column is None else column[rows]
+        columns["physical_sample_id"] = pd.Categorical.from_codes(
+            np.zeros(n, dtype=np.int8), dtype=text_categories([self.sample_id])
+        )
+        return columns
+
     def categorical(self, name: str, codes: np.ndarray) -> pd.Categorical:
         categorical = sorted_categorical(codes, list(self._values[name]))
         # Values of rows that were not created (or of a chunk's other rows) are not kept.
-        counts = np.bincount(categorical.codes + 1, minlength=len(categorical.categories) + 1)
-        if len(categorical.categories) and (counts[1:] == 0).any():
+        if _has_unused(categorical):
             categorical = categorical.remove_unused_categories()
         return categorical
 
@@ -345,3 +396,17 @@ class FrameBuilder:
         offsets = np.arange(0, width * (n + 1), width, dtype=np.int64)
         array = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
         return TEXT_DTYPE.construct_array_type()(pa.chunked_array([array]), dtype=TEXT_DTYPE)
+
+
+def _has_unused(categorical: pd.Categorical) -> bool:
+    """Whether a category is used by no row. With a few categories, one comparison each:
+    counting the codes would first widen them all to 64 bits."""
+    codes, k = categorical.codes, len(categorical.categories)
+    if k <= 8:
+        return any(not (codes == code).any() for code in range(k))
+    counts = np.bincount(codes + 1, minlength=k + 1)
+    return bool((counts[1:] == 0).any())
+
+
+def _first(where: np.ndarray | slice) -> int:
+    return int(where.start) if isinstance(where, slice) else int(where[0])

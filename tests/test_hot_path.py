@@ -330,6 +330,40 @@ def test_repeated_labels_keep_each_rows_metadata():
         assert frame.index.tolist() == (["a", "a", "b"] if whole is not None else [7, 7, 7])
 
 
+def test_columns_first_set_by_a_later_chunk_and_a_second_frame():
+    # coord_z and metadata are allocated only when a row sets them: rows put before
+    # that read NaN and None, the columns grow with the rest, and the frame can be made
+    # twice (the pieces of its index are joined the first time) with the same result.
+    builder = FrameBuilder(SAMPLE)  # no capacity: every column grows by doubling
+    ids = [str(uuid.UUID(int=p)) for p in range(3000)]
+
+    def put_rows(block, z, meta):
+        n = len(block)
+        builder.put(
+            np.asarray(block),
+            floats={"property_value": np.asarray(block, dtype=float), "coord_z": z(n)},
+            texts={},
+            ids=[ids[p] for p in block],
+            times=parse_times(["2026-11-29T10:00:00Z"] * n),
+            metadata=np.array([meta] * n, dtype=object),
+            index=pd.Index([f"r{p}" for p in block]),
+        )
+
+    put_rows(range(0, 1000), lambda n: np.full(n, np.nan), None)
+    put_rows(range(2000, 3000), lambda n: np.full(n, -0.0), {"run": 2})
+    put_rows(range(1200, 1500), lambda n: np.full(n, np.nan), None)  # a gap before it
+    first = builder.frame()
+    expected = [*range(0, 1000), *range(1200, 1500), *range(2000, 3000)]
+    assert first.index.tolist() == [f"r{p}" for p in expected]
+    assert first["property_value"].tolist() == [float(p) for p in expected]
+    z = first["coord_z"].to_numpy()
+    assert first["coord_z"].dtype == np.float64
+    assert np.isnan(z[:1300]).all() and (np.signbit(z[1300:]) & (z[1300:] == 0)).all()
+    assert first["metadata"].tolist() == [None] * 1300 + [{"run": 2}] * 1000
+    assert first["last_updated"].dt.tz is not None
+    pd.testing.assert_frame_equal(builder.frame(), first)
+
+
 def test_a_put_without_labels_changes_nothing():
     builder = FrameBuilder(SAMPLE)
     with pytest.raises(ValueError, match="labels"):

@@ -249,7 +249,8 @@ def _upload(
     if opts.if_exists == "fail" and len(existing):
         blocks = _refuse_stored(blocks, source, whole, existing)
 
-    outcome = Outcome()
+    # Only an upload of a whole frame accounts record by record from the positions done.
+    outcome = Outcome(keep_done=whole is not None)
     updates: list[tuple[pd.DataFrame, np.ndarray, list[AnnotationObject]]] = []
     interrupted = False
     try:
