@@ -213,6 +213,104 @@ def _per_object(series: pd.Series, test: Callable[[Any], bool]) -> pd.Series:
     return pd.Series(result, index=series.index)
 
 
+def _build_records_schema() -> pa.DataFrameSchema:
+    """Canonical annotation records, validated before anything is sent (see
+    :class:`RecordsModel`).
+
+    Built as a schema rather than a pandera model: making a model's schema imports
+    ``dask.dataframe`` whenever dask is installed (0.2 s and about 20 MiB), which an
+    upload of a map or a frame does not need.
+    """
+
+    def check(name: str, test: Callable[[pd.Series], pd.Series]) -> pa.Check:
+        return pa.Check(test, name=name)
+
+    def distinct(name: str, test: Callable[[Any], bool]) -> pa.Check:
+        return check(name, lambda series: _per_distinct(series, test))
+
+    finite = check("finite", _finite)
+    text = distinct("text", _is_text)
+    short = distinct(f"length_at_most_{MAX_TEXT_LENGTH}", _length_within(0, MAX_TEXT_LENGTH))
+
+    def number(nullable: bool) -> pa.Column:
+        return pa.Column(float, nullable=nullable, checks=[finite])
+
+    def optional_text(*checks: pa.Check) -> pa.Column:
+        return pa.Column(nullable=True, checks=[*checks])
+
+    columns = {
+        "property_name": pa.Column(
+            nullable=False,
+            checks=[
+                text,
+                distinct(f"length_1_to_{MAX_TEXT_LENGTH}", _length_within(1, MAX_TEXT_LENGTH)),
+            ],
+        ),
+        "property_value": number(nullable=False),
+        "property_unit": optional_text(text, short),
+        "char_source_type": optional_text(text, short),
+        "coord_ref_frame": pa.Column(
+            nullable=False, checks=[pa.Check.isin(list(COORD_REF_FRAMES))]
+        ),
+        "coord_units": optional_text(text, short),
+        "coord_x": number(nullable=True),
+        "coord_y": number(nullable=True),
+        "coord_z": number(nullable=True),
+        "data_id": optional_text(distinct("uuid", is_uuid)),
+        # One check, one encoding per row; validation names the failed rule per row
+        # (see metadata_problem).
+        "metadata": pa.Column(
+            object,
+            nullable=True,
+            checks=[
+                check(
+                    "json_object",
+                    lambda series: _per_object(series, lambda v: metadata_problem(v) is None),
+                )
+            ],
+        ),
+    }
+    # The frame-wide checks handle missing values themselves: pandera's ignore_na would
+    # compute isna() of the whole frame, once per check.
+    frame_checks = [
+        # One annotation per property per position (records_schema can drop this rule).
+        pa.Check(_unique_position, name="unique_position", ignore_na=False),
+        pa.Check(_units_with_coords, name="coord_units_given_with_coordinates", ignore_na=False),
+        # A position with x but not y (or y but not x) is a gap in the data, not a point.
+        pa.Check(
+            lambda df: df["coord_x"].isna() == df["coord_y"].isna(),
+            name="x_and_y_together",
+            ignore_na=False,
+        ),
+        # One property in two units cannot be compared, mapped or gridded: a mistake.
+        pa.Check(
+            lambda df: _agrees_with_first(df["property_unit"], df["property_name"]),
+            name="one_unit_per_property",
+            ignore_na=False,
+        ),
+        pa.Check(
+            lambda df: _agrees_with_first(df["coord_units"], None),
+            name="one_coordinate_unit",
+            ignore_na=False,
+        ),
+    ]
+    return pa.DataFrameSchema(
+        columns, checks=frame_checks, strict=True, ordered=True, coerce=False, name="RecordsModel"
+    )
+
+
+def _unique_position(df: pd.DataFrame) -> pd.Series:
+    return pd.Series(~repeated_positions(df), index=df.index)
+
+
+def _units_with_coords(df: pd.DataFrame) -> pd.Series:
+    has_coord = df[list(COORD_COLUMNS)].notna().any(axis=1)
+    return ~has_coord | df["coord_units"].notna()
+
+
+_RECORDS_SCHEMA: pa.DataFrameSchema | None = None
+
+
 class RecordsModel(pa.DataFrameModel):
     """Canonical annotation records, validated before anything is sent.
 
@@ -223,92 +321,14 @@ class RecordsModel(pa.DataFrameModel):
     checks test every element in Python, several times slower on a million rows), and
     :func:`compact_records` makes them categoricals, on which every check runs on the
     categories. Text is at most ``MAX_TEXT_LENGTH`` characters.
+
+    The rules are those of :func:`records_schema`; this model gives them to code that
+    works with pandera models (``RecordsModel.validate``, ``DataFrame[RecordsModel]``).
     """
 
-    property_name: Series[Any] = pa.Field(nullable=False)
-    property_value: Series[float] = pa.Field(nullable=False)
-    property_unit: Series[Any] = pa.Field(nullable=True)
-    char_source_type: Series[Any] = pa.Field(nullable=True)
-    coord_ref_frame: Series[Any] = pa.Field(nullable=False, isin=list(COORD_REF_FRAMES))
-    coord_units: Series[Any] = pa.Field(nullable=True)
-    coord_x: Series[float] = pa.Field(nullable=True)
-    coord_y: Series[float] = pa.Field(nullable=True)
-    coord_z: Series[float] = pa.Field(nullable=True)
-    data_id: Series[Any] = pa.Field(nullable=True)
-    metadata: Series[object] = pa.Field(nullable=True)
-
-    class Config:
-        strict = True
-        ordered = True
-        coerce = False
-
-    @pa.check("property_value", name="finite")
     @classmethod
-    def _value_finite(cls, series: Series[float]) -> pd.Series:
-        return _finite(series)
-
-    @pa.check("coord_x", "coord_y", "coord_z", name="finite")
-    @classmethod
-    def _coord_finite(cls, series: Series[float]) -> pd.Series:
-        return _finite(series)
-
-    @pa.check("property_name", "property_unit", "char_source_type", "coord_units", name="text")
-    @classmethod
-    def _text(cls, series: Series[Any]) -> pd.Series:
-        return _per_distinct(series, _is_text)
-
-    @pa.check("property_name", name=f"length_1_to_{MAX_TEXT_LENGTH}")
-    @classmethod
-    def _name_length(cls, series: Series[Any]) -> pd.Series:
-        return _per_distinct(series, _length_within(1, MAX_TEXT_LENGTH))
-
-    @pa.check(
-        "property_unit", "char_source_type", "coord_units", name=f"length_at_most_{MAX_TEXT_LENGTH}"
-    )
-    @classmethod
-    def _text_length(cls, series: Series[Any]) -> pd.Series:
-        return _per_distinct(series, _length_within(0, MAX_TEXT_LENGTH))
-
-    @pa.check("data_id", name="uuid")
-    @classmethod
-    def _data_id_uuid(cls, series: Series[Any]) -> pd.Series:
-        return _per_distinct(series, is_uuid)
-
-    @pa.check("metadata", name="json_object")
-    @classmethod
-    def _metadata(cls, series: Series[Any]) -> pd.Series:
-        # One check, one encoding per row; validation names the failed rule per row
-        # (see metadata_problem).
-        return _per_object(series, lambda value: metadata_problem(value) is None)
-
-    @pa.dataframe_check(name="unique_position")
-    @classmethod
-    def _unique_position(cls, df: pd.DataFrame) -> pd.Series:
-        # One annotation per property per position (records_schema can drop this rule).
-        return pd.Series(~repeated_positions(df), index=df.index)
-
-    @pa.dataframe_check(name="coord_units_given_with_coordinates")
-    @classmethod
-    def _units_with_coords(cls, df: pd.DataFrame) -> pd.Series:
-        has_coord = df[list(COORD_COLUMNS)].notna().any(axis=1)
-        return ~has_coord | df["coord_units"].notna()
-
-    @pa.dataframe_check(name="x_and_y_together")
-    @classmethod
-    def _position_complete(cls, df: pd.DataFrame) -> pd.Series:
-        # A position with x but not y (or y but not x) is a gap in the data, not a point.
-        return df["coord_x"].isna() == df["coord_y"].isna()
-
-    @pa.dataframe_check(name="one_unit_per_property")
-    @classmethod
-    def _one_unit(cls, df: pd.DataFrame) -> pd.Series:
-        # One property in two units cannot be compared, mapped or gridded: a mistake.
-        return _agrees_with_first(df["property_unit"], df["property_name"])
-
-    @pa.dataframe_check(name="one_coordinate_unit")
-    @classmethod
-    def _one_coord_unit(cls, df: pd.DataFrame) -> pd.Series:
-        return _agrees_with_first(df["coord_units"], None)
+    def to_schema(cls) -> pa.DataFrameSchema:
+        return records_schema()
 
 
 def _agrees_with_first(values: pd.Series, groups: pd.Series | None) -> pd.Series:
@@ -391,11 +411,14 @@ def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:
     Returns
     -------
     pandera.pandas.DataFrameSchema
-        The schema of :class:`RecordsModel` (a copy when ``allow_duplicates`` changes it).
+        The records schema, shared (a copy when ``allow_duplicates`` changes it).
     """
-    schema = RecordsModel.to_schema()
+    global _RECORDS_SCHEMA
+    if _RECORDS_SCHEMA is None:
+        _RECORDS_SCHEMA = _build_records_schema()
+    schema = _RECORDS_SCHEMA
     if allow_duplicates:
-        schema = copy.deepcopy(schema)  # to_schema() is cached: never change the shared one
+        schema = copy.deepcopy(schema)  # never change the shared one
         schema.checks = [c for c in schema.checks if c.name != "unique_position"]
     return schema
 

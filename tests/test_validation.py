@@ -187,3 +187,21 @@ def test_half_a_position_is_refused():
 def test_an_empty_frame_is_refused_by_validate():
     with pytest.raises(AnnotationValidationError, match="no rows"):
         thickness_frame(3).iloc[:0].atomscale.validate(**THICKNESS_MAPPING)
+
+
+def test_the_records_model_checks_by_the_records_schema():
+    import pandera.errors
+
+    from atomscale_accessors.schemas import RecordsModel, records_schema
+
+    good = records(4)
+    assert RecordsModel.validate(good) is not None
+    bad = good.assign(property_value=[1.0, np.inf, 2.0, 3.0], coord_ref_frame="wafer")
+    with pytest.raises(pandera.errors.SchemaErrors) as caught:
+        RecordsModel.validate(bad, lazy=True)
+    checks = set(caught.value.failure_cases["check"])
+    assert {"finite", "isin(['sample_relative', 'stage_absolute'])"} <= checks
+    assert RecordsModel.to_schema() is records_schema()
+    # Without the position rule, a copy: the shared schema keeps it.
+    assert "unique_position" not in [c.name for c in records_schema(allow_duplicates=True).checks]
+    assert "unique_position" in [c.name for c in records_schema().checks]
