@@ -618,6 +618,24 @@ def test_dask_map_is_flattened_one_block_at_a_time():
     pd.testing.assert_frame_equal(streamed, whole.sort_index())
 
 
+@needs_dask
+def test_dask_blocks_are_computed_by_the_scheduler_dask_is_configured_with():
+    import dask
+    import dask.threaded
+
+    used: list[int] = []
+
+    def scheduler(graph, keys, **kwargs):
+        used.append(1)
+        return dask.threaded.get(graph, keys, **kwargs)
+
+    ds = counting_map([])
+    with dask.config.set(scheduler=scheduler):
+        blocks = list(iter_flatten_map(ds))
+    assert len(used) == 16  # one compute per block, each by the configured scheduler
+    assert sum(map(len, blocks)) == 256
+
+
 def test_block_rows_splits_blocks():
     ds = wafer_thickness_map(n=11)
     sizes = [len(b) for b in iter_flatten_map(ds, block_rows=20)]

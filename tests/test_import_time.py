@@ -260,3 +260,27 @@ def test_the_first_map_validate_loads_pandera_xarray_and_works():
         """
     )
     assert out.split() == ["False", "13", "True"]
+
+
+def test_a_dask_map_and_its_records_load_neither_distributed_nor_dask_dataframe():
+    # Both are installed with the dask extra, and both used to come in with a map's first
+    # validation: dask imported distributed to look for a client, and pandera imported
+    # dask.dataframe to build a model's schema. Together about 30 MiB and 0.3 s.
+    pytest.importorskip("distributed")
+    out = run(
+        """
+        import sys
+        import dask.array
+        import atomscale_accessors
+        from atomscale_accessors.datasets import wafer_thickness_map
+        from atomscale_accessors.schemas import RecordsModel
+
+        ds = wafer_thickness_map(n=9).chunk(4)
+        print(len(ds.atomscale.validate()))
+        print(len(ds.atomscale.upload("00000000-0000-4000-8000-000000000000", dry_run=True)))
+        print(len(RecordsModel.validate(ds.atomscale.to_annotations())))
+        for name in ("distributed", "dask.dataframe"):
+            print(name in sys.modules)
+        """
+    )
+    assert out.split() == ["49", "49", "49", "False", "False"]

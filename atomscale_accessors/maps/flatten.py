@@ -24,7 +24,7 @@ from ..keys import repeated_positions
 from ..options import MapOptions
 from ..schemas import RECORD_COLUMNS
 from ..validation import check_records, validate_records
-from .plan import MapAxis, MapPlan, MapProperty, is_dask, plain_label
+from .plan import MapAxis, MapPlan, MapProperty, computed, is_dask, plain_label
 from .structure import plan_map
 
 __all__ = [
@@ -208,7 +208,8 @@ def flatten_plan(plan: MapPlan) -> pd.DataFrame:
     frames = []
     for prop in plan.properties:
         values = _transposed(plan, prop)
-        frame, n_cells = _block_records(plan, prop, np.asarray(values.values), None)
+        data = computed(values.data) if is_dask(values.data) else np.asarray(values.values)
+        frame, n_cells = _block_records(plan, prop, data, None)
         _finish_variable(prop, n_cells, len(frame))
         frames.append(frame)
     return frames[0] if len(frames) == 1 else pd.concat(frames)
@@ -223,7 +224,7 @@ def iter_plan_blocks(plan: MapPlan, block_rows: int | None) -> Generator[pd.Data
             starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in data.chunks]
             pieces: Iterator[tuple[np.ndarray, tuple[int, ...] | None]] = (
                 (
-                    np.asarray(data.blocks[idx].compute()),
+                    computed(data.blocks[idx]),
                     tuple(int(s[i]) for s, i in zip(starts, idx, strict=True)),
                 )
                 for idx in np.ndindex(*data.numblocks)
@@ -337,8 +338,13 @@ def _block_records(
         "data_id": _repeated(prop.data_id, n),
         "metadata": meta,
     }
+    # Metadata as objects outright: pandas would scan a million cells to infer a type.
     frame = pd.DataFrame(
-        {name: pd.Series(columns[name], copy=False) for name in RECORD_COLUMNS}, copy=False
+        {
+            name: pd.Series(columns[name], copy=False, dtype=object if name == "metadata" else None)
+            for name in RECORD_COLUMNS
+        },
+        copy=False,
     )
     frame.index = index
     return frame, flat.size

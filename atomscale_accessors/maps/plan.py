@@ -9,6 +9,7 @@ the last check of a plan, made on the coordinates alone.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,6 +230,22 @@ def is_dask(data: Any) -> bool:
     except ImportError:
         return False
     return isinstance(data, dask.array.Array)
+
+
+def computed(block: Any) -> np.ndarray:
+    """A dask block's values, computed by the scheduler dask would choose.
+
+    With no scheduler configured and distributed not imported (so no client can exist),
+    that is the threaded scheduler, named here outright: asked to choose, dask imports
+    distributed (when installed) only to find no client, 13 MiB for nothing.
+    """
+    import dask
+    import dask.threaded
+
+    scheduler = None
+    if dask.config.get("scheduler", None) is None and "distributed" not in sys.modules:
+        scheduler = dask.threaded.get
+    return np.asarray(block.compute(scheduler=scheduler))
 
 
 def plain_scalar(value: Any) -> Any:
