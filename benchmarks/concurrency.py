@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.serve)
         return 0
 
-    df = thickness_table(args.chunks * args.chunksize)
+    df = thickness_table(args.chunks * args.chunk_size)
     process = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(args.latency)],
         stdin=subprocess.PIPE,
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         server = RunningServer(endpoint, key)
         times = {
             workers: min(
-                timed_upload(df, server, args.chunksize, workers) for _ in range(args.repeat)
+                timed_upload(df, server, args.chunk_size, workers) for _ in range(args.repeat)
             )
             for workers in (1, args.workers)
         }
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         process.wait(30)
     speedup = times[1] / times[args.workers]
     print(
-        f"{len(df):,} annotations in {args.chunks} chunks of {args.chunksize}, "
+        f"{len(df):,} annotations in {args.chunks} chunks of {args.chunk_size}, "
         f"{args.latency * 1000:.0f} ms of server latency per request"
     )
     for workers, wall in times.items():
