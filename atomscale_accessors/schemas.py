@@ -11,6 +11,7 @@ up. The structure of xarray maps is checked in :mod:`atomscale_accessors.maps` w
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -213,7 +214,8 @@ def _per_object(series: pd.Series, test: Callable[[Any], bool]) -> pd.Series:
     return pd.Series(result, index=series.index)
 
 
-def _build_records_schema() -> pa.DataFrameSchema:
+@functools.cache
+def _records_schema() -> pa.DataFrameSchema:
     """Canonical annotation records, validated before anything is sent (see
     :class:`RecordsModel`).
 
@@ -306,9 +308,6 @@ def _unique_position(df: pd.DataFrame) -> pd.Series:
 def _units_with_coords(df: pd.DataFrame) -> pd.Series:
     has_coord = df[list(COORD_COLUMNS)].notna().any(axis=1)
     return ~has_coord | df["coord_units"].notna()
-
-
-_RECORDS_SCHEMA: pa.DataFrameSchema | None = None
 
 
 class RecordsModel(pa.DataFrameModel):
@@ -413,10 +412,7 @@ def records_schema(*, allow_duplicates: bool = False) -> pa.DataFrameSchema:
     pandera.pandas.DataFrameSchema
         The records schema, shared (a copy when ``allow_duplicates`` changes it).
     """
-    global _RECORDS_SCHEMA
-    if _RECORDS_SCHEMA is None:
-        _RECORDS_SCHEMA = _build_records_schema()
-    schema = _RECORDS_SCHEMA
+    schema = _records_schema()
     if allow_duplicates:
         schema = copy.deepcopy(schema)  # never change the shared one
         schema.checks = [c for c in schema.checks if c.name != "unique_position"]
