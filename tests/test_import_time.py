@@ -265,7 +265,7 @@ def test_the_first_map_validate_loads_pandera_xarray_and_works():
 def test_a_dask_map_and_its_records_load_neither_distributed_nor_dask_dataframe():
     # Both are installed with the dask extra, and both used to come in with a map's first
     # validation: dask imported distributed to look for a client, and pandera imported
-    # dask.dataframe to build a model's schema. Together about 30 MiB and 0.3 s.
+    # dask.dataframe to build a model's schema. Together about 30 MiB and 0.4 s.
     pytest.importorskip("distributed")
     out = run(
         """
