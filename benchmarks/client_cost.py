@@ -13,6 +13,7 @@ Run it (needs the ``server`` extra)::
 
     python benchmarks/client_cost.py              # 1000 x 1000, chunks of 5000, 4 workers
     python benchmarks/client_cost.py --side 500 --workers 2 --repeat 1
+    python benchmarks/client_cost.py --chunk-size 50000   # 20 requests instead of 200
 
 Targets: the library uses at most 0.15 of the naive client's CPU time, and at most
 3 s of client CPU for the whole map (flatten, validate, encode, decode into the frame).
@@ -46,21 +47,23 @@ def thickness_map(side: int, seed: int = 0) -> xr.Dataset:
 
 
 def library(
-    ds: xr.Dataset, server: RunningServer, workers: int, run: int = 1
+    ds: xr.Dataset, server: RunningServer, workers: int, run: int = 1, chunk: int = CHUNK
 ) -> tuple[float, float, pd.DataFrame]:
     client = atomscale_accessors.Client(api_key=server.api_key, endpoint=server.endpoint)
     sample_id = server.create_sample(f"library {run}")
     cpu, wall = time.process_time(), time.perf_counter()
     created = ds.atomscale.upload(
-        sample_id, client=client, chunksize=CHUNK, max_workers=workers, progress_bar=False
+        sample_id, client=client, chunksize=chunk, max_workers=workers, progress_bar=False
     )
     return time.process_time() - cpu, time.perf_counter() - wall, created
 
 
-def naive(ds: xr.Dataset, server: RunningServer, run: int = 1) -> tuple[float, float, pd.DataFrame]:
+def naive(
+    ds: xr.Dataset, server: RunningServer, run: int = 1, chunk: int = CHUNK
+) -> tuple[float, float, pd.DataFrame]:
     sample_id = server.create_sample(f"naive {run}")
     cpu, wall = time.process_time(), time.perf_counter()
-    result = naive_upload(ds, server.endpoint, server.api_key, sample_id, CHUNK)
+    result = naive_upload(ds, server.endpoint, server.api_key, sample_id, chunk)
     return time.process_time() - cpu, time.perf_counter() - wall, result
 
 
@@ -68,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=1000, help="grid side (points per axis)")
     parser.add_argument("--workers", type=int, default=4, help="library's max_workers")
+    parser.add_argument(
+        "--chunk-size", type=int, default=CHUNK, help="annotations per request, both ways"
+    )
     parser.add_argument("--skip-naive", action="store_true", help="measure the library only")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each (medians compared)")
     args = parser.parse_args(argv)
     ds = thickness_map(args.side)
     expected = ds["thickness"].to_numpy().ravel()
-    print(f"{args.side**2:,} annotations, chunks of {CHUNK:,}, {args.workers} workers")
+    print(f"{args.side**2:,} annotations, chunks of {args.chunk_size:,}, {args.workers} workers")
     lib: list[tuple[float, float]] = []
     base: list[tuple[float, float]] = []
     exact = True
@@ -83,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         # benchmark of its own (import_time.py).
         library(thickness_map(10), server, args.workers, 0)
         for run in range(1, args.repeat + 1):
-            cpu, wall, created = library(ds, server, args.workers, run)
+            cpu, wall, created = library(ds, server, args.workers, run, args.chunk_size)
             same = np.array_equal(created["property_value"].to_numpy(), expected)
             exact &= same
             lib.append((cpu, wall))
             print(f"run {run} library: {cpu:6.2f} s CPU {wall:6.2f} s wall  (bit-exact: {same})")
             del created
             if not args.skip_naive:
-                cpu, wall, result = naive(ds, server, run)
+                cpu, wall, result = naive(ds, server, run, args.chunk_size)
                 base.append((cpu, wall))
                 print(f"run {run} naive:   {cpu:6.2f} s CPU {wall:6.2f} s wall")
                 del result
