@@ -272,29 +272,24 @@ def _records_schema() -> pa.DataFrameSchema:
             ],
         ),
     }
-    # The frame-wide checks handle missing values themselves: pandera's ignore_na would
-    # compute isna() of the whole frame, once per check.
+
+    def whole(name: str, test: Callable[[pd.DataFrame], pd.Series]) -> pa.Check:
+        # A frame-wide check handles missing values itself: pandera's ignore_na would
+        # compute isna() of the whole frame, once per check.
+        return pa.Check(test, name=name, ignore_na=False)
+
     frame_checks = [
         # One annotation per property per position (records_schema can drop this rule).
-        pa.Check(_unique_position, name="unique_position", ignore_na=False),
-        pa.Check(_units_with_coords, name="coord_units_given_with_coordinates", ignore_na=False),
+        whole("unique_position", _unique_position),
+        whole("coord_units_given_with_coordinates", _units_with_coords),
         # A position with x but not y (or y but not x) is a gap in the data, not a point.
-        pa.Check(
-            lambda df: df["coord_x"].isna() == df["coord_y"].isna(),
-            name="x_and_y_together",
-            ignore_na=False,
-        ),
+        whole("x_and_y_together", lambda df: df["coord_x"].isna() == df["coord_y"].isna()),
         # One property in two units cannot be compared, mapped or gridded: a mistake.
-        pa.Check(
+        whole(
+            "one_unit_per_property",
             lambda df: _agrees_with_first(df["property_unit"], df["property_name"]),
-            name="one_unit_per_property",
-            ignore_na=False,
         ),
-        pa.Check(
-            lambda df: _agrees_with_first(df["coord_units"], None),
-            name="one_coordinate_unit",
-            ignore_na=False,
-        ),
+        whole("one_coordinate_unit", lambda df: _agrees_with_first(df["coord_units"], None)),
     ]
     return pa.DataFrameSchema(
         columns, checks=frame_checks, strict=True, ordered=True, coerce=False, name="RecordsModel"
